@@ -1,0 +1,228 @@
+"""The worker: ``process_job`` and the entry points that run it.
+
+Two ways to run it, both on the ``pedi-screen`` queue, both keeping RQ's job lifecycle
+(registries, ``rq info``, per-job status) intact:
+
+* ``rq worker pedi-screen`` (from the repo root): stock forking RQ, one job per process.
+* ``python -m modelreasoner.worker``: the fast entry. A non-forking ``ThreadedWorker`` keeps
+  ``WORKER_CONCURRENCY`` jobs in flight in one process (model calls are I/O waits), serves
+  Prometheus metrics on ``METRICS_PORT``, and refuses to start with no model server configured.
+
+``process_job(job_id)``: claim the job in Postgres (a duplicate delivery is a no-op), route it,
+call targets with failover, and write the terminal state, result and audit trail. Every error
+path ends the job ``failed`` with a reason, or (if Postgres itself is gone) leaves its lease to
+lapse so the reconciler runs it again; no path leaves it ``running`` for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import click
+from prometheus_client import start_http_server
+from rq import SimpleWorker
+from rq.timeouts import TimerDeathPenalty
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from modelreasoner import dispatch
+from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
+from orchestrator import jobs
+from orchestrator.constants import QUEUE_NAME
+from orchestrator.db import session_scope
+from orchestrator.errors import ConfigError, DatabaseUnavailable
+from orchestrator.logs import configure_logging, job_context
+from orchestrator.metrics import DB_ERRORS, JOB_E2E_LATENCY, JOB_QUEUE_WAIT, JOBS_COMPLETED, JOBS_FAILED, SLA_VIOLATIONS
+from orchestrator.models import Job, JobStatus
+from orchestrator.settings import get_settings
+
+log = logging.getLogger("modelreasoner.worker")
+
+SLOT_WAIT_SECONDS = 5.0
+"""While every slot is busy the main loop wakes this often (s) to heartbeat and check for stop."""
+
+
+def process_job(job_id: str) -> dict[str, str | None]:
+    """RQ entry point. Returns a PHI-free summary; the result itself is in Postgres."""
+    with job_context(job_id):
+        return execute(get_runtime(), uuid.UUID(job_id))
+
+
+def _with_db_retry(rt: Runtime, fn):
+    """Run ``fn`` retrying while Postgres is unreachable (DB_RETRY_ATTEMPTS, jittered backoff)."""
+
+    def note(state) -> None:
+        DB_ERRORS.labels("worker").inc()
+        log.warning("database unavailable; retrying", extra={"attempt": state.attempt_number})
+
+    return retry(
+        retry=retry_if_exception_type(DatabaseUnavailable),
+        stop=stop_after_attempt(rt.settings.db_retry_attempts),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        before_sleep=note,
+        reraise=True,
+    )(fn)()
+
+
+def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
+    def claim() -> Job | None:
+        with session_scope(rt.sessions) as session:
+            return jobs.claim(
+                session,
+                job_id,
+                worker_id=rt.worker_id,
+                now=datetime.now(UTC),
+                lease_seconds=rt.settings.job_lease_seconds,
+            )
+
+    job = _with_db_retry(rt, claim)
+    if job is None:
+        log.info("job not claimable (duplicate delivery or already finished); skipped")
+        return {"status": "skipped", "target": None}
+    if job.started_at and job.claim_count == 1:
+        JOB_QUEUE_WAIT.observe((job.started_at - job.created_at).total_seconds())
+    rt.leases.add(job_id)
+    try:
+        try:
+            terminal = dispatch.run(rt, job)
+        except Exception as exc:
+            log.exception("job crashed in the worker; failing it")
+            terminal = dispatch.failed("internal_error", f"worker error ({type(exc).__name__})")
+        persist(rt, job, terminal)
+    finally:
+        rt.leases.discard(job_id)
+    return {"status": terminal.status.value, "target": terminal.fields.get("target")}
+
+
+def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
+    """Write the terminal state (first terminal write wins) and record its metrics."""
+    now = datetime.now(UTC)
+    fields = dict(terminal.fields)
+    total_s = (now - job.created_at).total_seconds()
+    if terminal.status is JobStatus.COMPLETED:
+        fields["sla_met"] = total_s * 1000.0 <= job.sla_ms
+
+    def write() -> bool:
+        with session_scope(rt.sessions) as session:
+            if terminal.winner is not None:
+                dispatch.attempt_audit(session, job.id, rt.worker_id, terminal.winner, fields.get("attempts", 1))
+            return jobs.finish(session, job.id, terminal.status, actor=rt.worker_id, now=now, **fields)
+
+    written = _with_db_retry(rt, write)
+    if not written:
+        log.info("job already finished elsewhere; this result is discarded")
+        return False
+    target = fields.get("target") or "none"
+    JOB_E2E_LATENCY.labels(target).observe(total_s)
+    if terminal.status is JobStatus.COMPLETED:
+        JOBS_COMPLETED.labels(target).inc()
+        if not fields["sla_met"]:
+            SLA_VIOLATIONS.labels(target).inc()
+        log.info("job completed", extra={"target": target, "total_ms": round(total_s * 1000, 1)})
+    else:
+        JOBS_FAILED.labels(target, fields.get("error_kind") or "unknown").inc()
+        log.warning("job failed", extra={"target": target, "error_kind": fields.get("error_kind")})
+    return True
+
+
+class ThreadedWorker(SimpleWorker):
+    """An RQ worker that keeps up to ``concurrency`` jobs in flight on a thread pool.
+
+    A slot is taken before a job is dequeued, so jobs this process cannot start stay in Redis
+    for other workers, and a stop request never strands a dequeued job. Each job still goes
+    through RQ's own ``perform_job`` (started/finished/failed registries, executions, results).
+    On warm shutdown (SIGTERM) it stops dequeuing and waits for the jobs in flight.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args, concurrency: int = 16, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        while not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
+            self.heartbeat()
+            if self._stop_requested:
+                return None
+        try:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        except BaseException:
+            self._slots.release()
+            raise
+        if result is None:
+            self._slots.release()
+        return result
+
+    def execute_job(self, job, queue) -> None:
+        execution = self.prepare_execution(job)
+        self._pool.submit(self._perform, job, queue, execution)
+
+    def _perform(self, job, queue, execution) -> None:
+        try:
+            self.perform_job(job, queue, execution)
+        except BaseException:
+            log.exception("RQ bookkeeping failed for a job", extra={"job_id": job.id})
+        finally:
+            self._slots.release()
+
+    def teardown(self) -> None:
+        self._pool.shutdown(wait=True)
+        super().teardown()
+
+
+def _has_targets(rt: Runtime) -> bool:
+    if rt.static_targets or rt.simulate:
+        return True
+    try:
+        return bool(load_registered_targets(rt.sessions))
+    except Exception as exc:
+        raise ConfigError(f"Cannot read registered targets from the database ({type(exc).__name__})") from None
+
+
+NO_TARGETS_MESSAGE = (
+    "No model server is configured. Set EDGE_MODEL_URL, CLOUD_MODEL_URL or GPU_MODEL_URL (or "
+    "EDGE_AGENT_URL, CLOUD_RUNNER_URL, GPU_RUNNER_URL, or TARGETS_FILE), register an agent "
+    "through POST /register_agent, or choose simulated targets explicitly with --simulate "
+    "(WORKER_SIMULATE=1) for a demo."
+)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--concurrency", type=click.IntRange(1, 512), default=None, help="Jobs in flight [WORKER_CONCURRENCY].")
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty and in-flight jobs are done.")
+@click.option("--simulate", is_flag=True, help="Use in-process simulated targets [WORKER_SIMULATE].")
+@click.option("--name", default=None, help="Worker name shown by `rq info` (default: generated).")
+def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None) -> None:
+    """Process pedi-screen jobs with several in flight per process."""
+    try:
+        settings = get_settings()
+        if simulate:
+            settings = settings.model_copy(update={"worker_simulate": True})
+        configure_logging(settings.log_level)
+        rt = build_runtime(settings, concurrency=concurrency)
+        if not _has_targets(rt):
+            raise ConfigError(NO_TARGETS_MESSAGE)
+    except ConfigError as exc:
+        click.echo(f"worker: {exc.message}", err=True)
+        sys.exit(2)
+    install_runtime(rt)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    slots = concurrency or settings.worker_concurrency
+    worker = ThreadedWorker([QUEUE_NAME], connection=rt.redis, name=name, log_job_description=False, concurrency=slots)
+    log.info(
+        "worker starting",
+        extra={"concurrency": slots, "targets": [t.name for t in rt.targets()], "simulate": rt.simulate},
+    )
+    worker.work(burst=burst, logging_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

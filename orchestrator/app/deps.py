@@ -1,0 +1,46 @@
+"""Services the API holds for its lifetime, and ``Annotated`` dependency aliases over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+from rq import Queue
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.db import session_scope
+from orchestrator.settings import Settings
+
+
+@dataclass
+class Services:
+    """Built once by the app factory and kept on ``app.state.services``."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    queue: Queue
+    api_key_digests: dict[str, str] = field(default_factory=dict)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with session_scope(request.app.state.services.sessions) as session:
+        yield session
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.services.settings
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -1,0 +1,107 @@
+"""The one place where errors become HTTP responses.
+
+Every 4xx/5xx body is ``{"error": {"code", "message", "field"?}}``. Validation messages name
+the field but never echo the submitted value: it may be a child's observations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.constants import RETRY_AFTER_SECONDS
+from orchestrator.db import is_connection_error
+from orchestrator.errors import DatabaseUnavailable, OrchestratorError, QueueUnavailable, ServiceUnavailable
+from orchestrator.metrics import DB_ERRORS
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, **extra) -> JSONResponse:
+    body: dict = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    body.update(extra)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or (str(loc[0]) if loc else "body")
+
+
+def _validation_message(errors: list[dict]) -> tuple[str, str | None, list[dict]]:
+    fields = []
+    for item in errors:
+        invalid_json = item.get("type") == "json_invalid"
+        name = "body" if invalid_json else _field_name(tuple(item.get("loc", ())))
+        msg = "must be valid JSON" if invalid_json else item.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        fields.append({"field": name, "message": msg})
+    first = fields[0] if fields else {"field": None, "message": "invalid request"}
+    message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "invalid request"
+    return message, first["field"], fields
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OrchestratorError)
+    async def _domain(_: Request, exc: OrchestratorError) -> JSONResponse:
+        if isinstance(exc, ServiceUnavailable):
+            log.warning("backing service unavailable", extra={"code": exc.code})
+        return error_response(exc.status_code, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field, fields = _validation_message(list(exc.errors()))
+        return error_response(422, "validation_error", message, field, fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        response = error_response(exc.status_code, code, message)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        DB_ERRORS.labels("api").inc()
+        if is_connection_error(exc):
+            unavailable = DatabaseUnavailable()
+            log.warning("database unavailable", extra={"error": type(exc).__name__})
+            return error_response(503, unavailable.code, unavailable.message)
+        log.error("database error", exc_info=exc)
+        return error_response(500, "internal_error", "Internal error; the request was not completed")
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
+        unavailable = QueueUnavailable()
+        log.warning("redis unavailable", extra={"error": type(exc).__name__})
+        return error_response(503, unavailable.code, unavailable.message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "Internal error; the request was not completed")

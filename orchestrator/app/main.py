@@ -1,0 +1,93 @@
+"""The API app factory.
+
+Run: ``uvicorn orchestrator.app.main:create_app --factory --host 0.0.0.0 --port 9000``.
+Settings are read and validated here, once; a bad variable stops the start with a message that
+names it. Logs are JSON from the first line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+
+from orchestrator import __version__, fleet
+from orchestrator.api_router import api_router
+from orchestrator.app.deps import Services
+from orchestrator.app.handlers import install_handlers
+from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from orchestrator.db import make_engine, make_session_factory
+from orchestrator.logs import configure_logging
+from orchestrator.metrics import StateCollector, register_state_collector
+from orchestrator.models import init_db
+from orchestrator.queue_rq import get_queue, make_redis
+from orchestrator.settings import Settings, get_settings
+
+log = logging.getLogger("orchestrator.api")
+
+DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
+servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
+Every /api route needs an `x-api-key` header when the server has `API_KEY` set."""
+
+
+def build_services(settings: Settings) -> Services:
+    engine = make_engine(settings)
+    connection = make_redis(settings)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        redis=connection,
+        queue=get_queue(connection),
+        api_key_digests=settings.api_key_hashes,
+    )
+
+
+def state_collector(services: Services) -> StateCollector:
+    return StateCollector(
+        queue_depth=partial(fleet.queue_depth, services.queue),
+        oldest_queued_age=partial(fleet.oldest_queued_age_seconds, services.engine),
+        jobs_by_status=partial(fleet.jobs_by_status, services.engine),
+        workers_alive=partial(fleet.workers_alive, services.redis, services.queue),
+        circuit_states=partial(fleet.circuit_states, services.redis),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    settings = services.settings
+    if not settings.is_postgres and settings.database_url.startswith("sqlite"):
+        init_db(services.engine)
+    if not services.api_key_digests:
+        log.warning("API_KEY is not set: /api routes accept requests without a key (dev mode only)")
+    unregister = register_state_collector(state_collector(services))
+    log.info("api started", extra={"version": __version__, "auth": bool(services.api_key_digests)})
+    try:
+        yield
+    finally:
+        unregister()
+        services.redis.close()
+        services.engine.dispose()
+        log.info("api stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. ``settings`` defaults to the process-wide validated settings."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="pedi-orchestrator",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = build_services(settings)
+    install_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,135 @@
+"""The one exception tree of pedi-orchestrator.
+
+    OrchestratorError                 500 internal_error
+    ├── ConfigError                   (start-up only: names the variable, never reaches HTTP)
+    ├── BadRequest                    422 validation_error
+    ├── Unauthorized                  401 unauthorized
+    ├── Forbidden                     403 forbidden
+    ├── NotFound                      404 not_found
+    ├── Conflict                      409 conflict
+    │   └── IdempotencyConflict       409 idempotency_conflict
+    ├── PayloadTooLarge               413 payload_too_large
+    ├── ServiceUnavailable            503 service_unavailable (+ Retry-After)
+    │   ├── DatabaseUnavailable       503 database_unavailable
+    │   └── QueueUnavailable          503 queue_unavailable
+    └── RoutingError                  (worker side)
+        ├── NoTargetsConfigured
+        └── ModelCallError            one failed model-server call; ``kind`` says how
+
+Domain code raises these; ``orchestrator.app.handlers`` turns them into HTTP responses in one
+place. Messages must never contain PHI (observations, embeddings) or API keys.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip()
+        self.field = field
+
+
+class ConfigError(OrchestratorError):
+    """The configuration is invalid."""
+
+    code = "config_error"
+
+
+class BadRequest(OrchestratorError):
+    """The request is invalid."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+class Unauthorized(OrchestratorError):
+    """A valid API key is required."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(OrchestratorError):
+    """The API key is valid, but this action is not allowed."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(OrchestratorError):
+    """No such resource."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(OrchestratorError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """This Idempotency-Key was already used with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class PayloadTooLarge(OrchestratorError):
+    """The request body is larger than the configured limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(OrchestratorError):
+    """A backing service is unavailable; retry shortly."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is unavailable; retry shortly."""
+
+    code = "database_unavailable"
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """The queue (Redis) is unavailable; retry shortly."""
+
+    code = "queue_unavailable"
+
+
+class RoutingError(OrchestratorError):
+    """Routing could not produce a usable decision."""
+
+    code = "routing_error"
+
+
+class NoTargetsConfigured(RoutingError):
+    """No model server is configured."""
+
+    code = "no_targets"
+
+
+class ModelCallError(RoutingError):
+    """One call to a model server failed.
+
+    ``kind`` is one of: timeout, connect_error, http_5xx, http_4xx, invalid_response,
+    circuit_open, cancelled. It is safe to log and to use as a metric label.
+    """
+
+    code = "model_call_failed"
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status

@@ -1,0 +1,242 @@
+"""The job lifecycle in Postgres, shared by the API, the worker and the reconciler.
+
+    submit ──▶ queued ──claim──▶ running ──finish──▶ completed | failed
+                  ▲                 │
+                  └──── recover ────┘  (lease expired: the worker died; bounded by max claims)
+
+Every transition is a conditional UPDATE, so concurrent workers, duplicate deliveries and late
+finishers are safe: a claim succeeds once per delivery, and the first terminal write wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orchestrator import audit
+from orchestrator.errors import BadRequest, IdempotencyConflict, NotFound
+from orchestrator.models import ACTIVE_STATUSES, Case, Job, JobKind, JobStatus, utcnow
+from orchestrator.schemas import JobCreate, decode_embedding
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool
+    """False when an Idempotency-Key replay returned the job created earlier."""
+
+
+def request_hash(payload: dict) -> str:
+    """A stable digest of a request body, to tell an idempotent replay from a conflicting one."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_screening(
+    session: Session,
+    body: JobCreate,
+    *,
+    actor: str,
+    default_sla_ms: int,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store a screening job (and its case when new) as ``queued`` and commit.
+
+    The caller enqueues the id only after this returns: a job is durable before Redis hears of
+    it. An Idempotency-Key seen before returns the earlier job if the body is the same, and
+    raises IdempotencyConflict if it differs.
+    """
+    digest = request_hash(body.model_dump(mode="json"))
+    if idempotency_key is not None:
+        earlier = _replay(session, idempotency_key, digest)
+        if earlier is not None:
+            return Submitted(earlier, created=False)
+    if body.case_id is not None:
+        if session.get(Case, body.case_id) is None:
+            raise BadRequest("case_id: no case with this id", field="case_id")
+        case_id = body.case_id
+    else:
+        case = Case(created_by=actor)
+        session.add(case)
+        session.flush()
+        case_id = case.id
+    job = Job(
+        case_id=case_id,
+        kind=JobKind.SCREENING.value,
+        status=JobStatus.QUEUED.value,
+        age_months=body.age_months,
+        observations=body.observations,
+        embedding=decode_embedding(body.embedding_b64) if body.embedding_b64 else None,
+        preferred_target=body.preferred_target,
+        sla_ms=body.sla_ms or default_sla_ms,
+        strict_sla=body.strict_sla,
+        budget_usd=body.budget_usd,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        actor=actor,
+        created_at=utcnow(),
+    )
+    return _insert(session, job, actor, idempotency_key, digest)
+
+
+def _insert(session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str) -> Submitted:
+    session.add(job)
+    try:
+        session.flush()
+        audit.record(
+            session,
+            job.id,
+            "submitted",
+            actor,
+            at=job.created_at,
+            details={"kind": job.kind, "sla_ms": job.sla_ms, "preferred_target": job.preferred_target},
+        )
+        session.commit()
+    except IntegrityError:
+        # Two requests raced with the same Idempotency-Key; the other one won.
+        session.rollback()
+        earlier = _replay(session, idempotency_key, digest) if idempotency_key else None
+        if earlier is None:
+            raise
+        return Submitted(earlier, created=False)
+    return Submitted(job, created=True)
+
+
+def _replay(session: Session, idempotency_key: str, digest: str) -> Job | None:
+    earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+    if earlier is not None and earlier.request_hash != digest:
+        raise IdempotencyConflict()
+    return earlier
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"No job with id {job_id}")
+    return job
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    kind: str | None = None
+
+
+def list_jobs(session: Session, *, limit: int, cursor: str | None, where: JobFilter) -> tuple[list[Job], str | None]:
+    """Jobs newest first, ``limit`` at a time; returns the page and the cursor of the next one."""
+    stmt = select(Job)
+    if where.status:
+        stmt = stmt.where(Job.status == where.status)
+    if where.target:
+        stmt = stmt.where(Job.target == where.target)
+    if where.kind:
+        stmt = stmt.where(Job.kind == where.kind)
+    if where.since:
+        stmt = stmt.where(Job.created_at >= where.since)
+    if where.until:
+        stmt = stmt.where(Job.created_at < where.until)
+    if cursor:
+        created_at, job_id = _decode_cursor(cursor)
+        stmt = stmt.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))
+    rows = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    page, more = rows[:limit], len(rows) > limit
+    return page, (_encode_cursor(page[-1]) if more else None)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("cursor: not a cursor returned by this API", field="cursor") from None
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, lease_seconds: float) -> Job | None:
+    """Atomically move a queued job to running for this worker and commit. Returns the job, or
+    None when it is not queued (already claimed, finished, or unknown): a duplicate delivery."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+        .values(
+            status=JobStatus.RUNNING.value,
+            started_at=now,
+            claim_count=Job.claim_count + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            worker_id=worker_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    audit.record(session, job_id, "claimed", worker_id, at=now, details={"claim": job.claim_count})
+    session.commit()
+    return job
+
+
+def renew_leases(session: Session, job_ids: list[uuid.UUID], *, worker_id: str, until: datetime) -> int:
+    """Extend the lease of this worker's running jobs; returns how many were extended."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING.value, Job.worker_id == worker_id)
+        .values(lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount
+
+
+def finish(session: Session, job_id: uuid.UUID, status: JobStatus, *, actor: str, now: datetime, **fields) -> bool:
+    """Write the terminal state of a job, plus its audit row, and commit.
+
+    Idempotent: only a job still queued or running is changed, so the first terminal write wins
+    and a late duplicate (a recovered job finished twice) returns False and changes nothing.
+    """
+    if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
+        raise ValueError(f"{status} is not a terminal status")
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+        .values(status=status.value, finished_at=now, lease_expires_at=None, **fields)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    details = {"error_kind": fields.get("error_kind")} if status is JobStatus.FAILED else None
+    audit.record(
+        session,
+        job_id,
+        status.value,
+        actor,
+        at=now,
+        target=fields.get("target"),
+        outcome=status.value,
+        latency_ms=fields.get("latency_ms"),
+        details=details,
+    )
+    session.commit()
+    return True

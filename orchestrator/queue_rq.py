@@ -1,0 +1,93 @@
+"""The RQ side of the conveyor belt: the ``pedi-screen`` queue, enqueueing, and RQ's view of a job.
+
+Redis carries the job id and nothing else: the RQ job's only argument is the id, its id equals
+the Postgres job id, and its return value is a PHI-free summary. Postgres stays the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+
+from orchestrator.constants import (
+    PROCESS_JOB_FUNC,
+    QUEUE_NAME,
+    RQ_FAILURE_TTL_SECONDS,
+    RQ_JOB_TIMEOUT_SECONDS,
+    RQ_RESULT_TTL_SECONDS,
+)
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
+"""A Redis call that takes longer than this (s) is treated as Redis being down."""
+REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def make_redis(settings: Settings) -> redis.Redis:
+    """A Redis client for ``settings.redis_url`` with timeouts, so a dead Redis fails fast."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
+def get_queue(connection: redis.Redis) -> Queue:
+    """The ``pedi-screen`` queue on ``connection``."""
+    return Queue(QUEUE_NAME, connection=connection, default_timeout=RQ_JOB_TIMEOUT_SECONDS)
+
+
+def enqueue_job(queue: Queue, job_id: str, meta: dict[str, str] | None = None) -> RQJob:
+    """Put job ``job_id`` on the queue for ``process_job``. ``meta`` may carry trace context
+    (never PHI). Enqueueing an id again replaces RQ's record; the worker's claim makes a
+    duplicate delivery a no-op."""
+    return queue.enqueue(
+        PROCESS_JOB_FUNC,
+        job_id,
+        job_id=job_id,
+        description=f"process_job({job_id})",
+        job_timeout=RQ_JOB_TIMEOUT_SECONDS,
+        result_ttl=RQ_RESULT_TTL_SECONDS,
+        failure_ttl=RQ_FAILURE_TTL_SECONDS,
+        meta=meta or {},
+    )
+
+
+def get_rq_job_status(connection: redis.Redis, job_id: str) -> str | None:
+    """RQ's status of the job (queued, started, finished, failed, ...), or None if RQ has no
+    record of it (never enqueued, expired, or lost with a Redis restart)."""
+    try:
+        return RQJob.fetch(job_id, connection=connection).get_status(refresh=False)
+    except NoSuchJobError:
+        return None
+
+
+def get_rq_job_result(connection: redis.Redis, job_id: str) -> Any | None:
+    """The PHI-free summary ``process_job`` returned, or None if there is none (yet)."""
+    try:
+        return RQJob.fetch(job_id, connection=connection).return_value()
+    except NoSuchJobError:
+        return None
+
+
+def enqueue_after_commit(queue: Queue, job_id: str, meta: dict[str, str] | None = None) -> bool:
+    """Enqueue a job whose row is already committed as queued. If Redis is down the job is not
+    lost: it stays queued in Postgres and the reconciler enqueues it when Redis is back.
+    Returns whether the enqueue reached Redis."""
+    try:
+        enqueue_job(queue, job_id, meta)
+        return True
+    except redis.RedisError as exc:
+        log.warning(
+            "enqueue failed; the reconciler will enqueue the job when Redis is back",
+            extra={"job_id": job_id, "error": type(exc).__name__},
+        )
+        return False

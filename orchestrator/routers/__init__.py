@@ -1,0 +1,1 @@
+"""One router per resource; ``orchestrator.api_router`` assembles them."""

@@ -1,0 +1,171 @@
+"""Screening jobs: submit, status, list, and the audit trail of one job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from orchestrator import audit, jobs
+from orchestrator.app.auth import ActorDep
+from orchestrator.app.deps import ServicesDep, SessionDep
+from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
+from orchestrator.metrics import JOBS_SUBMITTED
+from orchestrator.models import Audit, Job
+from orchestrator.queue_rq import enqueue_after_commit
+from orchestrator.schemas import (
+    AttemptPublic,
+    AuditPublic,
+    ErrorBody,
+    JobAccepted,
+    JobCreate,
+    JobPage,
+    JobPublic,
+    JobSummary,
+    StatusName,
+)
+
+ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+router = APIRouter(prefix="/api", tags=["jobs"], responses=ERRORS)
+
+
+def status_url(services, job_id: uuid.UUID) -> str:
+    return f"{services.settings.public_url.rstrip('/')}/api/status/{job_id}"
+
+
+@router.post(
+    "/submit",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    summary="Submit a screening case",
+)
+def submit(
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    actor: ActorDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
+    ] = None,
+) -> JobAccepted:
+    """Store the case as a queued job, then queue its id. Answers 202 with where to poll.
+
+    The same ``Idempotency-Key`` with the same body returns the same job (header
+    ``Idempotent-Replayed: true``); with a different body it answers 409.
+    """
+    submitted = jobs.submit_screening(
+        session,
+        body,
+        actor=actor,
+        default_sla_ms=services.settings.default_sla_ms,
+        idempotency_key=idempotency_key,
+    )
+    job = submitted.job
+    if submitted.created:
+        JOBS_SUBMITTED.labels(job.kind).inc()
+        enqueue_after_commit(services.queue, str(job.id))
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobAccepted(job_id=job.id, status=job.status, status_url=status_url(services, job.id))
+
+
+@router.get("/status/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorBody}})
+def status(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> JobPublic:
+    """Status, result, routing explanation, error, times and measured latency of one job."""
+    job = jobs.get_job(session, job_id)
+    return to_public(job, audit.trail(session, job_id))
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    _: ActorDep,
+    limit: Annotated[int, Query(ge=1, le=JOBS_PAGE_MAX)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    status: StatusName | None = None,
+    target: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Annotated[str | None, Query(pattern="^(screening|task)$")] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> JobPage:
+    """Jobs newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
+    where = jobs.JobFilter(status=status, target=target, since=since, until=until, kind=kind)
+    page, next_cursor = jobs.list_jobs(session, limit=limit, cursor=cursor, where=where)
+    return JobPage(items=[to_summary(j) for j in page], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}/events", response_model=list[AuditPublic], responses={404: {"model": ErrorBody}})
+def job_events(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> list[AuditPublic]:
+    """The audit trail of one job, oldest first: its timeline."""
+    jobs.get_job(session, job_id)
+    return [to_event(row) for row in audit.trail(session, job_id)]
+
+
+def to_event(row: Audit) -> AuditPublic:
+    return AuditPublic(
+        event=row.event,
+        at=row.at,
+        actor=row.actor,
+        target=row.target,
+        outcome=row.outcome,
+        latency_ms=row.latency_ms,
+        details=row.details,
+    )
+
+
+def to_summary(job: Job) -> JobSummary:
+    return JobSummary(
+        job_id=job.id,
+        case_id=job.case_id,
+        kind=job.kind,
+        status=job.status,
+        target=job.target,
+        sla_ms=job.sla_ms,
+        sla_met=job.sla_met,
+        error_kind=job.error_kind,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        latency_ms=job.latency_ms,
+    )
+
+
+def to_public(job: Job, trail: list[Audit]) -> JobPublic:
+    attempts = [
+        AttemptPublic(
+            target=row.target,
+            outcome=row.outcome,
+            latency_ms=row.latency_ms,
+            at=row.at,
+            error_kind=(row.details or {}).get("error_kind"),
+            hedge=bool((row.details or {}).get("hedge")),
+        )
+        for row in trail
+        if row.event == "attempt"
+    ]
+    total_ms = (job.finished_at - job.created_at).total_seconds() * 1000 if job.finished_at else None
+    return JobPublic(
+        job_id=job.id,
+        case_id=job.case_id,
+        kind=job.kind,
+        status=job.status,
+        result=job.result,
+        target=job.target,
+        routing=job.decision,
+        error=job.error,
+        error_kind=job.error_kind,
+        preferred_target=job.preferred_target,
+        sla_ms=job.sla_ms,
+        sla_met=job.sla_met,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        latency_ms=job.latency_ms,
+        total_ms=total_ms,
+        cost_usd=job.cost_usd,
+        attempts=attempts,
+    )

@@ -1,0 +1,84 @@
+"""SLA-aware routing: pick the model server most likely to meet a job's deadline at least cost.
+
+Stable public interface (an outside harness may rely on exactly these names):
+
+Types (frozen dataclasses, ``orchestrator.routing.types``)
+    ``Target``        a model server: name, tier, url, contract, cost_per_call_usd, capacity,
+                      prior_latency_ms, timeout_seconds, enabled
+    ``RouteRequest``  one job: job_id, sla_ms, submitted_at (epoch s), preferred_target,
+                      strict_sla, budget_usd; ``.deadline`` in epoch s
+    ``Decision``      ranked ``candidates`` (each a ``Candidate`` with its score components and a
+                      one-line ``reason``), ``sla_unmeetable``, ``run``, ``reason``;
+                      ``.chosen``, ``.call_order``, ``.to_dict()``
+    ``Outcome``       one call: target, ok, latency_ms, at (epoch s), error_kind, cost_usd
+    ``TargetStats``   what was learned about a target; ``RoutingConfig`` the tunables
+
+Calls
+    ``decide(request, targets, stats, now, config=DEFAULT_CONFIG, u=1.0) -> Decision``
+        the pure policy: no I/O, no clock; ``u`` is the exploration draw in [0, 1)
+    ``observe(stats, outcome, config) -> TargetStats`` and ``at_time(stats, now, config)``
+        the pure learning step and time decay
+    ``Router(store, config, rng)`` with ``.decide(request, targets, now)``,
+        ``.record(outcome)``, ``.call_started(target, now) -> call_id``, ``.call_ended(...)``,
+        ``.record_telemetry(target, at=..., latency_ms=..., utilization=..., ...)``
+    ``InMemoryStatsStore()`` / ``RedisStatsStore(redis_connection)``: the ``StatsStore``s
+
+Example: the production router in simulated time against two synthetic targets. The cheap edge
+box is fine until it turns slow at t=60 s; within a few calls the router moves the 300 ms jobs
+to the GPU, and the edge box wins them back after it recovers at t=120 s.
+
+>>> import random
+>>> from orchestrator.routing import InMemoryStatsStore, Outcome, RouteRequest, Router, Target
+>>> targets = [Target("edge", "edge", cost_per_call_usd=0.0002, prior_latency_ms=80),
+...            Target("gpu", "gpu", cost_per_call_usd=0.004, prior_latency_ms=60)]
+>>> router = Router(InMemoryStatsStore(), rng=random.Random(7))
+>>> def edge_latency(t):  # synthetic behaviour: slow between 60 s and 120 s
+...     return 900.0 if 60 <= t < 120 else 70.0
+>>> chosen = []
+>>> for step in range(360):                     # one job every 0.5 s for 180 s
+...     now = step * 0.5
+...     job = RouteRequest(job_id=str(step), sla_ms=300, submitted_at=now)
+...     target = router.decide(job, targets, now).chosen.target
+...     latency = edge_latency(now) if target == "edge" else 50.0
+...     _ = router.record(Outcome(target, ok=True, latency_ms=latency, at=now + latency / 1000))
+...     chosen.append((now, target))
+>>> share = lambda lo, hi: sum(t == "edge" for at, t in chosen if lo <= at < hi) / (2 * (hi - lo))
+>>> share(0, 60) > 0.9, share(70, 120) < 0.2, share(150, 180) > 0.8
+(True, True, True)
+"""
+
+from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.learning import at_time, observe, with_telemetry
+from orchestrator.routing.policy import decide, predict_latency
+from orchestrator.routing.router import Router
+from orchestrator.routing.stats import InMemoryStatsStore, RedisStatsStore, StatsStore
+from orchestrator.routing.types import (
+    Candidate,
+    CircuitState,
+    Decision,
+    Outcome,
+    RouteRequest,
+    Target,
+    TargetStats,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Candidate",
+    "CircuitState",
+    "Decision",
+    "InMemoryStatsStore",
+    "Outcome",
+    "RedisStatsStore",
+    "RouteRequest",
+    "Router",
+    "RoutingConfig",
+    "StatsStore",
+    "Target",
+    "TargetStats",
+    "at_time",
+    "decide",
+    "observe",
+    "predict_latency",
+    "with_telemetry",
+]

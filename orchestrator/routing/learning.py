@@ -1,0 +1,129 @@
+"""Pure functions that turn observed outcomes and elapsed time into new TargetStats.
+
+``observe`` folds one call's outcome in (latency model, error rate, circuit breaker);
+``at_time`` applies what time alone changes (evidence decay, open -> half-open). Both return new
+values; stores apply them atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.types import CircuitState, Outcome, TargetStats
+
+LATENCY_BEARING_ERRORS = frozenset({"timeout"})
+"""Failures whose elapsed time is a (censored) latency observation: a timeout means 'at least
+this slow', which must raise the estimate of a target that has become slow."""
+NEUTRAL_ERRORS = frozenset({"cancelled"})
+"""Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
+
+
+def at_time(stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG) -> TargetStats:
+    """``stats`` as of ``now``: evidence decayed by the time since the last update, and an open
+    circuit whose period has passed turned half-open."""
+    result = stats
+    if stats.updated_at and now > stats.updated_at:
+        factor = 0.5 ** ((now - stats.updated_at) / config.decay_half_life_s)
+        if factor < 0.999:
+            result = replace(
+                result,
+                samples=result.samples * factor,
+                error_rate=result.error_rate * factor,
+                updated_at=now,
+            )
+    if result.circuit is CircuitState.OPEN and now >= result.circuit_until:
+        result = replace(result, circuit=CircuitState.HALF_OPEN)
+    return result
+
+
+def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAULT_CONFIG) -> TargetStats:
+    """Fold one call's outcome into the target's stats."""
+    if outcome.error_kind in NEUTRAL_ERRORS:
+        return stats
+    current = at_time(stats, outcome.at, config)
+    samples, log_mean, log_var = current.samples, current.log_mean, current.log_var
+    if outcome.ok or outcome.error_kind in LATENCY_BEARING_ERRORS:
+        samples, log_mean, log_var = _fold_latency(current, outcome.latency_ms, config)
+    failed = 0.0 if outcome.ok else 1.0
+    error_rate = current.error_rate + config.error_alpha * (failed - current.error_rate)
+    consecutive = 0 if outcome.ok else current.consecutive_failures + 1
+    successes = current.consecutive_successes + 1 if outcome.ok else 0
+    updated = replace(
+        current,
+        samples=samples,
+        log_mean=log_mean,
+        log_var=log_var,
+        error_rate=error_rate,
+        calls=current.calls + 1,
+        failures=current.failures + (0 if outcome.ok else 1),
+        consecutive_failures=consecutive,
+        consecutive_successes=successes,
+        updated_at=max(current.updated_at, outcome.at),
+    )
+    return _next_circuit(updated, outcome, config)
+
+
+def _fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig) -> tuple[float, float, float]:
+    x = math.log(max(latency_ms, 0.1))
+    if stats.samples <= 1e-9:
+        return 1.0, x, config.prior_sigma**2
+    alpha = config.latency_alpha
+    delta = x - stats.log_mean
+    mean = stats.log_mean + alpha * delta
+    var = (1 - alpha) * (stats.log_var + alpha * delta * delta)
+    return min(stats.samples + 1.0, config.sample_cap), mean, var
+
+
+def _next_circuit(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> TargetStats:
+    if stats.circuit is CircuitState.HALF_OPEN:
+        if outcome.ok:
+            return replace(stats, circuit=CircuitState.CLOSED, circuit_until=0.0)
+        return _open(stats, outcome.at, config)
+    if stats.circuit is CircuitState.OPEN:
+        return stats
+    if not outcome.ok and _should_open(stats, config):
+        return _open(stats, outcome.at, config)
+    if stats.open_count and stats.consecutive_successes >= config.circuit_reset_successes:
+        return replace(stats, open_count=0)
+    return stats
+
+
+def _should_open(stats: TargetStats, config: RoutingConfig) -> bool:
+    if stats.consecutive_failures >= config.circuit_consecutive_failures:
+        return True
+    return stats.calls >= config.circuit_min_calls and stats.error_rate >= config.circuit_error_rate
+
+
+def _open(stats: TargetStats, now: float, config: RoutingConfig) -> TargetStats:
+    period = min(config.circuit_base_open_s * 2**stats.open_count, config.circuit_max_open_s)
+    return replace(
+        stats,
+        circuit=CircuitState.OPEN,
+        circuit_until=now + period,
+        open_count=stats.open_count + 1,
+        consecutive_failures=0,
+    )
+
+
+def with_telemetry(
+    stats: TargetStats,
+    *,
+    at: float,
+    latency_ms: float | None = None,
+    utilization: float | None = None,
+    queue_depth: int | None = None,
+    up: bool | None = None,
+) -> TargetStats:
+    """Blend a pushed telemetry sample (already normalized to ms and 0-1) into ``stats``."""
+    if at < stats.telemetry_at:
+        return stats
+    return replace(
+        stats,
+        telemetry_latency_ms=latency_ms if latency_ms is not None else stats.telemetry_latency_ms,
+        telemetry_utilization=utilization if utilization is not None else stats.telemetry_utilization,
+        telemetry_queue_depth=queue_depth if queue_depth is not None else stats.telemetry_queue_depth,
+        telemetry_up=up if up is not None else stats.telemetry_up,
+        telemetry_at=at,
+    )

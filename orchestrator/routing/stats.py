@@ -1,0 +1,125 @@
+"""Where learned TargetStats live: a small store interface with two implementations.
+
+``InMemoryStatsStore`` serves simulations and tests; ``RedisStatsStore`` is shared by every
+worker. Both apply the same pure update functions (``learning.observe``/``with_telemetry``)
+through ``update(name, fn)``, atomically: a lock in memory, WATCH/MULTI in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Protocol
+
+import redis
+
+from orchestrator.constants import INFLIGHT_KEY, INFLIGHT_STALE_SECONDS, STATS_KEY
+from orchestrator.routing.types import TargetStats
+
+Update = Callable[[TargetStats], TargetStats]
+
+REDIS_UPDATE_RETRIES = 50
+"""Optimistic-transaction retries before giving up on one stats update (contention is brief)."""
+
+
+class StatsStore(Protocol):
+    """Shared, atomic storage of per-target statistics and in-flight calls."""
+
+    def snapshot(self, names: Iterable[str], now: float) -> dict[str, TargetStats]:
+        """Current stats of each named target, with ``in_flight`` filled in."""
+        ...
+
+    def update(self, name: str, fn: Update) -> TargetStats:
+        """Atomically replace the stats of ``name`` with ``fn(current)``; return the result."""
+        ...
+
+    def call_started(self, name: str, call_id: str, now: float) -> None: ...
+
+    def call_ended(self, name: str, call_id: str) -> None: ...
+
+
+class InMemoryStatsStore:
+    """A StatsStore for one process: simulations, tests and the dry-run of a single worker."""
+
+    def __init__(self) -> None:
+        self._stats: dict[str, TargetStats] = {}
+        self._inflight: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self, names: Iterable[str], now: float) -> dict[str, TargetStats]:
+        with self._lock:
+            result = {}
+            for name in names:
+                calls = self._inflight.get(name, {})
+                live = sum(1 for started in calls.values() if now - started < INFLIGHT_STALE_SECONDS)
+                result[name] = replace(self._stats.get(name, TargetStats()), in_flight=live)
+            return result
+
+    def update(self, name: str, fn: Update) -> TargetStats:
+        with self._lock:
+            new = replace(fn(self._stats.get(name, TargetStats())), in_flight=0)
+            self._stats[name] = new
+            return new
+
+    def call_started(self, name: str, call_id: str, now: float) -> None:
+        with self._lock:
+            self._inflight.setdefault(name, {})[call_id] = now
+
+    def call_ended(self, name: str, call_id: str) -> None:
+        with self._lock:
+            self._inflight.get(name, {}).pop(call_id, None)
+
+
+class RedisStatsStore:
+    """A StatsStore shared by every worker through Redis.
+
+    Stats are one JSON string per target (``pedi:stats:<name>``); in-flight calls are a sorted
+    set of call ids scored by start time (``pedi:inflight:<name>``), so a worker that dies
+    mid-call stops counting after INFLIGHT_STALE_SECONDS instead of leaking forever.
+    """
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self._redis = connection
+
+    def snapshot(self, names: Iterable[str], now: float) -> dict[str, TargetStats]:
+        names = list(names)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.get(STATS_KEY.format(target=name))
+                pipe.zcount(INFLIGHT_KEY.format(target=name), now - INFLIGHT_STALE_SECONDS, "+inf")
+            raw = pipe.execute()
+        result = {}
+        for index, name in enumerate(names):
+            blob, live = raw[2 * index], raw[2 * index + 1]
+            stats = TargetStats.from_dict(json.loads(blob)) if blob else TargetStats()
+            result[name] = replace(stats, in_flight=int(live))
+        return result
+
+    def update(self, name: str, fn: Update) -> TargetStats:
+        key = STATS_KEY.format(target=name)
+        with self._redis.pipeline() as pipe:
+            for _ in range(REDIS_UPDATE_RETRIES):
+                try:
+                    pipe.watch(key)
+                    blob = pipe.get(key)
+                    current = TargetStats.from_dict(json.loads(blob)) if blob else TargetStats()
+                    new = replace(fn(current), in_flight=0)
+                    pipe.multi()
+                    pipe.set(key, json.dumps(new.to_dict()))
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+        raise RuntimeError(f"stats update for {name} lost {REDIS_UPDATE_RETRIES} races in a row")
+
+    def call_started(self, name: str, call_id: str, now: float) -> None:
+        key = INFLIGHT_KEY.format(target=name)
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {call_id: now})
+            pipe.zremrangebyscore(key, "-inf", now - INFLIGHT_STALE_SECONDS)
+            pipe.execute()
+
+    def call_ended(self, name: str, call_id: str) -> None:
+        self._redis.zrem(INFLIGHT_KEY.format(target=name), call_id)
