@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -23,10 +24,12 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
     Text,
     TypeDecorator,
     Uuid,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
@@ -79,8 +82,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+NAMING_CONVENTION = {
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+}
+"""Explicit constraint names, identical in the ORM, Alembic and migrations/001_create_tables.sql."""
+
+
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Case(Base):
@@ -98,11 +111,12 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed')", name="ck_jobs_status"),
-        CheckConstraint("kind IN ('screening', 'task')", name="ck_jobs_kind"),
+        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed')", name="status"),
+        CheckConstraint("kind IN ('screening', 'task')", name="kind"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_case_id", "case_id"),
+        Index("ix_jobs_target_created_at", "target", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -175,8 +189,8 @@ class RegisteredTarget(Base):
 
     __tablename__ = "targets"
     __table_args__ = (
-        CheckConstraint("tier IN ('edge', 'cloud', 'gpu')", name="ck_targets_tier"),
-        CheckConstraint("contract IN ('infer', 'run')", name="ck_targets_contract"),
+        CheckConstraint("tier IN ('edge', 'cloud', 'gpu')", name="tier"),
+        CheckConstraint("contract IN ('infer', 'run')", name="contract"),
     )
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -208,6 +222,33 @@ class TelemetrySample(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     up: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     source: Mapped[str] = mapped_column(String(64))
+
+
+APPEND_ONLY_DDL = {
+    "postgresql": [
+        "CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'audit is append-only: % is not allowed', TG_OP "
+        "USING ERRCODE = 'insufficient_privilege'; END; $$",
+        "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+        "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit is append-only: UPDATE is not allowed'); END",
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit is append-only: DELETE is not allowed'); END",
+    ],
+}
+"""The append-only guard on ``audit``, installed with the table (create_all and migrations)."""
+
+for _dialect, _statements in APPEND_ONLY_DDL.items():
+    for _statement in _statements:
+        event.listen(Audit.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+event.listen(
+    Audit.__table__,
+    "before_drop",
+    DDL("DROP FUNCTION IF EXISTS audit_append_only() CASCADE").execute_if(dialect="postgresql"),
+)
 
 
 def init_db(engine: Engine) -> None:

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: real services, managed processes, a stack builder."""
