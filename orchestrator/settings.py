@@ -159,7 +159,7 @@ def _format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "?"
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if field not in SECRET_FIELDS and "input" in item and not isinstance(item["input"], dict):
             message += f" (got {item['input']!r})"
         lines.append(f"  {field.upper()}: {message}")
