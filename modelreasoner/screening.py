@@ -59,7 +59,7 @@ MAX_AGE_MONTHS = 216  # 18 years; the contract's upper bound
 MAX_OBSERVATION_CHARS = 4000  # contract limit; keeps the per-request cost bounded
 
 PRE_CUE_WINDOW = 5  # words before a keyword in which an absence cue applies ("does not yet really walk")
-POST_CUE_WINDOW = 4  # words after a keyword in which a concern cue applies ("walking is a bit delayed")
+POST_CUE_WINDOW = 5  # words after a keyword in which a concern cue applies ("kicking a ball is a concern")
 REGRESSION_WINDOW = 3  # tighter: "used to be behind in talking" must not read as loss of talking
 MAX_PHRASE_GAP = 3  # words allowed between the parts of a keyword ("points to pictures in books")
 MAX_NEGATION_FILLERS = 3  # filler words between a negator and the concern it cancels
