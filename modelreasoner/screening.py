@@ -13,7 +13,7 @@ How it reads text (all lowercase, word tokens, apostrophes dropped so "doesn't" 
    "never had any trouble", "hasn't lost", "can't stop talking") is not a cue.
 3. A milestone keyword is ABSENT/CONCERNING when, in the same clause, an absence cue ("not", "doesn't",
    "never", "unable", "struggles", "concern", "delayed", ...) appears up to 5 words before it, a
-   concern cue ("delayed", "behind", "a concern", ...) up to 4 words after it, or a regression cue
+   concern cue ("delayed", "behind", "a concern", ...) up to 5 words after it, or a regression cue
    ("lost", "stopped", "no longer", "used to", "anymore") within 3 words on either side.
 4. REGRESSION (loss of acquired skills) is reported when a regression cue sits within 3 words of any
    milestone keyword or generic skill word ("skills", "words", "talking", ...), or the text says
