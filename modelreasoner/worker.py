@@ -62,7 +62,7 @@ def _with_db_retry(rt: Runtime, fn):
     return retry(
         retry=retry_if_exception_type(DatabaseUnavailable),
         stop=stop_after_attempt(rt.settings.db_retry_attempts),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         before_sleep=note,
         reraise=True,
     )(fn)()

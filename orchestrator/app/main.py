@@ -70,14 +70,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         unregister()
-        services.redis.close()
-        services.engine.dispose()
+        if app.state.owns_services:  # injected services belong to whoever built them
+            services.redis.close()
+            services.engine.dispose()
         log.info("api stopped")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API. ``settings`` defaults to the process-wide validated settings."""
-    settings = settings or get_settings()
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    """Build the API. ``settings`` defaults to the process-wide validated settings; ``services``
+    (engine, Redis, queue) are built from them unless given (unit tests pass fakes)."""
+    settings = services.settings if services else (settings or get_settings())
     configure_logging(settings.log_level)
     app = FastAPI(
         title="pedi-orchestrator",
@@ -85,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.services = build_services(settings)
+    app.state.services = services or build_services(settings)
+    app.state.owns_services = services is None
     install_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -1,0 +1,172 @@
+"""process_job's logic on SQLite with a scripted model client: every path ends terminal."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelreasoner.client import CallInput, CallResult
+from modelreasoner.lease import LeaseKeeper
+from modelreasoner.runtime import Runtime
+from modelreasoner.worker import execute
+from orchestrator import jobs
+from orchestrator.db import make_session_factory
+from orchestrator.errors import ModelCallError
+from orchestrator.models import Audit, Job, JobStatus
+from orchestrator.routing import InMemoryStatsStore, Router, Target
+from orchestrator.schemas import JobCreate
+from orchestrator.settings import load_settings
+
+ANSWER = {"risk_level": "low", "flagged_domains": [], "rationale": "ok", "model_version": "t"}
+EDGE = Target("edge", "edge", url="http://edge", cost_per_call_usd=0.0002, prior_latency_ms=50)
+GPU = Target("gpu", "gpu", url="http://gpu", cost_per_call_usd=0.004, prior_latency_ms=40)
+
+
+@dataclass
+class ScriptedClient:
+    """Answers per target from a script: an exception instance to raise, or a result dict."""
+
+    script: dict[str, list] = field(default_factory=dict)
+    calls: list[tuple[str, float]] = field(default_factory=list)
+
+    def call(self, target: Target, job: CallInput, timeout_s: float) -> CallResult:
+        self.calls.append((target.name, timeout_s))
+        outcome = self.script.get(target.name, [ANSWER]).pop(0) if self.script.get(target.name) else ANSWER
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return CallResult(result=outcome, latency_ms=5.0, cost_usd=target.cost_per_call_usd)
+
+
+def make_runtime(engine, fake_redis, client, targets=(EDGE, GPU), **env) -> Runtime:
+    settings = load_settings().model_copy(update=env)
+    sessions = make_session_factory(engine)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        redis=fake_redis,
+        router=Router(InMemoryStatsStore(), rng=random.Random(1)),
+        client=client,
+        http=httpx.Client(),
+        leases=LeaseKeeper(sessions, worker_id="w-test", lease_seconds=15),
+        worker_id="w-test",
+        static_targets=list(targets),
+    )
+
+
+def submit(engine, **body) -> uuid.UUID:
+    body.setdefault("age_months", 24)
+    body.setdefault("observations", "x")
+    with Session(engine) as session:
+        return jobs.submit_screening(session, JobCreate(**body), actor="anonymous", default_sla_ms=2000).job.id
+
+
+def load(engine, job_id) -> tuple[Job, list[Audit]]:
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        trail = session.scalars(select(Audit).where(Audit.job_id == job_id).order_by(Audit.id)).all()
+        return job, list(trail)
+
+
+def test_a_job_completes_on_the_first_choice_with_a_full_trail(sqlite_engine, fake_redis):
+    client = ScriptedClient()
+    job_id = submit(sqlite_engine)
+    summary = execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert summary == {"status": "completed", "target": "edge"}
+    assert job.status == "completed" and job.result == ANSWER and job.target == "edge"
+    assert job.sla_met is True and job.attempts == 1 and job.cost_usd == pytest.approx(0.0002)
+    assert job.decision["chosen"] == "edge" and job.lease_expires_at is None
+    assert [a.event for a in trail] == ["submitted", "claimed", "routed", "attempt", "completed"]
+    assert trail[3].target == "edge" and trail[3].outcome == "ok" and trail[3].actor == "w-test"
+
+
+def test_a_failing_target_fails_over_to_the_next_candidate(sqlite_engine, fake_redis):
+    client = ScriptedClient({"edge": [ModelCallError("http_5xx", "HTTP 500")]})
+    job_id = submit(sqlite_engine)
+    execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert [name for name, _ in client.calls] == ["edge", "gpu"]
+    assert job.status == "completed" and job.target == "gpu" and job.attempts == 2
+    attempts = [(a.target, a.outcome) for a in trail if a.event == "attempt"]
+    assert attempts == [("edge", "http_5xx"), ("gpu", "ok")]
+    assert job.cost_usd == pytest.approx(0.0002 + 0.004)  # the 500 reached the server: it cost
+
+
+def test_when_every_target_fails_the_job_fails_with_each_reason(sqlite_engine, fake_redis):
+    client = ScriptedClient(
+        {
+            "edge": [ModelCallError("timeout", "no answer within 500 ms")],
+            "gpu": [ModelCallError("connect_error", "refused")],
+        }
+    )
+    job_id = submit(sqlite_engine)
+    summary = execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert summary["status"] == "failed" and job.status == "failed" and job.error_kind == "all_targets_failed"
+    assert "edge: timeout (no answer within 500 ms)" in job.error and "gpu: connect_error (refused)" in job.error
+    assert [a.event for a in trail][-1] == "failed"
+
+
+def test_a_duplicate_delivery_is_a_no_op(sqlite_engine, fake_redis):
+    client = ScriptedClient()
+    runtime = make_runtime(sqlite_engine, fake_redis, client)
+    job_id = submit(sqlite_engine)
+    execute(runtime, job_id)
+    assert execute(runtime, job_id) == {"status": "skipped", "target": None}
+    job, trail = load(sqlite_engine, job_id)
+    assert len(client.calls) == 1 and [a.event for a in trail].count("completed") == 1
+
+
+def test_a_strict_sla_nobody_can_meet_fails_fast_without_a_call(sqlite_engine, fake_redis):
+    client = ScriptedClient()
+    slow = [Target("edge", "edge", url="http://edge", prior_latency_ms=5000)]
+    job_id = submit(sqlite_engine, sla_ms=100, strict_sla=True)
+    execute(make_runtime(sqlite_engine, fake_redis, client, targets=slow), job_id)
+    job, _ = load(sqlite_engine, job_id)
+    assert client.calls == [] and job.status == "failed" and job.error_kind == "sla_unmeetable"
+    assert job.error.startswith("sla_unmeetable:")
+
+
+def test_no_configured_target_fails_the_job_with_that_reason(sqlite_engine, fake_redis):
+    job_id = submit(sqlite_engine)
+    execute(make_runtime(sqlite_engine, fake_redis, ScriptedClient(), targets=()), job_id)
+    job, _ = load(sqlite_engine, job_id)
+    assert job.status == "failed" and job.error_kind == "no_targets"
+
+
+def test_an_unexpected_crash_still_ends_the_job_failed(sqlite_engine, fake_redis):
+    client = ScriptedClient({"edge": [ZeroDivisionError("bug")]})
+    job_id = submit(sqlite_engine)
+    execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    job, _ = load(sqlite_engine, job_id)
+    assert job.status == "failed" and job.error_kind == "internal_error" and "ZeroDivisionError" in job.error
+
+
+def test_the_call_timeout_is_the_configured_one_or_the_time_left_whichever_is_smaller(sqlite_engine, fake_redis):
+    client = ScriptedClient()
+    roomy, tight = submit(sqlite_engine, sla_ms=60_000), submit(sqlite_engine, sla_ms=1500)
+    runtime = make_runtime(sqlite_engine, fake_redis, client, routing_timeout_seconds=4.0)
+    execute(runtime, roomy)
+    execute(runtime, tight)
+    (_, roomy_timeout), (_, tight_timeout) = client.calls
+    assert roomy_timeout == 4.0
+    assert 1.0 < tight_timeout <= 1.5
+
+
+def test_the_first_terminal_write_wins(sqlite_engine):
+    job_id = submit(sqlite_engine)
+    now = datetime.now(UTC)
+    with Session(sqlite_engine) as session:
+        assert jobs.claim(session, job_id, worker_id="a", now=now, lease_seconds=15) is not None
+        assert jobs.finish(session, job_id, JobStatus.COMPLETED, actor="a", now=now, target="edge")
+        assert not jobs.finish(session, job_id, JobStatus.FAILED, actor="b", now=now + timedelta(seconds=1))
+    job, trail = load(sqlite_engine, job_id)
+    assert job.status == "completed" and [a.event for a in trail].count("failed") == 0
