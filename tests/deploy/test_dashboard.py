@@ -21,6 +21,10 @@ pytestmark = pytest.mark.deploy
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "pedi-orchestrator-dashboard.json"
 RULES = ROOT / "prometheus" / "rules" / "pedi-orchestrator-alerts.yaml"
+PROVISIONING = ROOT / "grafana" / "provisioning"
+PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
+DASHBOARDS_MOUNT = "/var/lib/grafana/dashboards"
+"""Where compose mounts ./grafana/dashboards in the Grafana container."""
 DATASOURCE_REF = "${datasource}"
 RATE_INTERVAL = "$__rate_interval"
 SCHEMA_VERSION = 39
@@ -208,6 +212,16 @@ def test_panels_fit_the_grid_without_overlapping():
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
                 cells[(x, y)] = panel["title"]
+
+
+def test_provisioning_serves_this_dashboard_from_the_prometheus_datasource():
+    [source] = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert (source["name"], source["type"], source["url"]) == ("Prometheus", "prometheus", "http://prometheus:9090")
+    assert source["uid"] == variables(load_dashboard())["datasource"]["current"]["value"], "default datasource uid"
+    scrape_interval = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape_interval, "$__rate_interval needs the scrape interval"
+    [provider] = yaml.safe_load((PROVISIONING / "dashboards" / "pedi.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == DASHBOARDS_MOUNT
 
 
 def test_every_expression_parses(tmp_path: Path):
