@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ log = logging.getLogger("modelreasoner.worker")
 
 SLOT_WAIT_SECONDS = 5.0
 """While every slot is busy the main loop wakes this often (s) to heartbeat and check for stop."""
+DEQUEUE_WAIT_SECONDS = 2
+"""Longest blocking wait for a job id (s): how long a warm shutdown may wait before it starts."""
 
 
 def process_job(job_id: str) -> dict[str, str | None]:
@@ -133,9 +136,11 @@ class ThreadedWorker(SimpleWorker):
     """An RQ worker that keeps up to ``concurrency`` jobs in flight on a thread pool.
 
     A slot is taken before a job is dequeued, so jobs this process cannot start stay in Redis
-    for other workers, and a stop request never strands a dequeued job. Each job still goes
-    through RQ's own ``perform_job`` (started/finished/failed registries, executions, results).
-    On warm shutdown (SIGTERM) it stops dequeuing and waits for the jobs in flight.
+    for other workers. Warm shutdown (first SIGTERM/SIGINT) only sets a flag: the dequeue waits
+    at most DEQUEUE_WAIT_SECONDS, so a job id Redis has already handed over is always run, never
+    stranded (RQ's stock handler raises inside the blocking dequeue); then the worker stops
+    dequeuing and waits for the jobs in flight. A second signal is a cold shutdown. Each job
+    still goes through RQ's ``perform_job`` (registries, executions, results, ``rq info``).
     """
 
     death_penalty_class = TimerDeathPenalty
@@ -146,19 +151,39 @@ class ThreadedWorker(SimpleWorker):
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
 
+    def _shutdown(self) -> None:
+        self._stop_requested = True
+        self.set_shutdown_requested_date()
+        log.info("warm shutdown: finishing the jobs in flight; signal again to stop at once")
+
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         while not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
             self.heartbeat()
             if self._stop_requested:
                 return None
         try:
-            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            result = self._dequeue_until_stopped(timeout, max_idle_time)
         except BaseException:
             self._slots.release()
             raise
         if result is None:
             self._slots.release()
         return result
+
+    def _dequeue_until_stopped(self, timeout, max_idle_time):
+        if timeout is None:  # burst mode: one non-blocking attempt
+            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        idle_since = time.monotonic()
+        while not self._stop_requested:
+            wait = DEQUEUE_WAIT_SECONDS
+            if max_idle_time is not None:
+                wait = min(wait, max(1, int(max_idle_time - (time.monotonic() - idle_since))))
+            result = super().dequeue_job_and_maintain_ttl(min(timeout, wait), wait)
+            if result is not None:
+                return result
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+        return None
 
     def execute_job(self, job, queue) -> None:
         execution = self.prepare_execution(job)
