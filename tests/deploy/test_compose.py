@@ -232,7 +232,10 @@ def test_prometheus_config_scrapes_the_api_and_worker_with_the_repos_rules():
     config_path = ROOT / "prometheus" / "prometheus.yml"
     require(config_path.exists(), "prometheus/prometheus.yml is not in this checkout yet")
     config = yaml.safe_load(config_path.read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
+    targets = set()
+    for job in config["scrape_configs"]:
+        targets |= {t for sc in job.get("static_configs", []) for t in sc["targets"]}
+        targets |= {f"{n}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
     assert {"orchestrator:9000", "worker:9100"} <= targets, targets
     rule_globs = config.get("rule_files", [])
     assert any(g.startswith("/etc/prometheus/rules/") for g in rule_globs), rule_globs
