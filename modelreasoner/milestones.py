@@ -112,9 +112,7 @@ MILESTONES: tuple[Milestone, ...] = (
     _m(12, M, "walks holding on to furniture", "cruis*; walk*|walks furniture"),
     _m(12, M, "picks things up between thumb and pointer finger", "pincer"),
     # 15 months
-    _m(
-        15, S, "shows affection such as hugs or cuddles", "hug|hugs|hugging|hugged; cuddl*; kiss*; affection*"
-    ),
+    _m(15, S, "shows affection such as hugs or cuddles", "hug|hugs|hugging|hugged; cuddl*; kiss*; affection*"),
     _m(15, S, "claps when excited", "clap*"),
     _m(15, C, "tries to say one or two words besides mama or dada", f"{WORDS}; {TALK}; first words"),
     _m(15, C, "points to ask for something or to get help", "point|points|pointing|pointed"),
@@ -154,9 +152,7 @@ MILESTONES: tuple[Milestone, ...] = (
         "uses gestures beyond waving and pointing, like blowing a kiss or nodding",
         "gesture*; blow* kiss*; nod|nods|nodding",
     ),
-    _m(
-        24, G, "tries to use switches, knobs or buttons on a toy", "switch*; knob|knobs; press*|push* button*"
-    ),
+    _m(24, G, "tries to use switches, knobs or buttons on a toy", "switch*; knob|knobs; press*|push* button*"),
     _m(24, M, "kicks a ball", "kick*"),
     _m(24, M, "runs", "run|runs|running|ran"),
     _m(24, M, "walks up a few stairs", "stair*; walk*|climb* stair*|steps"),
@@ -182,9 +178,7 @@ MILESTONES: tuple[Milestone, ...] = (
     _m(30, G, "shows they know at least one color", COLOR),
     _m(30, M, "jumps off the ground with both feet", "jump*"),
     _m(30, M, "turns book pages one at a time", "page|pages"),
-    _m(
-        30, M, "uses hands to twist things, like doorknobs or lids", "twist*; unscrew*; doorknob*; door knob*"
-    ),
+    _m(30, M, "uses hands to twist things, like doorknobs or lids", "twist*; unscrew*; doorknob*; door knob*"),
     # 36 months
     _m(36, S, "calms down within 10 minutes after you leave", "separat*; calm* leave|leaves|leaving"),
     _m(

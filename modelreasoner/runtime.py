@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import redis
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,11 +24,10 @@ from modelreasoner.client import ModelClient
 from modelreasoner.lease import LeaseKeeper
 from modelreasoner.simulated import SimulatedClient, simulated_targets
 from orchestrator.db import make_engine, make_session_factory
-from orchestrator.models import RegisteredTarget
 from orchestrator.queue_rq import make_redis
 from orchestrator.routing import RedisStatsStore, Router, Target
 from orchestrator.settings import Settings, get_settings
-from orchestrator.targets import configured_targets, make_target
+from orchestrator.targets import configured_targets, merge_targets, registered_targets
 
 REGISTERED_TARGETS_TTL_SECONDS = 5.0
 """How stale the worker's copy of agents registered through the API may be (s): a new agent
@@ -61,27 +59,12 @@ class Runtime:
                 self._registered = load_registered_targets(self.sessions)
                 self._registered_at = now
             registered = list(self._registered)
-        by_name = {t.name: t for t in self.static_targets}
-        by_name.update({t.name: t for t in registered})
-        return list(by_name.values())
+        return merge_targets(self.static_targets, registered)
 
 
 def load_registered_targets(sessions: sessionmaker[Session]) -> list[Target]:
     with sessions() as session:
-        rows = session.scalars(select(RegisteredTarget).order_by(RegisteredTarget.name)).all()
-        return [
-            make_target(
-                row.name,
-                row.tier,
-                row.url,
-                row.contract,
-                cost_per_call_usd=row.cost_per_call_usd,
-                capacity=row.capacity,
-                prior_latency_ms=row.prior_latency_ms,
-                enabled=row.enabled,
-            )
-            for row in rows
-        ]
+        return registered_targets(session)
 
 
 def new_worker_id() -> str:

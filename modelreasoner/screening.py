@@ -293,8 +293,7 @@ def _find_matches(clause: list[str]) -> list[_Match]:
 def _is_covered(m: _Match, found: list[_Match]) -> bool:
     """A match is covered when a longer keyword of another milestone spans it ("words together")."""
     return any(
-        o.owner not in (GENERIC, m.owner) and o.size > m.size and o.start <= m.start and m.end <= o.end
-        for o in found
+        o.owner not in (GENERIC, m.owner) and o.size > m.size and o.start <= m.start and m.end <= o.end for o in found
     )
 
 

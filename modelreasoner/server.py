@@ -221,9 +221,7 @@ async def _emulated(rt: _Runtime, request: Request, work: Callable[[], Any]) -> 
         rt.in_flight -= 1
     if outcome.fail:
         rt.errors_total += 1
-        return _error(
-            503, "emulated_failure", f"emulated transient failure (fail_rate {profile.fail_rate:g})"
-        )
+        return _error(503, "emulated_failure", f"emulated transient failure (fail_rate {profile.fail_rate:g})")
     latency_ms = (time.perf_counter() - started) * 1000.0
     rt.served_total += 1
     rt.latencies.record(latency_ms, time.monotonic())
@@ -261,9 +259,7 @@ def _install_contract_routes(app: FastAPI, rt: _Runtime) -> None:
                 task = InferRequest.model_validate(body.payload)
             except ValidationError as exc:
                 return _error(422, "validation_error", _describe(exc.errors(), prefix="payload"))
-            result = await _emulated(
-                rt, request, lambda: screen(task.age_months, task.observations).to_dict()
-            )
+            result = await _emulated(rt, request, lambda: screen(task.age_months, task.observations).to_dict())
         else:
             summary = {"task_type": body.task_type, "payload_sha256": _sha256_json(body.payload)}
             result = await _emulated(rt, request, lambda: summary)
@@ -318,9 +314,7 @@ def _install_ops_routes(app: FastAPI, rt: _Runtime, admin: bool) -> None:
         return JSONResponse(new.to_dict())
 
 
-def create_app(
-    profile: Profile | None = None, *, admin: bool = False, rng: random.Random | None = None
-) -> FastAPI:
+def create_app(profile: Profile | None = None, *, admin: bool = False, rng: random.Random | None = None) -> FastAPI:
     """Build the model-server ASGI app.
 
     profile: emulation settings (default: tier "none", no emulation); admin: expose /admin/profile;
@@ -350,15 +344,11 @@ def _env(name: str) -> str:
 @click.command(context_settings={"show_default": True})
 @click.option("--host", default="127.0.0.1", envvar=_env("HOST"), help="Interface to bind.")
 @click.option("--port", default=8001, type=int, envvar=_env("PORT"), help="TCP port.")
-@click.option(
-    "--tier", default="none", type=click.Choice(TIERS), envvar=_env("TIER"), help="Default profile."
-)
+@click.option("--tier", default="none", type=click.Choice(TIERS), envvar=_env("TIER"), help="Default profile.")
 @click.option("--latency-ms", type=float, envvar=_env("LATENCY_MS"), help="Median extra delay (ms).")
 @click.option("--jitter", type=float, envvar=_env("JITTER"), help="Lognormal sigma of the delay.")
 @click.option("--fail-rate", type=float, envvar=_env("FAIL_RATE"), help="Probability (0..1) of a 503.")
-@click.option(
-    "--capacity", type=int, envvar=_env("CAPACITY"), help="Concurrent slots; excess requests queue."
-)
+@click.option("--capacity", type=int, envvar=_env("CAPACITY"), help="Concurrent slots; excess requests queue.")
 @click.option("--cost-usd", type=float, envvar=_env("COST_USD"), help="Reported cost per call (USD).")
 @click.option("--seed", type=int, envvar=_env("SEED"), help="RNG seed for repeatable delays and failures.")
 @click.option("--fault", type=click.Choice(FAULTS), envvar=_env("FAULT"), help="Deterministic fault mode.")
@@ -370,9 +360,7 @@ def _env(name: str) -> str:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     envvar=_env("LOG_LEVEL"),
 )
-def main(
-    host: str, port: int, tier: str, admin: bool, access_log: bool, log_level: str, **options: Any
-) -> None:
+def main(host: str, port: int, tier: str, admin: bool, access_log: bool, log_level: str, **options: Any) -> None:
     """Serve the reference screening model, emulating a tier's latency and failure profile."""
     try:
         profile = profile_for_tier(tier, **options)

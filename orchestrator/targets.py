@@ -15,8 +15,11 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from orchestrator.errors import ConfigError
+from orchestrator.models import RegisteredTarget
 from orchestrator.routing.types import Target
 from orchestrator.settings import Settings
 
@@ -128,3 +131,28 @@ def _apply_spec(existing: Target | None, spec: TargetSpec, path: Path) -> Target
             "environment URL, so it needs both 'tier' and 'url'"
         )
     return make_target(spec.name, spec.tier, spec.url, spec.contract or "infer", **options)
+
+
+def registered_targets(session: Session) -> list[Target]:
+    """Targets registered at run time through POST /register_agent, by name."""
+    rows = session.scalars(select(RegisteredTarget).order_by(RegisteredTarget.name)).all()
+    return [
+        make_target(
+            row.name,
+            row.tier,
+            row.url,
+            row.contract,
+            cost_per_call_usd=row.cost_per_call_usd,
+            capacity=row.capacity,
+            prior_latency_ms=row.prior_latency_ms,
+            enabled=row.enabled,
+        )
+        for row in rows
+    ]
+
+
+def merge_targets(static: list[Target], registered: list[Target]) -> list[Target]:
+    """The full catalogue: a registered target replaces a configured one of the same name."""
+    by_name = {t.name: t for t in static}
+    by_name.update({t.name: t for t in registered})
+    return list(by_name.values())

@@ -45,9 +45,7 @@ class ServerProcess:
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
         cmd = [sys.executable, "-m", "modelreasoner.server", "--port", str(self.port), *args]
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_healthy(self) -> dict:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

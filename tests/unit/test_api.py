@@ -87,7 +87,10 @@ def test_a_second_job_can_join_an_existing_case(client):
         ({"observations": MARKER}, "age_months"),
         ({"age_months": 5, "observations": MARKER * 600}, "observations"),
         ({"age_months": 5, "observations": MARKER, "embedding_b64": "not base64!"}, "embedding_b64"),
-        ({"age_months": 5, "observations": MARKER, "embedding_b64": base64.b64encode(b"abc").decode()}, "embedding_b64"),
+        (
+            {"age_months": 5, "observations": MARKER, "embedding_b64": base64.b64encode(b"abc").decode()},
+            "embedding_b64",
+        ),
         ({"age_months": 5, "observations": MARKER, "preferred_target": "mainframe"}, "preferred_target"),
         ({"age_months": 5, "observations": MARKER, "sla_ms": 0}, "sla_ms"),
         ({"age_months": 5, "observations": MARKER, "colour": "blue"}, "colour"),
@@ -104,7 +107,9 @@ def test_bad_input_is_a_422_naming_the_field_and_nothing_is_written(client, sqli
 
 
 def test_an_embedding_of_4096_floats_is_accepted_and_4097_is_not(client):
-    ok = client.post("/api/submit", json={"age_months": 5, "observations": "x", "embedding_b64": embedding([0.5] * 4096)})
+    ok = client.post(
+        "/api/submit", json={"age_months": 5, "observations": "x", "embedding_b64": embedding([0.5] * 4096)}
+    )
     assert ok.status_code == 202
     too_many = client.post(
         "/api/submit", json={"age_months": 5, "observations": "x", "embedding_b64": embedding([0.5] * 4097)}
@@ -138,7 +143,9 @@ def test_the_same_idempotency_key_and_body_returns_the_same_job(client, sqlite_e
 
 def test_the_same_idempotency_key_with_another_body_is_a_409(client, sqlite_engine):
     client.post("/api/submit", json={"age_months": 40, "observations": "a"}, headers={"Idempotency-Key": "k"})
-    conflict = client.post("/api/submit", json={"age_months": 41, "observations": "a"}, headers={"Idempotency-Key": "k"})
+    conflict = client.post(
+        "/api/submit", json={"age_months": 41, "observations": "a"}, headers={"Idempotency-Key": "k"}
+    )
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "idempotency_conflict"
     assert count(sqlite_engine, Job) == 1
 

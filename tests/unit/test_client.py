@@ -39,7 +39,9 @@ def test_the_runner_contract_posts_a_task_and_takes_the_reported_cost():
         body = json.loads(request.content)
         assert str(request.url) == "http://runner.test/run"
         assert body["task_id"] == "j1" and body["task_type"] == "screening" and body["payload"]["age_months"] == 24
-        return httpx.Response(200, json={"actual_latency_ms": 12.5, "actual_cost_usd": 0.0031, "output_ref": "inline:j1"})
+        return httpx.Response(
+            200, json={"actual_latency_ms": 12.5, "actual_cost_usd": 0.0031, "output_ref": "inline:j1"}
+        )
 
     result = client_for(handler).call(RUN, JOB, timeout_s=1.0)
     assert result.cost_usd == 0.0031 and result.result["output_ref"] == "inline:j1"

@@ -34,9 +34,7 @@ INFER_KEYS = {
 }
 
 
-async def _requests(
-    app: Any, calls: list[tuple[str, str, Any]], deadline: float | None
-) -> list[httpx.Response]:
+async def _requests(app: Any, calls: list[tuple[str, str, Any]], deadline: float | None) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://model.test") as client:
         out = []
@@ -85,9 +83,7 @@ def test_infer_happy_path(app):
     assert set(body) == INFER_KEYS
     assert body["risk_level"] == "moderate"
     assert body["flagged_domains"] == ["motor"]
-    assert body["milestones_flagged"] == [
-        {"domain": "motor", "milestone": "kicks a ball", "expected_by_months": 24}
-    ]
+    assert body["milestones_flagged"] == [{"domain": "motor", "milestone": "kicks a ball", "expected_by_months": 24}]
     assert "kicks a ball" in body["rationale"]
     assert body["age_band_months"] == 24
 
@@ -151,9 +147,7 @@ def test_observations_are_never_logged(app, caplog):
 def test_run_screening_returns_the_infer_output_cost_and_ref():
     app = create_app(profile_for_tier("gpu", latency_ms=0.0, fail_rate=0.0))
     payload = infer_body("She stopped saying mama.")
-    r = call(
-        app, "POST", "/run", {"task_id": "t-42", "task_type": "screening", "payload": payload, "sla_ms": 500}
-    )
+    r = call(app, "POST", "/run", {"task_id": "t-42", "task_type": "screening", "payload": payload, "sla_ms": 500})
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"actual_latency_ms", "actual_cost_usd", "output_ref", "output"}

@@ -61,9 +61,7 @@ def test_later_band_milestones_are_not_expected_yet():
 
 
 def test_child_older_than_60_months_is_checked_against_all_bands():
-    result = screen(
-        84, "She doesn't count to 10 and cannot hop on one foot. She never learned to kick a ball."
-    )
+    result = screen(84, "She doesn't count to 10 and cannot hop on one foot. She never learned to kick a ball.")
     assert result.age_band_months == 60
     assert {"counts to 10", "hops on one foot", "kicks a ball"} <= flagged_texts(result)
     assert result.risk_level == "high"
@@ -83,10 +81,7 @@ def test_low_when_observations_are_positive():
     result = screen(24, "Walks and runs well, kicks a ball, eats with a spoon and puts two words together.")
     assert result.risk_level == "low"
     assert result.flagged_domains == ()
-    assert (
-        result.rationale
-        == "No age-expected milestones reported as absent or concerning for the 24-month band."
-    )
+    assert result.rationale == "No age-expected milestones reported as absent or concerning for the 24-month band."
 
 
 def test_empty_observations_are_low():
@@ -285,16 +280,12 @@ def test_to_dict_matches_the_inference_contract():
     assert body["model_version"] == MODEL_VERSION
     assert body["model_version"].startswith("milestones-baseline-")
     assert body["disclaimer"] == DISCLAIMER == "Reference baseline, not a validated clinical tool."
-    assert body["milestones_flagged"] == [
-        {"domain": "motor", "milestone": "kicks a ball", "expected_by_months": 24}
-    ]
+    assert body["milestones_flagged"] == [{"domain": "motor", "milestone": "kicks a ball", "expected_by_months": 24}]
     assert body["flagged_domains"] == ["motor"]
 
 
 def test_flagged_domains_are_sorted():
-    result = screen(
-        30, "Doesn't jump, never plays pretend, doesn't use pronouns, no interest in playing next to kids."
-    )
+    result = screen(30, "Doesn't jump, never plays pretend, doesn't use pronouns, no interest in playing next to kids.")
     assert list(result.flagged_domains) == sorted(result.flagged_domains)
     assert len(result.flagged_domains) >= 3
 
@@ -312,9 +303,7 @@ def test_screen_is_deterministic():
     assert results[0].to_dict() == screen(24, text).to_dict()
 
 
-@pytest.mark.parametrize(
-    ("age", "exc"), [(-1, ValueError), (217, ValueError), (True, TypeError), (12.0, TypeError)]
-)
+@pytest.mark.parametrize(("age", "exc"), [(-1, ValueError), (217, ValueError), (True, TypeError), (12.0, TypeError)])
 def test_out_of_contract_age_is_rejected(age, exc):
     with pytest.raises(exc):
         screen(age, "")

@@ -46,7 +46,9 @@ def test_a_malformed_value_is_refused_naming_the_variable(monkeypatch, variable,
 
 def test_a_typo_in_one_of_our_variables_is_refused_with_a_suggestion(monkeypatch):
     monkeypatch.setenv("ROUTING_TIMEOUT_SECOND", "3")
-    with pytest.raises(ConfigError, match="ROUTING_TIMEOUT_SECOND is not a known setting; did you mean ROUTING_TIMEOUT_SECONDS"):
+    with pytest.raises(
+        ConfigError, match="ROUTING_TIMEOUT_SECOND is not a known setting; did you mean ROUTING_TIMEOUT_SECONDS"
+    ):
         load_settings()
 
 

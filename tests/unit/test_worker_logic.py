@@ -102,7 +102,10 @@ def test_a_failing_target_fails_over_to_the_next_candidate(sqlite_engine, fake_r
 
 def test_when_every_target_fails_the_job_fails_with_each_reason(sqlite_engine, fake_redis):
     client = ScriptedClient(
-        {"edge": [ModelCallError("timeout", "no answer within 500 ms")], "gpu": [ModelCallError("connect_error", "refused")]}
+        {
+            "edge": [ModelCallError("timeout", "no answer within 500 ms")],
+            "gpu": [ModelCallError("connect_error", "refused")],
+        }
     )
     job_id = submit(sqlite_engine)
     summary = execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
