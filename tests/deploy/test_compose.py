@@ -373,6 +373,8 @@ def test_the_compose_commands_run_the_product(pg_server_url, redis_url, artifact
         assert job["target"] in {"edge", "cloud", "gpu"}
         metrics = httpx.get(local.ready_url("worker"), timeout=5).text
         assert re.search(rf'pedi_jobs_completed_total{{target="{job["target"]}"}} 1\.0', metrics)
+        # SIGTERM, as `docker stop` sends it to the exec-form PID 1: RQ's warm shutdown exits 0.
+        assert processes[-1].stop(timeout=15) == 0, processes[-1].tail()
     finally:
         for process in reversed(processes):
             process.stop(timeout=15)
