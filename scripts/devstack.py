@@ -32,7 +32,7 @@ READY_TIMEOUT_SECONDS = 40.0
 TIERS = (("edge", "EDGE_MODEL_URL"), ("cloud", "CLOUD_MODEL_URL"), ("gpu", "GPU_MODEL_URL"))
 CURL = (
     "curl -s -X POST http://localhost:{port}/api/submit -H 'content-type: application/json'{auth} "
-    "-d '{{\"age_months\": 24, \"observations\": \"Does not point to show things and says no words yet.\"}}'"
+    '-d \'{{"age_months": 24, "observations": "Does not point to show things and says no words yet."}}\''
 )
 
 
@@ -86,7 +86,9 @@ class Supervisor:
         while True:
             for name, process, log_path in self.children:
                 if process.poll() is not None:
-                    raise click.ClickException(f"{name} stopped unexpectedly (exit {process.returncode}):\n{tail(log_path)}")
+                    raise click.ClickException(
+                        f"{name} stopped unexpectedly (exit {process.returncode}):\n{tail(log_path)}"
+                    )
             time.sleep(0.5)
 
     def stop_all(self) -> None:
@@ -165,10 +167,29 @@ def main(api_port: int, model_port: int, concurrency: int) -> None:
             env[variable] = url
             say(f"model server {tier}: {url}")
         supervisor.env = env
-        worker = [sys.executable, "-m", "modelreasoner.worker", "--concurrency", str(concurrency), "--name", "dev-worker"]
+        worker = [
+            sys.executable,
+            "-m",
+            "modelreasoner.worker",
+            "--concurrency",
+            str(concurrency),
+            "--name",
+            "dev-worker",
+        ]
         supervisor.start("worker", worker)
-        api = [sys.executable, "-m", "uvicorn", "orchestrator.app.main:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"]
+        api = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "orchestrator.app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+            "--log-level",
+            "warning",
+        ]
         supervisor.start("api", api, ready_url=f"http://127.0.0.1:{api_port}/readyz")
         announce(api_port, settings.api_key is not None)
         supervisor.watch()

@@ -178,7 +178,7 @@ def test_prometheus_scrapes_the_stack_and_loads_the_alert_rules(stack, tmp_path)
         assert set(health) == {"pedi-orchestrator", "pedi-worker", "prometheus"}
         eventually(lambda: prom.scalar("sum(pedi_jobs_completed_total)"), lambda v: v == JOBS, f"{JOBS} completed jobs")
         assert prom.scalar("sum(pedi_jobs_submitted_total)") == JOBS
-        assert prom.scalar('sum(pedi_jobs_completed_total{component="worker"})') == JOBS, "worker relabelling lost"
+        assert prom.scalar('sum(pedi_jobs_completed_total{service="worker"})') == JOBS, "worker relabelling lost"
         eventually(
             lambda: prom.scalar("max(pedi_workers_alive)"), lambda v: v == 1, "the API reporting one live worker"
         )
