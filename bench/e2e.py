@@ -103,7 +103,14 @@ def wait_completed(engine, expected: int, timeout: float = 600.0) -> None:
             say(f"  {done}/{expected} terminal")
             last_report = time.monotonic()
         time.sleep(0.05)
-    raise click.ClickException(f"only {done}/{expected} jobs finished within {timeout:.0f} s")
+    with Session(engine) as session:
+        stuck = session.execute(
+            select(Job.id, Job.status, Job.claim_count, Job.worker_id, Job.created_at, Job.started_at)
+            .where(Job.status.in_(["queued", "running"]))
+            .limit(5)
+        ).all()
+    details = "; ".join(f"{row.id} {row.status} claims={row.claim_count} worker={row.worker_id}" for row in stuck)
+    raise click.ClickException(f"only {done}/{expected} jobs finished within {timeout:.0f} s: {details}")
 
 
 def overheads(engine, since: datetime) -> list[float]:
@@ -116,16 +123,28 @@ def overheads(engine, since: datetime) -> list[float]:
     return [(f - c).total_seconds() * 1000.0 - (lat or 0.0) for c, f, lat in rows]
 
 
-def open_loop(api_url: str, rate: float, jobs: int) -> None:
-    """Submit ``jobs`` at a steady ``rate`` per second (arrivals do not wait for answers)."""
+def open_loop(api_url: str, rate: float, jobs: int) -> int:
+    """Submit ``jobs`` at a steady ``rate`` per second (arrivals do not wait for answers).
+    Returns how many the API accepted; refusals are reported, not hidden."""
     interval = 1.0 / rate
     start = time.perf_counter()
-    with ThreadPoolExecutor(32) as pool, httpx.Client(base_url=api_url, timeout=30) as client:
+    futures = []
+    with httpx.Client(base_url=api_url, timeout=30) as client, ThreadPoolExecutor(32) as pool:
         for index in range(jobs):
             delay = start + index * interval - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            pool.submit(client.post, "/api/submit", json=BODY)
+            futures.append(pool.submit(client.post, "/api/submit", json=BODY))
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append(future.result().status_code)
+        except httpx.HTTPError as exc:
+            outcomes.append(type(exc).__name__)
+    refused = [o for o in outcomes if o != 202]
+    if refused:
+        say(f"  {len(refused)} of {jobs} submits were not accepted: {sorted(set(map(str, refused)))}")
+    return jobs - len(refused)
 
 
 def run_pipeline(stack: Stack, engine, jobs: int, concurrency: int) -> dict:
@@ -144,8 +163,8 @@ def run_pipeline(stack: Stack, engine, jobs: int, concurrency: int) -> dict:
     count = max(200, int(rate * 10))
     say(f"(b) overhead at half of peak: {count} jobs at {rate:.0f}/s")
     since = datetime.now(UTC)
-    open_loop(api.url, rate, count)
-    wait_completed(engine, jobs + 50 + count)
+    accepted = open_loop(api.url, rate, count)
+    wait_completed(engine, jobs + 50 + accepted)
     values = overheads(engine, since)
     return {
         "jobs_per_s": peak,
