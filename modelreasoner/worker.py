@@ -45,6 +45,8 @@ log = logging.getLogger("modelreasoner.worker")
 
 SLOT_WAIT_SECONDS = 5.0
 """While every slot is busy the main loop wakes this often (s) to heartbeat and check for stop."""
+HEARTBEAT_EVERY_SECONDS = 5.0
+"""Shortest gap between two plain worker heartbeats (s); RQ's worker key lives 480 s."""
 DEQUEUE_WAIT_SECONDS = 2
 """Longest blocking wait for a job id (s): how long a warm shutdown may wait before it starts."""
 
@@ -144,12 +146,23 @@ class ThreadedWorker(SimpleWorker):
     """
 
     death_penalty_class = TimerDeathPenalty
+    _last_beat = 0.0
 
     def __init__(self, *args, concurrency: int = 16, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        """RQ heartbeats three times per job (three round trips each); the worker's key lives
+        for minutes, so one heartbeat per HEARTBEAT_EVERY_SECONDS keeps it alive at a fraction
+        of the cost. Explicit-TTL heartbeats (job start/finish bookkeeping) always go through."""
+        now = time.monotonic()
+        if timeout is None and pipeline is None and now - self._last_beat < HEARTBEAT_EVERY_SECONDS:
+            return
+        self._last_beat = now
+        super().heartbeat(timeout, pipeline)
 
     def _shutdown(self) -> None:
         self._stop_requested = True
