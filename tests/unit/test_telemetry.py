@@ -4,6 +4,9 @@ pruned after the retention, and blended into the shared routing stats."""
 
 from __future__ import annotations
 
+import importlib.util
+import random
+import sys
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -19,7 +22,8 @@ from orchestrator.models import TelemetrySample
 from orchestrator.queue_rq import get_queue
 from orchestrator.routing import RedisStatsStore
 from orchestrator.settings import load_settings
-from orchestrator.telemetry import MAX_SAMPLES_PER_BATCH, prune
+from orchestrator.telemetry import MAX_SAMPLES_PER_BATCH, normalize, parse_body, prune
+from tests.support.env import ROOT
 
 TARGET_ENV = {"EDGE_MODEL_URL": "http://127.0.0.1:18001", "GPU_MODEL_URL": "http://127.0.0.1:18002"}
 
@@ -314,3 +318,39 @@ def test_telemetry_needs_the_api_key_when_one_is_set(sqlite_engine, fake_redis, 
         response = post_one(client, up=True)
     assert response.status_code == 401
     assert rows(sqlite_engine) == []
+
+
+def load_simulator(monkeypatch):
+    spec = importlib.util.spec_from_file_location("simulate_telemetry", ROOT / "scripts" / "simulate_telemetry.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_simulator_mixes_every_unit_form_and_each_sample_normalizes_to_its_truth(monkeypatch):
+    sim = load_simulator(monkeypatch)
+    rng = random.Random(11)
+    targets = [
+        {"name": "edge", "tier": "edge", "prior_latency_ms": 150, "capacity": 2, "cost_per_call_usd": 0.0002},
+        {"name": "gpu", "tier": "gpu", "prior_latency_ms": 80, "capacity": 8, "cost_per_call_usd": 0.004},
+    ]
+    states = [sim.initial_state(t, rng) for t in targets]
+    now = datetime.now(UTC)
+    keys, down, queued = set(), 0, 0
+    for _ in range(400):
+        for state in states:
+            sim.step(state, rng)
+            raw = sim.sample(state, rng, now.timestamp())
+            keys.update(f"{k}:{type(v).__name__}" for k, v in raw.items())
+            [(prefix, parsed)] = parse_body(raw)
+            sample = normalize(parsed, prefix, {"edge", "gpu"}, actor="t", now=now, retention=timedelta(hours=1))
+            if sample.up is False:
+                down += 1
+                continue
+            assert sample.utilization == pytest.approx(state.utilization, abs=0.001), raw
+            assert 0 < sample.latency_ms < 60_000 and sample.queue_depth == state.queue
+            queued += state.queue > 0
+    assert {"latency_ms:float", "latency_s:float", "latency:str", "utilization:float", "utilization:str",
+            "timestamp:float", "timestamp:int", "timestamp:str"} <= keys  # fmt: skip
+    assert down > 0 and queued > 0, "outages and queue build-ups both happen in a long run"
