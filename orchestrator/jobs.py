@@ -87,6 +87,18 @@ def submit_screening(
     return _insert(session, job, actor, idempotency_key, digest)
 
 
+def task_hash(body: TaskCreate) -> str:
+    """The request digest of a task (its kind included, so it never matches a screening body)."""
+    return request_hash({"kind": JobKind.TASK.value, **body.model_dump(mode="json")})
+
+
+def replayed_task(session: Session, body: TaskCreate, idempotency_key: str) -> Job | None:
+    """The task an earlier request with this key created, if the body is the same; raises
+    IdempotencyConflict if it differs. Lets the API answer a replay before re-checking things
+    (such as which targets exist) that may have changed since."""
+    return _replay(session, idempotency_key, task_hash(body))
+
+
 def submit_task(
     session: Session,
     body: TaskCreate,
@@ -98,7 +110,7 @@ def submit_task(
     """Store a generic task as a ``queued`` job of kind ``task`` and commit; the caller
     enqueues it after. The caller has checked consent. Idempotency works as for screening jobs
     (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
-    digest = request_hash({"kind": JobKind.TASK.value, **body.model_dump(mode="json")})
+    digest = task_hash(body)
     if idempotency_key is not None:
         earlier = _replay(session, idempotency_key, digest)
         if earlier is not None:
