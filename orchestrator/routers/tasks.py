@@ -55,6 +55,10 @@ def route_task(
     ``Idempotency-Key`` with the same body returns the same task; with another body, 409."""
     if body.consent is not True:
         raise Forbidden(CONSENT_REQUIRED)
+    earlier = jobs.replayed_task(session, body, idempotency_key) if idempotency_key else None
+    if earlier is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return TaskAccepted(task_id=earlier.id, status=earlier.status, status_url=task_url(services, earlier.id))
     targets = catalogue.routable(catalogue.entries(session, services.settings), JobKind.TASK.value)
     catalogue.require_task_runner(targets)
     catalogue.check_preference(body.preferred_target, targets)

@@ -538,3 +538,15 @@ def test_model_metrics_default_to_the_last_day_and_bound_points(client, sqlite_e
             predicted_ms=50.0, latency_ms=80.0)  # fmt: skip
     assert client.get("/api/model-metrics").json() == {"targets": []}
     assert client.get("/api/model-metrics", params={"points": 501}).status_code == 422
+
+
+def test_a_replay_returns_the_task_even_after_its_runner_was_disabled(client):
+    runner = {"name": "runner-x", "tier": "cloud", "url": AGENT, "contract": "run"}
+    client.post("/register_agent", json=runner)
+    headers = {"Idempotency-Key": "replay-1"}
+    first = client.post("/route_task", json=TASK, headers=headers)
+    client.post("/register_agent", json={**runner, "enabled": False})
+    again = client.post("/route_task", json=TASK, headers=headers)
+    assert first.status_code == again.status_code == 202 and again.json()["task_id"] == first.json()["task_id"]
+    assert client.post("/route_task", json=TASK).status_code == 503, "a new task still needs a runner"
+    assert client.post("/route_task", json={**TASK, "sla_ms": 9}, headers=headers).status_code == 409
