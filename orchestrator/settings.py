@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     public_url: str = ""
     """Base URL put in front of ``status_url`` (e.g. https://pedi.example.org); empty: relative."""
 
+    # --- telemetry ---------------------------------------------------------------------------
+    telemetry_retention_hours: float = Field(24.0, gt=0, le=24 * 366)
+    """How long telemetry pushed to POST /api/telemetry is kept (h). A sample already older is
+    dropped on arrival; stored ones are pruned in bounded batches as their target sends more."""
+
     # --- observability -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     """Log threshold of every process (JSON lines on stdout)."""
