@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from orchestrator.routers import jobs, ops
+from orchestrator.routers import jobs, ops, ui
 
 api_router = APIRouter()
 api_router.include_router(ops.router)
 api_router.include_router(jobs.router)
+api_router.include_router(ui.router)
