@@ -79,7 +79,7 @@ function lock(usedKey) {
   $("key-input").focus();
 }
 
-function unlock(event) {
+async function unlock(event) {
   event.preventDefault();
   const key = $("key-input").value.trim();
   if (!key) {
@@ -87,10 +87,12 @@ function unlock(event) {
     return;
   }
   storeKey(key);
+  syncKeyButton();
   locked = false;
+  await checkKey(); // a wrong key locks again, with a message saying so
+  if (locked) return;
   $("key-prompt").hidden = true;
   $("page").hidden = false;
-  syncKeyButton();
   show(parseHash());
 }
 

@@ -1,0 +1,211 @@
+"""The operator console in real headless Chromium against a live stack: model servers, the API
+(with API_KEY, serving /ui), a worker, Postgres and Redis. Every test also checks (in the
+``console`` fixture) that the page logged no unexpected error and no CSP violation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.support import API_KEY, XSS_URL
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the browser fixture skips (or fails under CI=true) and says why
+    expect = None
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
+
+OBSERVATIONS = "At 24 months she does not point to show things and says no words. Walks well."
+PAGES = {
+    "targets": "Targets",
+    "route": "Route tester",
+    "submit": "Submit a screening case",
+    "jobs": "Jobs",
+    "sla": "SLA events",
+    "metrics": "Model metrics",
+}
+XSS_OBSERVATIONS = "Laughs a lot. <img src=x onerror=\"window.__xss='obs'\"><script>window.__xss='script'</script>"
+XSS_FILTER = "<img src=x onerror=\"window.__xss='filter'\">"
+XSS_TASK_TYPE = "<b>bold</b><img src=x onerror=\"window.__xss='task'\">"
+
+
+def job_count(console_stack) -> int:
+    page = console_stack.api.http.get("/api/jobs", params={"limit": 200}).json()
+    return len(page["items"])
+
+
+def submit_through_form(console, age: str, observations: str) -> None:
+    console.go("submit")
+    console.page.fill("main [name=age_months]", age)
+    console.page.fill("main [name=observations]", observations)
+    console.page.click("main form button[type=submit]")
+
+
+def test_the_key_prompt_guards_every_page_until_the_right_key_is_given(console):
+    console.allow(401)
+    console.open("jobs")
+    prompt, main = console.page.locator("#key-prompt"), console.page.locator("#page")
+    expect(prompt).to_be_visible()
+    expect(console.page.locator("#key-message")).to_contain_text("needs a key")
+    for route in PAGES:
+        console.go(route)
+        expect(prompt).to_be_visible()
+        expect(main).to_be_hidden()
+        assert main.inner_html().strip() == "", f"#/{route} rendered behind the prompt"
+    console.shot("key-prompt")
+
+    console.login("not-the-right-key")
+    expect(console.page.locator("#key-message")).to_contain_text("did not accept")
+    expect(prompt).to_be_visible()
+    expect(main).to_be_hidden()
+
+    console.login(API_KEY)
+    expect(prompt).to_be_hidden()
+    expect(console.page.locator("main h1")).to_have_text(PAGES["metrics"])
+    console.go("jobs")
+    expect(console.page.locator("main h1")).to_have_text("Jobs")
+    expect(console.page.locator(".job-list table.jobs, .job-list .empty")).to_be_visible()
+    assert console.page.evaluate("Object.values(sessionStorage)") == [API_KEY]
+    assert API_KEY not in console.page.url
+
+    console.page.click("#forget-key")
+    expect(prompt).to_be_visible()
+    assert console.page.evaluate("Object.values(sessionStorage)") == []
+
+
+def test_a_submitted_case_is_followed_to_completed_and_its_timeline_opens(console):
+    console.open()
+    console.login()
+    console.go("submit")
+    console.page.fill("main [name=age_months]", "24")
+    console.page.locator("main [name=observations]").press_sequentially("No words.")
+    expect(console.page.locator(".count")).to_have_text("9 / 4000")
+    console.page.fill("main [name=observations]", OBSERVATIONS)
+    console.page.click("main form button[type=submit]")
+
+    job = console.page.locator(".follow .job")
+    expect(job).to_have_attribute("data-status", "completed")
+    job_id = job.get_attribute("data-job-id")
+    expect(job.locator(".risk .badge")).to_have_text(re.compile("^(moderate|high)$"))
+    expect(job.locator(".domains")).to_contain_text("communication")
+    candidates = job.locator("table.candidates tbody tr")
+    assert candidates.count() >= 2
+    for row in candidates.all():
+        assert row.locator("td.reason").inner_text().strip()
+    console.shot("submit")
+
+    console.page.click(f".accepted a[href='#/jobs/{job_id}']")
+    detail = console.page.locator(f".job-detail .job[data-job-id='{job_id}']")
+    expect(detail).to_have_attribute("data-status", "completed")
+    events = detail.locator("ol.events li")
+    assert [e.get_attribute("data-event") for e in events.all()] == [
+        "submitted",
+        "claimed",
+        "routed",
+        "attempt",
+        "completed",
+    ]
+    expect(detail.locator("ol.events li[data-event=attempt]")).to_contain_text("answered in")
+    expect(detail.locator("svg.timeline-chart rect.attempt.ok")).to_have_count(1)
+    expect(console.page.locator(f"tr.job-row.selected[data-job-id='{job_id}']")).to_be_visible()
+    console.shot("jobs-timeline")
+
+
+def test_validation_messages_appear_next_to_their_field(console, console_stack):
+    console.allow(422)
+    before = job_count(console_stack)
+    console.open()
+    console.login()
+    submit_through_form(console, "300", "x" * 4001)
+    expect(console.page.locator(".count")).to_have_class(re.compile(r"\bover\b"))
+    expect(console.page.locator("[data-error-for=age_months]")).to_contain_text("216")
+    expect(console.page.locator("[data-error-for=observations]")).to_contain_text("4000")
+    expect(console.page.locator("main [name=age_months]")).to_have_attribute("aria-invalid", "true")
+    expect(console.page.locator(".follow .job")).to_have_count(0)
+    console.shot("submit-422")
+    assert job_count(console_stack) == before
+
+
+def test_the_route_tester_ranks_candidates_and_queues_nothing(console, console_stack):
+    before = job_count(console_stack)
+    console.open()
+    console.login()
+    console.go("route")
+    console.page.fill("main [name=sla_ms]", "1500")
+    console.page.fill("main [name=age_months]", "30")
+    console.page.click("main form button[type=submit]")
+    expect(console.page.locator(".dry-run")).to_contain_text("nothing was queued")
+    rows = console.page.locator("table.candidates tbody tr")
+    names = [row.get_attribute("data-target") for row in rows.all()]
+    assert {"edge", "gpu"} <= set(names)
+    for row in rows.all():
+        assert row.locator("td.reason").inner_text().strip()
+    chosen = console.page.locator(".decision .chosen").inner_text()
+    assert chosen in {"edge", "gpu"} and names[0] == chosen
+    expect(console.page.locator("svg.latency-chart g.cand")).to_have_count(len(names))
+    console.shot("route-tester")
+    assert job_count(console_stack) == before
+
+
+def test_targets_sla_events_and_model_metrics_show_data(console, console_stack):
+    api = console_stack.api
+    late = api.submit(age_months=24, observations=OBSERVATIONS, sla_ms=1)
+    on_time = api.submit(age_months=24, observations=OBSERVATIONS, sla_ms=5000)
+    assert api.wait(late["job_id"])["sla_met"] is False
+    assert api.wait(on_time["job_id"])["status"] == "completed"
+    console.open()
+    console.login()
+
+    console.go("targets")
+    for name in ("edge", "gpu"):
+        expect(console.page.locator(f"table.targets tr[data-target={name}]")).to_be_visible()
+    expect(console.page.locator("table.targets tr[data-target=edge] .badge.tier-edge")).to_have_text("edge")
+    console.shot("targets")
+
+    console.go("sla")
+    expect(console.page.locator(f"table.sla-events a[title='{late['job_id']}']")).to_be_visible()
+    expect(console.page.locator(f"table.sla-events a[title='{on_time['job_id']}']")).to_have_count(0)
+    assert console.page.locator("svg.chart rect.bar").count() >= 1
+    console.shot("sla-events")
+
+    console.go("metrics")
+    expect(console.page.locator("table.model-metrics tbody tr").first).to_be_visible()
+    assert console.page.locator("svg.chart circle.dot").count() >= 2
+    expect(console.page.locator("svg.chart line.diagonal")).to_have_count(1)
+    console.shot("model-metrics")
+
+    for route in PAGES:
+        console.go(route)
+        expect(console.page.locator("main h1")).to_have_text(PAGES[route])
+        console.page.wait_for_load_state("networkidle")
+        expect(console.page.locator("main .problem:visible")).to_have_count(0)
+        assert not re.search(r"Traceback|TypeError|undefined|NaN|\[object", console.page.locator("main").inner_text())
+
+
+def test_markup_in_data_is_shown_as_text_and_never_runs(console, console_stack):
+    task = console_stack.api.http.post(
+        "/route_task",
+        json={"task_type": XSS_TASK_TYPE, "payload": {"note": XSS_FILTER}, "consent": True, "sla_ms": 5000},
+    )
+    assert task.status_code == 202, task.text
+    console.open()
+    console.login()
+    submit_through_form(console, "24", XSS_OBSERVATIONS)
+    expect(console.page.locator(".follow .job")).to_have_attribute("data-status", "completed")
+
+    console.go("targets")
+    expect(console.page.locator("tr[data-target=markup-probe] td.url code")).to_have_text(XSS_URL)
+
+    console.go(f"jobs/{task.json()['task_id']}")
+    expect(console.page.locator(".job-detail .facts")).to_contain_text(XSS_TASK_TYPE)
+
+    console.page.fill("main [name=target]", XSS_FILTER)
+    console.page.click("main form.filters button[type=submit]")
+    expect(console.page.locator(".job-list .empty")).to_contain_text(f"target “{XSS_FILTER}”")
+    console.shot("markup-as-text")
+
+    assert console.page.evaluate("window.__xss") is None
+    assert console.page.locator("img").count() == 0
+    assert console.page.locator("main b, main script").count() == 0
