@@ -21,6 +21,7 @@ from orchestrator.errors import ModelCallError
 from orchestrator.metrics import FAILOVERS, MODEL_CALL_DURATION, ROUTING_DECISIONS
 from orchestrator.models import Job, JobStatus
 from orchestrator.routing import Candidate, Decision, Outcome, RouteRequest, Target
+from orchestrator.targets import targets_for
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def call_timeout(rt: Runtime, target: Target, request: RouteRequest, now: float)
 
 def run(rt: Runtime, job: Job) -> Terminal:
     """Route and execute ``job`` (already claimed by this worker)."""
-    targets = rt.targets()
+    targets = targets_for(job.kind, rt.targets())
     if not targets:
         return failed("no_targets", "no model server is configured")
     request = route_request(job)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from orchestrator import audit
 from orchestrator.errors import BadRequest, IdempotencyConflict, NotFound
 from orchestrator.models import ACTIVE_STATUSES, Case, Job, JobKind, JobStatus, utcnow
-from orchestrator.schemas import JobCreate, decode_embedding
+from orchestrator.schemas import JobCreate, TaskCreate, decode_embedding
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,43 @@ def submit_screening(
     return _insert(session, job, actor, idempotency_key, digest)
 
 
-def _insert(session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str) -> Submitted:
+def submit_task(
+    session: Session,
+    body: TaskCreate,
+    *,
+    actor: str,
+    default_sla_ms: int,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store a generic task as a ``queued`` job of kind ``task`` and commit; the caller
+    enqueues it after. The caller has checked consent. Idempotency works as for screening jobs
+    (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
+    digest = request_hash({"kind": JobKind.TASK.value, **body.model_dump(mode="json")})
+    if idempotency_key is not None:
+        earlier = _replay(session, idempotency_key, digest)
+        if earlier is not None:
+            return Submitted(earlier, created=False)
+    job = Job(
+        case_id=None,
+        kind=JobKind.TASK.value,
+        status=JobStatus.QUEUED.value,
+        task_type=body.task_type,
+        payload=body.payload,
+        preferred_target=body.preferred_target,
+        sla_ms=body.sla_ms or default_sla_ms,
+        strict_sla=body.strict_sla,
+        budget_usd=body.budget_usd,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        actor=actor,
+        created_at=utcnow(),
+    )
+    return _insert(session, job, actor, idempotency_key, digest, details={"consent": True})
+
+
+def _insert(
+    session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str, details: dict | None = None
+) -> Submitted:
     session.add(job)
     try:
         session.flush()
@@ -97,7 +133,12 @@ def _insert(session: Session, job: Job, actor: str, idempotency_key: str | None,
             "submitted",
             actor,
             at=job.created_at,
-            details={"kind": job.kind, "sla_ms": job.sla_ms, "preferred_target": job.preferred_target},
+            details={
+                "kind": job.kind,
+                "sla_ms": job.sla_ms,
+                "preferred_target": job.preferred_target,
+                **(details or {}),
+            },
         )
         session.commit()
     except IntegrityError:

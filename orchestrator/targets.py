@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import ConfigError
-from orchestrator.models import RegisteredTarget
+from orchestrator.models import JobKind, RegisteredTarget
 from orchestrator.routing.types import Target
 from orchestrator.settings import Settings
 
@@ -156,3 +156,13 @@ def merge_targets(static: list[Target], registered: list[Target]) -> list[Target
     by_name = {t.name: t for t in static}
     by_name.update({t.name: t for t in registered})
     return list(by_name.values())
+
+
+def targets_for(kind: str, targets: list[Target]) -> list[Target]:
+    """The targets that can serve a job of ``kind``. A generic task needs the runner contract
+    (POST /run takes any task_type and payload); the inference contract (POST /infer) only
+    screens, so sending it a task would be a certain 4xx that also counts against its health.
+    A screening case can go to either contract."""
+    if kind == JobKind.TASK.value:
+        return [t for t in targets if t.contract == "run"]
+    return list(targets)
