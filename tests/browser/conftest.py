@@ -22,7 +22,6 @@ from tests.browser.support import (
     Console,
     ConsoleStack,
     require_browser,
-    targets_file,
 )
 from tests.support import postgres
 from tests.support.env import artifacts_dir, require
@@ -42,7 +41,8 @@ def browser() -> Iterator:
 
 @pytest.fixture(scope="module")
 def console_stack(request, pg_database, redis_server) -> Iterator[ConsoleStack]:
-    """Two model servers, the API (with API_KEY) serving the console, and one worker."""
+    """Two model servers (edge also as the runner edge-agent), the API with API_KEY serving the
+    console, and one worker."""
     require(pg_database, "PostgreSQL not available (set TEST_DATABASE_URL, or install postgresql for initdb)")
     require(redis_server, "redis-server not found")
     postgres.truncate_all(pg_database)
@@ -52,13 +52,14 @@ def console_stack(request, pg_database, redis_server) -> Iterator[ConsoleStack]:
     client.flushall()
     client.close()
     artifacts = artifacts_dir(request)
-    extra = {"TARGETS_FILE": str(targets_file(artifacts))}
     stack = Stack(pg_database, redis_server.url, artifacts)
     try:
-        stack.model_server("edge", tier="edge", latency_ms=25, jitter=0.2)
+        edge = stack.model_server("edge", tier="edge", latency_ms=25, jitter=0.2)
         stack.model_server("gpu", tier="gpu", latency_ms=10, jitter=0.2)
-        api = stack.api(api_key=API_KEY, **extra)
-        stack.worker(concurrency=4, **extra)
+        # The edge server also answers the runner contract (POST /run), so generic tasks have a target.
+        runner = {"EDGE_AGENT_URL": edge.url}
+        api = stack.api(api_key=API_KEY, **runner)
+        stack.worker(concurrency=4, **runner)
         yield ConsoleStack(stack, api, artifacts)
     finally:
         stack.close()

@@ -4,7 +4,6 @@ tab that records what the page logged."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ UI_TIMEOUT_MS = 15_000
 """Longest a test waits for the console to show something (ms); jobs here finish in well under 1 s."""
 
 XSS_URL = "http://127.0.0.1:9/<img src=x onerror=\"window.__xss='url'\">"
-"""A disabled target's URL carrying markup: the Targets page must show it as text."""
+"""A registered (disabled) target's URL carrying markup: the Targets page must show it as text."""
 
 CSP_WATCH = """
 window.__csp = [];
@@ -53,14 +52,6 @@ class ConsoleStack:
     @property
     def ui(self) -> str:
         return f"{self.api.url}/ui/"
-
-
-def targets_file(directory: Path) -> Path:
-    """A targets file (JSON is YAML) adding a disabled target whose URL carries markup."""
-    path = directory / "targets.json"
-    probe = {"name": "markup-probe", "tier": "cloud", "url": XSS_URL, "enabled": False}
-    path.write_text(json.dumps({"targets": [probe]}))
-    return path
 
 
 @dataclass

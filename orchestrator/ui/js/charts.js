@@ -146,7 +146,8 @@ export function stackedBars({ buckets, series, label, yLabel, bucketName = "minu
       base += n;
     }
     if (i % every === 0) {
-      chart.append(svg("text", { class: "tick", x: x0 + band * 0.38, y: height - m.bottom + 16, "text-anchor": "middle" }, clock(bucket)));
+      const label = clock(bucket).slice(0, -3); // buckets start on whole minutes: drop ":00"
+      chart.append(svg("text", { class: "tick", x: x0 + band * 0.38, y: height - m.bottom + 16, "text-anchor": "middle" }, label));
     }
   });
   chart.append(

@@ -49,26 +49,35 @@ export function latencyChart(candidates) {
   return chart;
 }
 
-function candidateRow(c) {
-  return h(
-    "tr",
-    { class: c.eligible ? "" : "muted", "data-target": c.target },
-    h("td", { class: "num" }, c.rank ?? "—"),
-    h("td", null, h("strong", null, c.target)),
-    h("td", null, c.tier),
-    h("td", null, yesNo(c.eligible)),
-    h("td", null, yesNo(c.meets_sla)),
-    h("td", null, yesNo(c.within_budget)),
-    h("td", { class: "num" }, ms(c.predicted_p50_ms)),
-    h("td", { class: "num" }, ms(c.predicted_p95_ms)),
-    h("td", { class: "num" }, ms(c.time_left_ms)),
-    h("td", { class: "num" }, usd(c.cost_usd)),
-    h("td", { class: "num" }, pct(c.error_rate)),
-    h("td", null, badge(c.circuit || "—", `circuit-${c.circuit}`)),
-    h("td", { class: "num" }, c.in_flight ?? "—"),
-    h("td", null, c.probe ? "probe" : ""),
-    h("td", { class: "reason" }, c.reason),
-  );
+const HEADERS = ["#", "Target", "Tier", "Eligible", "Meets SLA", "In budget", "p50", "p95", "Cost", "Errors", "Circuit", "In flight"];
+
+/** Two rows per candidate: its score components, then its reason across the whole table. */
+function candidateRows(c) {
+  const muted = c.eligible ? "" : " muted";
+  return [
+    h(
+      "tr",
+      { class: `cand-row${muted}`, "data-target": c.target },
+      h("td", { class: "num" }, c.rank ?? "—"),
+      h("td", null, h("strong", null, c.target)),
+      h("td", null, c.tier),
+      h("td", null, yesNo(c.eligible)),
+      h("td", null, yesNo(c.meets_sla)),
+      h("td", null, yesNo(c.within_budget)),
+      h("td", { class: "num" }, ms(c.predicted_p50_ms)),
+      h("td", { class: "num" }, ms(c.predicted_p95_ms)),
+      h("td", { class: "num" }, usd(c.cost_usd)),
+      h("td", { class: "num" }, pct(c.error_rate)),
+      h("td", null, badge(c.circuit || "—", `circuit-${c.circuit}`)),
+      h("td", { class: "num" }, c.in_flight ?? "—"),
+    ),
+    h(
+      "tr",
+      { class: `reason-row${muted}`, "data-reason-for": c.target },
+      h("td", null),
+      h("td", { class: "reason", colspan: HEADERS.length - 1 }, c.probe ? [badge("probe", "warn"), " "] : null, c.reason),
+    ),
+  ];
 }
 
 /** The whole explanation of one Decision.to_dict(). */
@@ -86,15 +95,15 @@ export function decisionView(decision) {
     decision.run === false ? badge("fails fast: strict SLA or nothing eligible", "bad") : null,
     " decided ",
     when(decision.decided_at),
+    isNum(candidates[0]?.time_left_ms) ? ` with ${ms(candidates[0].time_left_ms)} left to the deadline` : null,
   );
   if (!candidates.length) return h("div", { class: "decision" }, headline, flags, sentence("No target was considered."));
-  const headers = ["#", "Target", "Tier", "Eligible", "Meets SLA", "In budget", "p50", "p95", "Time left", "Cost", "Errors", "Circuit", "In flight", "", "Reason"];
   return h(
     "div",
     { class: "decision" },
     headline,
     flags,
     latencyChart(candidates),
-    h("div", { class: "scroll" }, table(headers, candidates.map(candidateRow), "data candidates")),
+    h("div", { class: "scroll" }, table(HEADERS, candidates.map(candidateRows), "data candidates")),
   );
 }

@@ -61,7 +61,7 @@ function render(body, data) {
       "figure",
       { class: "chart-box" },
       scatter({ series, diagonal: true, xLabel: "predicted p50 (ms)", yLabel: "actual (ms)", label: "Predicted against actual latency per target" }),
-      h("figcaption", null, legend(series.map((s) => [s.name, s.cls, `(${s.points.length} points)`])),
+      h("figcaption", null, legend(series.map((s) => [s.name, s.cls, `(${s.points.length} point${s.points.length === 1 ? "" : "s"})`])),
         h("p", { class: "note" }, "Points above the line took longer than predicted; below it, less.")),
     ),
     h("div", { class: "scroll" }, table(["Target", "Jobs", "MAE", "Bias", "Within p95", "Cost/job", "Reading"], targets.map((t) => statsRow(t, classes.get(t.target))), "data model-metrics")),

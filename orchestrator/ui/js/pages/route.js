@@ -28,6 +28,7 @@ function buildForm() {
     field("SLA (ms)", input("sla_ms", { type: "number", min: 1, value: 2000, inputmode: "numeric" })),
     field("Preferred target", select("preferred_target", [["auto", "auto (let the router choose)"]], "auto")),
     field("Budget (USD per job)", input("budget_usd", { type: "number", min: 0, step: "any", inputmode: "decimal" }), "Optional."),
+    field("Kind", select("kind", [["screening", "screening case"], ["task", "generic task (runner targets only)"]], "screening")),
     h("div", { class: "field field-strict_sla" }, checkbox("strict_sla", "Strict SLA: fail fast when no target can meet it"),
       h("p", { class: "field-error", "data-error-for": "strict_sla", hidden: true })),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Ask the router")),
@@ -42,6 +43,7 @@ function bodyOf(form) {
     strict_sla: form.elements.strict_sla.checked,
     budget_usd: numberValue(form, "budget_usd") ?? null,
     age_months: numberValue(form, "age_months"),
+    kind: form.elements.kind.value,
   };
 }
 

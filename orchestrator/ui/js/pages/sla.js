@@ -10,6 +10,7 @@ import { live } from "../live.js";
 const REFRESH_MS = 10000;
 const LIMIT = 200; // the API's largest page
 const MAX_FILLED_BUCKETS = 90; // beyond this, empty buckets are left out instead of drawn
+const MIN_BUCKETS = 15; // a chart shows at least this many buckets, so one bar still has a time scale
 const WINDOWS = [["1", "last hour"], ["6", "last 6 hours"], ["24", "last 24 hours"], ["168", "last 7 days"]];
 const BUCKET_MS = { minute: 60000, hour: 3600000 };
 
@@ -17,17 +18,27 @@ function windowLabel(hours) {
   return (WINDOWS.find(([value]) => value === hours) || WINDOWS[2])[1];
 }
 
-/** Bucket start times: every bucket from first to last when that is few enough, else those present. */
+/**
+ * Bucket start times, oldest first: every bucket from the first violation (or MIN_BUCKETS back)
+ * to the current one when that is few enough to draw, else only the buckets that have counts.
+ */
 function bucketTimes(counts, bucket) {
-  const present = [...new Set(counts.map((c) => toDate(c.bucket_start)?.getTime()).filter(Boolean))].sort((a, b) => a - b);
-  if (present.length < 2) return present.map((t) => new Date(t));
   const step = BUCKET_MS[bucket] || BUCKET_MS.minute;
-  const span = (present[present.length - 1] - present[0]) / step;
+  const present = [...new Set(counts.map((c) => toDate(c.bucket_start)?.getTime()).filter(Boolean))].sort((a, b) => a - b);
+  if (!present.length) return [];
+  const last = Math.max(present[present.length - 1], Math.floor(Date.now() / step) * step);
+  const first = Math.min(present[0], last - (MIN_BUCKETS - 1) * step);
+  const span = Math.round((last - first) / step);
   if (span > MAX_FILLED_BUCKETS) return present.map((t) => new Date(t));
-  return Array.from({ length: span + 1 }, (_, i) => new Date(present[0] + i * step));
+  const grid = new Set(Array.from({ length: span + 1 }, (_, i) => first + i * step));
+  for (const t of present) grid.add(t); // a bucket off the grid still gets its bar
+  return [...grid].sort((a, b) => a - b).map((t) => new Date(t));
 }
 
+const NO_TARGET = "(no target)"; // a job that failed before any target was chosen
+
 function chart(counts, bucket) {
+  counts = counts.map((c) => ({ ...c, target: c.target ?? NO_TARGET }));
   const classes = seriesClasses(counts.map((c) => c.target));
   const series = [...classes].map(([name, cls]) => ({ name, cls, values: new Map() }));
   for (const c of counts) {
