@@ -115,6 +115,38 @@ def test_a_submitted_case_is_followed_to_completed_and_its_timeline_opens(consol
     console.shot("jobs-timeline")
 
 
+def test_the_jobs_list_pages_and_filters_by_status_target_and_time(console, console_stack):
+    api = console_stack.api
+    seeded = {api.submit(age_months=30, observations="Says many words.")["job_id"] for _ in range(26)}
+    done = api.wait(sorted(seeded)[0])
+    console.open("jobs")
+    console.login()
+    rows = console.page.locator("table.jobs tr.job-row")
+    expect(rows).to_have_count(25)
+    first_page = {row.get_attribute("data-job-id") for row in rows.all()}
+    console.page.click("nav.pager button:has-text('Older')")
+    expect(console.page.locator("nav.pager")).to_contain_text("page 2")
+    second_page = {row.get_attribute("data-job-id") for row in rows.all()}
+    assert second_page and not first_page & second_page
+    assert seeded <= first_page | second_page
+    console.page.click("nav.pager button:has-text('Newer')")
+    expect(console.page.locator("nav.pager")).to_contain_text("page 1")
+
+    console.page.select_option("main [name=status]", "completed")
+    console.page.fill("main [name=target]", done["target"])
+    console.page.click("main form.filters button[type=submit]")
+    expect(console.page.locator("tr.job-row:not([data-status=completed])")).to_have_count(0)
+    expect(console.page.locator(f"tr.job-row:not([data-target='{done['target']}'])")).to_have_count(0)
+    expect(console.page.locator(f"tr.job-row[data-job-id='{done['job_id']}']")).to_be_visible()
+    assert f"target={done['target']}" in console.page.url and "observations" not in console.page.url
+
+    console.page.fill("main [name=since]", "2099-01-01T00:00")
+    console.page.click("main form.filters button[type=submit]")
+    expect(console.page.locator(".job-list .empty")).to_contain_text("No jobs match these filters")
+    console.page.click("main form.filters button[type=reset]")
+    expect(rows).to_have_count(25)
+
+
 def test_validation_messages_appear_next_to_their_field(console, console_stack):
     console.allow(422)
     before = job_count(console_stack)

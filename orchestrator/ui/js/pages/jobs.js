@@ -65,7 +65,7 @@ function emptySentence(filters, firstPage) {
 function jobRow(job, selectedId, filters) {
   const row = h(
     "tr",
-    { class: `job-row${job.job_id === selectedId ? " selected" : ""}`, "data-job-id": job.job_id, "data-status": job.status },
+    { class: `job-row${job.job_id === selectedId ? " selected" : ""}`, "data-job-id": job.job_id, "data-status": job.status, "data-target": job.target ?? "" },
     h("td", null, when(job.created_at)),
     h("td", null, h("a", { href: hashFor(job.job_id, filters), class: "mono", title: job.job_id }, String(job.job_id).slice(0, 8))),
     h("td", null, job.kind),
