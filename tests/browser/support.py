@@ -79,9 +79,10 @@ class Console:
         self.page.fill("#key-input", key)
         self.page.click("#key-form button[type=submit]")
 
-    def allow(self, status: int) -> None:
-        """A failed request with this status is expected (Chromium logs each as a console error)."""
-        self.allowed.append(re.compile(rf"status of {status} "))
+    def allow(self, status: int | None = None, pattern: str | None = None) -> None:
+        """A failed request with this status (or a console error matching ``pattern``) is
+        expected: Chromium logs every failed request as a console error."""
+        self.allowed.append(re.compile(pattern or rf"status of {status} "))
 
     def shot(self, name: str) -> Path:
         path = self.artifacts / f"{name}.png"

@@ -18,6 +18,20 @@ except ImportError:  # the browser fixture skips (or fails under CI=true) and sa
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
 OBSERVATIONS = "At 24 months she does not point to show things and says no words. Walks well."
+HIDE_TAB = """
+Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+document.dispatchEvent(new Event('visibilitychange'));
+"""
+SHOW_TAB = """
+Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+document.dispatchEvent(new Event('visibilitychange'));
+"""
+EMPTY_ANSWERS = {
+    r"/api/jobs\?": '{"items": [], "next_cursor": null}',
+    r"/api/sla-events\?": '{"items": [], "counts": []}',
+    r"/api/model-metrics\?": '{"targets": []}',
+}
+"""What the API answers with no data, served by the browser to test the empty-state sentences."""
 PAGES = {
     "targets": "Targets",
     "route": "Route tester",
@@ -145,6 +159,8 @@ def test_the_jobs_list_pages_and_filters_by_status_target_and_time(console, cons
     expect(console.page.locator(".job-list .empty")).to_contain_text("No jobs match these filters")
     console.page.click("main form.filters button[type=reset]")
     expect(rows).to_have_count(25)
+    for job_id in seeded:  # leave no work in flight for the next test
+        api.wait(job_id)
 
 
 def test_validation_messages_appear_next_to_their_field(console, console_stack):
@@ -178,7 +194,7 @@ def test_the_route_tester_ranks_candidates_and_queues_nothing(console, console_s
         reason = console.page.locator(f"tr.reason-row[data-reason-for='{name}'] td.reason").inner_text()
         assert reason.startswith(f"{name}:"), reason
     chosen = console.page.locator(".decision .chosen").inner_text()
-    assert chosen in {"edge", "gpu"} and names[0] == chosen
+    assert chosen == names[0] and chosen in {"edge", "gpu", "edge-agent"}
     expect(console.page.locator("svg.latency-chart g.cand")).to_have_count(len(names))
     console.shot("route-tester")
     assert job_count(console_stack) == before
@@ -217,6 +233,52 @@ def test_targets_sla_events_and_model_metrics_show_data(console, console_stack):
         console.page.wait_for_load_state("networkidle")
         expect(console.page.locator("main .problem:visible")).to_have_count(0)
         assert not re.search(r"Traceback|TypeError|undefined|NaN|\[object", console.page.locator("main").inner_text())
+
+
+def test_targets_refresh_every_3_s_and_pause_while_the_tab_is_hidden(console):
+    calls = []
+    console.page.on("request", lambda r: r.url.endswith("/api/targets") and calls.append(r.url))
+    console.open("targets")
+    console.login()
+    expect(console.page.locator("table.targets")).to_be_visible()
+    console.page.wait_for_timeout(3500)
+    assert len(calls) >= 2, "the Targets page did not refresh itself"
+    console.page.evaluate(HIDE_TAB)
+    console.page.wait_for_timeout(500)  # a refresh already in flight may still land
+    hidden_at = len(calls)
+    console.page.wait_for_timeout(3500)
+    assert len(calls) == hidden_at, "the Targets page kept polling while the tab was hidden"
+    console.page.evaluate(SHOW_TAB)
+    console.page.wait_for_timeout(500)
+    assert len(calls) > hidden_at, "the Targets page did not resume when the tab came back"
+
+
+def answer_with(body: str):
+    """A Playwright route handler that answers 200 with this JSON body."""
+    return lambda route: route.fulfill(status=200, content_type="application/json", body=body)
+
+
+def test_empty_and_unreachable_states_read_as_sentences(console):
+    console.allow(pattern=r"net::ERR_FAILED")
+    console.open()
+    console.login()
+    for pattern, body in EMPTY_ANSWERS.items():
+        console.page.route(re.compile(pattern), answer_with(body))
+    console.page.route("**/api/targets", lambda route: route.abort())
+
+    console.go("jobs")
+    expect(console.page.locator(".job-list .empty")).to_have_text("No jobs yet — submit one.")
+    console.go("sla")
+    expect(console.page.locator("main .empty")).to_have_text("No SLA violations in the last 24 hours.")
+    console.go("metrics")
+    expect(console.page.locator("main .empty")).to_contain_text("No jobs with both a predicted and a measured latency")
+    console.go("targets")
+    problem = console.page.locator("main .problem")
+    expect(problem).to_have_text(re.compile(r"^The API is unreachable; retrying in [1-5] s\.$"))
+    console.shot("unreachable")
+    console.page.unroute("**/api/targets")
+    expect(console.page.locator("table.targets tr[data-target=edge]")).to_be_visible(timeout=8000)
+    expect(problem).to_be_hidden()
 
 
 def test_markup_in_data_is_shown_as_text_and_never_runs(console, console_stack):
