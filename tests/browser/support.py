@@ -64,8 +64,9 @@ class Console:
     console_errors: list[str] = field(default_factory=list)
     allowed: list[re.Pattern] = field(default_factory=list)
 
-    def open(self, route: str = "") -> None:
-        self.page.goto(f"{self.base}#/{route}" if route else self.base)
+    def open(self, route: str = ""):
+        """Load the console (a real page load); returns Playwright's Response of the document."""
+        return self.page.goto(f"{self.base}#/{route}" if route else self.base)
 
     def go(self, route: str) -> None:
         """Navigate inside the single-page console (a hash change, no reload)."""

@@ -61,7 +61,10 @@ def submit_through_form(console, age: str, observations: str) -> None:
 
 def test_the_key_prompt_guards_every_page_until_the_right_key_is_given(console):
     console.allow(401)
-    console.open("jobs")
+    document = console.open("jobs")
+    policy = document.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert document.headers["x-content-type-options"] == "nosniff"
     prompt, main = console.page.locator("#key-prompt"), console.page.locator("#page")
     expect(prompt).to_be_visible()
     expect(console.page.locator("#key-message")).to_contain_text("needs a key")

@@ -113,6 +113,11 @@ export function describe(err) {
   return `Something went wrong in the console: ${err && err.message ? err.message : err}`;
 }
 
+/** End a message with exactly one full stop. */
+export function asSentence(text) {
+  return `${String(text).trim().replace(/[.\s]+$/, "")}.`;
+}
+
 /** Worth retrying by itself: the API or what it depends on is down for now. */
 export function transient(err) {
   return err instanceof Unreachable || (err instanceof ApiError && err.status >= 500);

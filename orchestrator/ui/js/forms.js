@@ -3,7 +3,7 @@
 // Forms are `novalidate`: the API is the one judge of what is valid, and its message for a
 // field is shown under that field.
 
-import { ApiError, describe } from "./api.js";
+import { ApiError, asSentence, describe } from "./api.js";
 import { h } from "./dom.js";
 
 let counter = 0;
@@ -76,7 +76,7 @@ export function showErrors(form, err) {
       leftovers.push(name ? `${name}: ${message}` : message);
     }
   }
-  if (!fields.length) leftovers.push(`${describe(err)}.`);
+  if (!fields.length) leftovers.push(asSentence(describe(err)));
   if (general && leftovers.length) {
     general.textContent = leftovers.join(" ");
     general.hidden = false;

@@ -1,7 +1,7 @@
 // Regions of a page that load themselves, refresh while the tab is visible, and say in a
 // sentence what went wrong (keeping the last good data on screen) instead of going blank.
 
-import { AuthRequired, describe, transient } from "./api.js";
+import { asSentence, AuthRequired, describe, transient } from "./api.js";
 import { fill, h } from "./dom.js";
 
 export const RETRY_MS = 5000; // how long to wait before retrying a call that found the API down
@@ -36,7 +36,7 @@ export function live(el, { load, render, interval = 0, until = () => false }) {
   function countdown(err) {
     let left = Math.round(RETRY_MS / 1000);
     const say = () => {
-      problem.textContent = `${describe(err)}; retrying in ${left} s.`;
+      problem.textContent = `${describe(err).replace(/[.\s]+$/, "")}; retrying in ${left} s.`;
     };
     say();
     ticker = setInterval(() => {
@@ -68,7 +68,7 @@ export function live(el, { load, render, interval = 0, until = () => false }) {
       if (transient(err)) {
         countdown(err);
       } else {
-        problem.textContent = `${describe(err)}.`;
+        problem.textContent = asSentence(describe(err));
         if (interval) schedule(interval);
       }
     }
