@@ -96,10 +96,12 @@ async function unlock(event) {
   show(parseHash());
 }
 
-function forget() {
+async function forget() {
   storeKey("");
   syncKeyButton();
   unmount();
+  $("page").replaceChildren();
+  await checkKey(); // with API_KEY set, the prompt comes back before any page content
   show(parseHash());
 }
 
