@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from orchestrator.routers import insights, jobs, ops, route, targets, tasks, telemetry
+from orchestrator.routers import insights, jobs, ops, route, targets, tasks, telemetry, ui
 
 api_router = APIRouter()
 api_router.include_router(ops.router)
@@ -14,3 +14,4 @@ api_router.include_router(route.router)
 api_router.include_router(tasks.router)
 api_router.include_router(telemetry.router)
 api_router.include_router(insights.router)
+api_router.include_router(ui.router)
