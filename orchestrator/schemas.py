@@ -13,7 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from orchestrator.constants import AGE_MONTHS_MAX, EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
 
-PreferredTarget = Literal["auto", "edge", "cloud", "gpu"]
+RouteChoice = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="auto, a tier (edge, cloud, gpu) or a target name",
+    ),
+]
+"""Where the submitter wants a job to go first; it still fails over from there."""
 StatusName = Literal["queued", "running", "completed", "failed"]
 
 
@@ -45,7 +54,7 @@ class JobCreate(BaseModel):
         max_length=(EMBEDDING_MAX_VALUES * 4 * 4) // 3 + 4,
         description="base64 of little-endian float32 values (at most 4096)",
     )
-    preferred_target: PreferredTarget = "auto"
+    preferred_target: RouteChoice = "auto"
     sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms)")
     strict_sla: bool = Field(False, description="Fail fast when no target can meet the SLA")
     budget_usd: float | None = Field(None, ge=0, le=1000, description="Per-job cost budget (USD)")
@@ -142,16 +151,6 @@ class ErrorBody(BaseModel):
 TASK_PAYLOAD_MAX_DEPTH = 32
 """Deepest nesting of a task payload (levels). Real payloads are a few levels deep; a deeper one
 is a mistake or an attack on the JSON tooling of every hop that handles it."""
-
-RouteChoice = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="auto, a tier (edge, cloud, gpu) or a target name",
-    ),
-]
 
 
 def _depth(value: Any, limit: int) -> int:

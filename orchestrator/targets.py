@@ -10,6 +10,7 @@ or JSON) can override the options of those or add more; see docs/configuration.m
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -108,7 +109,13 @@ def load_targets_file(path: Path) -> TargetsFile:
 
 
 def configured_targets(settings: Settings) -> list[Target]:
-    """Targets from the environment and the targets file, in a stable order."""
+    """Targets from the environment and the targets file, in a stable order. Read once per
+    settings object (settings are immutable), so the file is parsed at start, not per request."""
+    return list(_configured(settings))
+
+
+@lru_cache(maxsize=8)
+def _configured(settings: Settings) -> tuple[Target, ...]:
     targets: dict[str, Target] = {}
     for name, field_name, tier, contract in ENV_TARGETS:
         url = getattr(settings, field_name)
@@ -117,7 +124,7 @@ def configured_targets(settings: Settings) -> list[Target]:
     if settings.targets_file is not None:
         for spec in load_targets_file(settings.targets_file).targets:
             targets[spec.name] = _apply_spec(targets.get(spec.name), spec, settings.targets_file)
-    return list(targets.values())
+    return tuple(targets.values())
 
 
 def _apply_spec(existing: Target | None, spec: TargetSpec, path: Path) -> Target:
