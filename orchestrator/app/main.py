@@ -25,6 +25,7 @@ from orchestrator.metrics import StateCollector, register_state_collector
 from orchestrator.models import init_db
 from orchestrator.queue_rq import get_queue, make_redis
 from orchestrator.settings import Settings, get_settings
+from orchestrator.tracing import API_SERVICE, TracingMiddleware, configure_tracing
 
 log = logging.getLogger("orchestrator.api")
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     (engine, Redis, queue) are built from them unless given (unit tests pass fakes)."""
     settings = services.settings if services else (settings or get_settings())
     configure_logging(settings.log_level)
+    configure_tracing(settings, API_SERVICE)
     app = FastAPI(
         title="pedi-orchestrator",
         version=__version__,
@@ -92,5 +94,6 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest
     app.include_router(api_router)
     return app
