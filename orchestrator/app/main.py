@@ -29,6 +29,10 @@ from orchestrator.tracing import API_SERVICE, TracingMiddleware, configure_traci
 
 log = logging.getLogger("orchestrator.api")
 
+NO_FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+"""FastAPI's own OpenTelemetry spans record the raw path and query string (user input) and
+forward client baggage; orchestrator.tracing's server span records the route template only."""
+
 DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
 servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
 Every /api route needs an `x-api-key` header when the server has `API_KEY` set."""
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     app.state.services = services or build_services(settings)
     app.state.owns_services = services is None
