@@ -291,9 +291,9 @@ def warn_if_job_metrics_unexported(rq_job) -> None:
         first = True
     if first:
         log.warning(
-            "per-job metrics of this worker are not exported: each job runs in a forked process whose "
-            "metrics die with it. Run `rq worker pedi-screen -w modelreasoner.worker.ForkingMetricsWorker` "
-            "(or set RQ_WORKER_CLASS to it) with METRICS_PORT set, or the threaded `python -m "
-            "modelreasoner.worker`; see docs/observability.md",
+            "per-job metrics of this worker are not exported (a bare `rq worker` runs each job in a "
+            "forked process whose metrics die with it). Run `rq worker pedi-screen -w "
+            "modelreasoner.worker.ForkingMetricsWorker` (or set RQ_WORKER_CLASS to it) with METRICS_PORT "
+            "set, or the threaded `python -m modelreasoner.worker`; see docs/observability.md",
             extra={"worker": rq_job.worker_name},
         )

@@ -77,7 +77,6 @@ class _State:
     """The process that configured tracing; a forked child inherits it and must flush itself."""
     per_job_process: bool = False
     """Configured by a job in a process that exits after the job (a bare ``rq worker`` fork)."""
-    global_set: bool = False
 
 
 _state = _State()
@@ -125,9 +124,8 @@ def configure_tracing(settings: Settings, service_name: str, *, exporter=None, p
 
     provider = TracerProvider(resource=_resource(service_name))
     provider.add_span_processor(BatchSpanProcessor(exporter or _otlp_exporter(settings)))
-    if not _state.global_set:  # the global can be set once per process; ours is used directly
-        trace.set_tracer_provider(provider)
-        _state.global_set = True
+    # Not registered as the global provider: libraries that trace on their own once one is set
+    # (FastAPI's native telemetry records raw paths and query strings) stay silent.
     _state.provider = provider
     _state.tracer = provider.get_tracer(INSTRUMENTATION_NAME)
     _state.pid = os.getpid()
