@@ -245,12 +245,18 @@ class ForkingMetricsWorker(Worker):
         except ConfigError as exc:
             raise SystemExit(f"worker: {exc.message}") from None
         configure_logging(settings.log_level)
+        self._log_level = settings.log_level
         kwargs["log_job_description"] = False
         super().__init__(*args, **kwargs)
         tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
         self._metrics = ForkedJobMetrics(settings.metrics_port) if settings.metrics_port else None
         if self._metrics is None:
             mark_worker_metrics_off()
+
+    def work(self, *args, **kwargs) -> bool:
+        if kwargs.get("logging_level") is None:  # `rq worker` without --logging_level: follow LOG_LEVEL
+            kwargs["logging_level"] = self._log_level
+        return super().work(*args, **kwargs)
 
     def execute_job(self, job, queue) -> None:
         with job_context(job.id):  # the parent's and the job process's RQ lines carry the job id
