@@ -27,8 +27,9 @@ FORMAT = "%(timestamp)s %(levelname)s %(name)s %(message)s"
 RENAMED = {"levelname": "level", "name": "logger"}
 THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker", "rq.job", "rq", "alembic")
 HELD_AT_WARNING = ("sqlalchemy.engine", "sqlalchemy.pool", "httpx", "httpcore")
-"""SQLAlchemy logs statements with their parameters (observations) at INFO/DEBUG, httpx and
-httpcore log request traces at DEBUG: never below WARNING, even with LOG_LEVEL=DEBUG."""
+"""Never below WARNING, even with LOG_LEVEL=DEBUG: SQLAlchemy's engine logs statements and their
+parameters (observations) once its loggers reach INFO (it starts them at WARN itself; this keeps
+a logging config from lowering them), httpx and httpcore log request traces at DEBUG."""
 DROPPED_FIELDS = ("color_message",)
 """uvicorn's ANSI-coloured copy of the message."""
 

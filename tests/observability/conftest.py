@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,10 +15,21 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from orchestrator import tracing
 from orchestrator.settings import Settings
 from tests.observability.otlp_sink import OtlpSink
+from tests.support.env import artifacts_dir
 
 MARKER = "PHI-OBS-MARKER-5c1e9b"
 """A string that only ever appears in observations: it must surface in no span, log or metric."""
 INFER_ANSWER = {"risk_level": "low", "flagged_domains": [], "rationale": "ok", "model_version": "rec-1"}
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """The per-test artifacts directory without the logs of a previous run: processes append to
+    their log files, and these tests read them back and count lines."""
+    path = artifacts_dir(request)
+    for old in path.glob("*.log"):
+        old.unlink()
+    return path
 
 
 @pytest.fixture
