@@ -5,6 +5,8 @@ job, case or key id.
 Event metrics (counters, histograms) are recorded where the event happens. State metrics
 (backlog, oldest queued job, workers, circuit state) are read from Postgres and Redis when
 ``/metrics`` is scraped, by ``StateCollector``, so every API replica reports the same truth.
+Job-outcome metrics live in the worker process that ran the job; the end of this module is how
+they reach Prometheus from each worker entry point (docs/observability.md).
 """
 
 from __future__ import annotations
