@@ -3,7 +3,10 @@
 Two ways to run it, both on the ``pedi-screen`` queue, both keeping RQ's job lifecycle
 (registries, ``rq info``, per-job status) intact:
 
-* ``rq worker pedi-screen`` (from the repo root): stock forking RQ, one job per process.
+* ``rq worker pedi-screen -w modelreasoner.worker.ForkingMetricsWorker`` (from the repo root, or
+  ``RQ_WORKER_CLASS`` set to it): stock forking RQ, one job per process, with JSON logs, tracing
+  and per-job metrics served on ``METRICS_PORT`` by the parent. A bare ``rq worker pedi-screen``
+  runs jobs too, but logs one WARNING: its job processes' metrics die with them.
 * ``python -m modelreasoner.worker``: the fast entry. A non-forking ``ThreadedWorker`` keeps
   ``WORKER_CONCURRENCY`` jobs in flight in one process (model calls are I/O waits), serves
   Prometheus metrics on ``METRICS_PORT``, and refuses to start with no model server configured.
@@ -25,19 +28,29 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import click
-from prometheus_client import start_http_server
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker, get_current_job
 from rq.timeouts import TimerDeathPenalty
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from modelreasoner import dispatch
 from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
-from orchestrator import jobs
+from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
 from orchestrator.db import session_scope
 from orchestrator.errors import ConfigError, DatabaseUnavailable
-from orchestrator.logs import configure_logging, job_context
-from orchestrator.metrics import DB_ERRORS, JOB_E2E_LATENCY, JOB_QUEUE_WAIT, JOBS_COMPLETED, JOBS_FAILED, SLA_VIOLATIONS
+from orchestrator.logs import configure_logging, ensure_logging, job_context
+from orchestrator.metrics import (
+    DB_ERRORS,
+    JOB_E2E_LATENCY,
+    JOB_QUEUE_WAIT,
+    JOBS_COMPLETED,
+    JOBS_FAILED,
+    SLA_VIOLATIONS,
+    ForkedJobMetrics,
+    mark_worker_metrics_off,
+    serve_worker_metrics,
+    warn_if_job_metrics_unexported,
+)
 from orchestrator.models import Job, JobStatus
 from orchestrator.settings import get_settings
 
@@ -52,9 +65,26 @@ DEQUEUE_WAIT_SECONDS = 2
 
 
 def process_job(job_id: str) -> dict[str, str | None]:
-    """RQ entry point. Returns a PHI-free summary; the result itself is in Postgres."""
-    with job_context(job_id):
-        return execute(get_runtime(), uuid.UUID(job_id))
+    """RQ entry point. Returns a PHI-free summary; the result itself is in Postgres. Runs in a
+    consumer span continuing the trace whose context the enqueue put in the RQ job's meta."""
+    rt = get_runtime()
+    rq_job = get_current_job()
+    _prepare_job_process(rt, rq_job)
+    try:
+        with job_context(job_id), tracing.consumer_span(QUEUE_NAME, job_id, rq_job.meta if rq_job else None) as span:
+            summary = execute(rt, uuid.UUID(job_id))
+            tracing.set_job_status(span, summary["status"])
+            return summary
+    finally:
+        tracing.flush_if_process_ends_with_job()
+
+
+def _prepare_job_process(rt: Runtime, rq_job) -> None:
+    """No-ops in our own workers. A job forked by a bare ``rq worker`` sets up JSON logs and
+    tracing for itself, and warns (once per worker) that its metrics are not exported."""
+    ensure_logging(rt.settings.log_level)
+    tracing.configure_tracing(rt.settings, tracing.WORKER_SERVICE, per_job_process=True)
+    warn_if_job_metrics_unexported(rq_job)
 
 
 def _with_db_retry(rt: Runtime, fn):
@@ -204,7 +234,8 @@ class ThreadedWorker(SimpleWorker):
 
     def _perform(self, job, queue, execution) -> None:
         try:
-            self.perform_job(job, queue, execution)
+            with job_context(job.id):  # RQ's own lines about this job carry its id too
+                self.perform_job(job, queue, execution)
         except BaseException:
             log.exception("RQ bookkeeping failed for a job", extra={"job_id": job.id})
         finally:
@@ -213,6 +244,41 @@ class ThreadedWorker(SimpleWorker):
     def teardown(self) -> None:
         self._pool.shutdown(wait=True)
         super().teardown()
+
+
+class ForkingMetricsWorker(Worker):
+    """Stock forking RQ worker (one process per job) for ``rq worker pedi-screen -w
+    modelreasoner.worker.ForkingMetricsWorker``: JSON logs, tracing, no job descriptions in
+    logs, and, with METRICS_PORT set, per-job metrics written by each job process to a per-worker
+    multiprocess directory that this parent creates, serves on METRICS_PORT and removes at exit."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        try:
+            settings = get_settings()
+        except ConfigError as exc:
+            raise SystemExit(f"worker: {exc.message}") from None
+        configure_logging(settings.log_level)
+        self._log_level = settings.log_level
+        kwargs["log_job_description"] = False
+        super().__init__(*args, **kwargs)
+        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
+        self._metrics = ForkedJobMetrics(settings.metrics_port) if settings.metrics_port else None
+        if self._metrics is None:
+            mark_worker_metrics_off()
+
+    def work(self, *args, **kwargs) -> bool:
+        if kwargs.get("logging_level") is None:  # `rq worker` without --logging_level: follow LOG_LEVEL
+            kwargs["logging_level"] = self._log_level
+        return super().work(*args, **kwargs)
+
+    def execute_job(self, job, queue) -> None:
+        with job_context(job.id):  # the parent's and the job process's RQ lines carry the job id
+            super().execute_job(job, queue)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._metrics is not None:
+            self._metrics.close()
 
 
 def _has_targets(rt: Runtime) -> bool:
@@ -244,6 +310,7 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         if simulate:
             settings = settings.model_copy(update={"worker_simulate": True})
         configure_logging(settings.log_level)
+        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
         rt = build_runtime(settings, concurrency=concurrency)
         if not _has_targets(rt):
             raise ConfigError(NO_TARGETS_MESSAGE)
@@ -251,8 +318,7 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         click.echo(f"worker: {exc.message}", err=True)
         sys.exit(2)
     install_runtime(rt)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port)
+    serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency
     worker = ThreadedWorker([QUEUE_NAME], connection=rt.redis, name=name, log_job_description=False, concurrency=slots)
     log.info(

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     """Log threshold of every process (JSON lines on stdout)."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Port on which the worker serves Prometheus metrics; unset: not served."""
+    otel_collector_url: str | None = None
+    """Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (e.g. http://otel-collector:4318);
+    spans go to ``<url>/v1/traces``. Unset (and no OTEL_EXPORTER_OTLP_ENDPOINT): no tracing."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -108,6 +111,7 @@ class Settings(BaseSettings):
         "edge_agent_url",
         "cloud_runner_url",
         "gpu_runner_url",
+        "otel_collector_url",
         mode="before",
     )
     @classmethod

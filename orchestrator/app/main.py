@@ -28,8 +28,13 @@ from orchestrator.models import init_db
 from orchestrator.queue_rq import get_queue, make_redis
 from orchestrator.settings import Settings, get_settings
 from orchestrator.targets import configured_targets
+from orchestrator.tracing import API_SERVICE, TracingMiddleware, configure_tracing
 
 log = logging.getLogger("orchestrator.api")
+
+NO_FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+"""FastAPI's own OpenTelemetry spans record the raw path and query string (user input) and
+forward client baggage; orchestrator.tracing's server span records the route template only."""
 
 DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
 servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
@@ -92,16 +97,19 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         print(f"api: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     configure_logging(settings.log_level)
+    configure_tracing(settings, API_SERVICE)
     app = FastAPI(
         title="pedi-orchestrator",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     app.state.services = services or build_services(settings)
     app.state.owns_services = services is None
     install_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest
     app.include_router(api_router)
     return app
