@@ -60,7 +60,8 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self, wait: bool = True) -> ManagedProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        # A fresh log per test run; a restart within the test appends to it.
+        log = open(self.log_path, "ab" if self.process is not None else "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
