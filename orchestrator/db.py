@@ -3,6 +3,9 @@ from settings and pass sessions explicitly."""
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,8 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.settings import Settings
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 15
 """How long a SQLite writer waits for the lock (s); the dev stack has an API and a worker."""
+CONNECT_BACKOFF_BASE_SECONDS = 0.05
+CONNECT_BACKOFF_CAP_SECONDS = 0.5
+"""Backoff between tries to open a connection (s, jittered): a restarting Postgres accepts
+connections again within a second or so; a request must not wait much longer than that."""
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -23,7 +32,11 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     (the worker sizes its pool to its concurrency)."""
     url = settings.database_url
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            hide_parameters=True,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     size = pool_size or settings.db_pool_size
@@ -33,14 +46,40 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
             "connect_timeout": max(1, round(settings.db_connect_timeout_seconds)),
             "application_name": "pedi-orchestrator",
         }
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
         pool_timeout=settings.db_connect_timeout_seconds,
         connect_args=connect_args,
+        # Bound parameters hold observations: keep them out of every error message and log line.
+        hide_parameters=True,
     )
+    retrying = _retrying_connect(settings.db_connect_attempts, settings.db_connect_timeout_seconds)
+    event.listen(engine, "do_connect", retrying)
+    return engine
+
+
+def _retrying_connect(attempts: int, budget_seconds: float):
+    """A ``do_connect`` hook: open a DBAPI connection, retrying a refused or dropped one up to
+    ``attempts`` times with jittered backoff, but never past ``budget_seconds`` in all."""
+
+    def connect(dialect, _record, cargs, cparams):
+        deadline = time.monotonic() + budget_seconds
+        for attempt in range(1, attempts + 1):
+            try:
+                return dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                delay = min(CONNECT_BACKOFF_CAP_SECONDS, CONNECT_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)
+                if attempt == attempts or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database connection failed; retrying", extra={"attempt": attempt})
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
