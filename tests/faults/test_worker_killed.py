@@ -53,7 +53,7 @@ def rerun_delays(ledger, victims: list[str], killed_at: datetime) -> list[float]
 
 def test_sigkill_a_threaded_worker_mid_job(stack, ledger, report):
     max_claims = load_settings().job_max_claims
-    gpu = stack.model_server("gpu", tier="gpu", latency_ms=MODEL_LATENCY_MS, jitter=0, capacity=64)
+    gpu = stack.model_server("gpu", tier="gpu", latency_ms=MODEL_LATENCY_MS, jitter=0, fail_rate=0, capacity=64)
     api = stack.api()
     victim = stack.worker(concurrency=6, name="victim")
     burst = Burst(api.url)
@@ -87,7 +87,7 @@ def test_sigkill_a_threaded_worker_mid_job(stack, ledger, report):
 def test_sigkill_the_work_horse_of_a_stock_rq_worker(stack, ledger, report):
     """Plain RQ moves a killed work-horse's job to its failed registry and forgets it; the lease
     and the reconciler bring it back. Faster knobs: this test is about the RQ path, not timing."""
-    stack.model_server("gpu", tier="gpu", latency_ms=3000, jitter=0, capacity=64)
+    stack.model_server("gpu", tier="gpu", latency_ms=3000, jitter=0, fail_rate=0, capacity=64)
     knobs = {"JOB_LEASE_SECONDS": "3", "RECONCILER_INTERVAL_SECONDS": "1", "RECONCILER_GRACE_SECONDS": "1"}
     api = stack.api(**knobs)
     parent = stack.worker(kind="rq", name="rq-victim", **knobs)
