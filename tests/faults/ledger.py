@@ -86,6 +86,11 @@ class Ledger:
             )
             return Counter({str(job_id): count for job_id, count in rows})
 
+    def actors(self, event: str) -> set[str]:
+        """Every actor that wrote an ``event`` row."""
+        with self.engine.connect() as connection:
+            return set(connection.scalars(select(Audit.actor).where(Audit.event == event).distinct()))
+
     def events(self, job_id: str) -> list[tuple[str, datetime, str]]:
         with self.engine.connect() as connection:
             rows = connection.execute(
