@@ -22,6 +22,9 @@ from orchestrator.metrics import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
+POSTGRES_NUL_MESSAGE = "cannot contain NUL (0x00) characters"
+"""What psycopg2 raises (a ValueError, before any SQL) for a NUL in a text parameter."""
+
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -100,6 +103,12 @@ def install_handlers(app: FastAPI) -> None:
         unavailable = QueueUnavailable()
         log.warning("redis unavailable", extra={"error": type(exc).__name__})
         return error_response(503, unavailable.code, unavailable.message)
+
+    @app.exception_handler(ValueError)
+    async def _value(request: Request, exc: ValueError) -> JSONResponse:
+        if POSTGRES_NUL_MESSAGE in str(exc):  # a text input the schema did not screen reached the driver
+            return error_response(422, "validation_error", "text inputs must not contain NUL characters")
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
