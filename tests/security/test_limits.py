@@ -5,15 +5,17 @@ Postgres cannot store is a 422, never a 500; and no error message echoes what wa
 from __future__ import annotations
 
 import base64
+import json
 import struct
 
 import httpx
 import pytest
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from orchestrator.app.deps import Services
+from orchestrator.app.deps import Services, SessionDep
 from orchestrator.app.main import create_app
 from orchestrator.constants import EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
 from orchestrator.db import make_engine, make_session_factory
@@ -114,6 +116,38 @@ def test_nul_characters_are_a_422_on_postgres_too(pg_url, redis_url, monkeypatch
     assert body.status_code == 422 and body.json()["error"]["field"] == "observations"
     assert query.status_code == 422 and query.json()["error"]["code"] == "validation_error"
     assert MARKER not in body.text + query.text
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_value_postgres_refuses_is_a_422_never_a_500(pg_url, redis_url, monkeypatch):
+    """The safety net for routes whose validation lets through JSON Postgres cannot store."""
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    settings = load_settings()
+    engine, connection = make_engine(settings), make_redis(settings)
+    services = Services(settings, engine, make_session_factory(engine), connection, get_queue(connection))
+    router = APIRouter()
+
+    @router.post("/api/store-probe")
+    def store(body: dict, session: SessionDep) -> dict:
+        session.execute(text("SELECT CAST(:doc AS jsonb)"), {"doc": json.dumps(body)})
+        return {}
+
+    app = create_app(services=services)
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        fine = test_client.post("/api/store-probe", json={"note": "ok"})
+        refused = test_client.post(
+            "/api/store-probe",
+            content=b'{"note": "' + MARKER.encode() + b'\\u0000"}',
+            headers={"content-type": "application/json"},
+        )
+    engine.dispose()
+    connection.close()
+    assert fine.status_code == 200
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "validation_error", refused.text
+    assert MARKER not in refused.text
 
 
 @pytest.mark.e2e
