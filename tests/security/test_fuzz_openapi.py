@@ -34,6 +34,7 @@ SEED = 20261124
 EXAMPLES_PER_MODE = 100
 MIN_CASES = 500
 KEY = "fuzz-key-0001"
+UNREACHABLE_TARGET = "http://127.0.0.1:9"
 
 
 @pytest.fixture
@@ -41,6 +42,10 @@ def app(pg_url, redis_url, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", pg_url)
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("API_KEY", KEY)
+    # Every target kind configured (never called: the API only queues), so no route answers the
+    # 503 it gives by design when nothing could serve a job.
+    for name in ("EDGE_MODEL_URL", "CLOUD_MODEL_URL", "GPU_MODEL_URL", "EDGE_AGENT_URL", "CLOUD_RUNNER_URL"):
+        monkeypatch.setenv(name, UNREACHABLE_TARGET)
     settings = load_settings()
     engine, connection = make_engine(settings), make_redis(settings)
     services = Services(
