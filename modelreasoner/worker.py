@@ -29,6 +29,7 @@ import redis
 from prometheus_client import start_http_server
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
+from rq.worker_registration import REDIS_WORKER_KEYS
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from modelreasoner import dispatch
@@ -189,8 +190,9 @@ class ThreadedWorker(SimpleWorker):
         if timeout is not None or pipeline is not None:
             return super().heartbeat(timeout, pipeline)
         try:
-            if not self.connection.exists(self.key):
+            if not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
                 log.warning("worker registration lost (Redis restarted or flushed); registering again")
+                self.connection.delete(self.key)  # a job's own heartbeat may have left a partial hash
                 self.register_birth()
             return super().heartbeat(timeout, pipeline)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
