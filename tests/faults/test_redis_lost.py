@@ -61,3 +61,38 @@ def test_flushall_then_restart_redis_with_jobs_queued(stack, ledger, report, red
     assert requeuers and all(actor.startswith("reconciler:api:") for actor in requeuers), requeuers
     assert set(ledger.event_counts("claimed").values()) == {1}
     client.close()
+
+
+def test_redis_restarts_under_a_busy_worker(stack, ledger, report, redis_server):
+    """Redis goes away and comes back empty while a worker has calls in flight: those jobs still
+    finish (shared stats degrade to priors), the worker stays up, registers again, and works on."""
+    stack.model_server("gpu", tier="gpu", latency_ms=2000, jitter=0, fail_rate=0, capacity=64)
+    api = stack.api(**KNOBS)
+    worker = stack.worker(concurrency=8, name="steady", **KNOBS)
+    body = {"age_months": 12, "observations": "pulls to stand", "sla_ms": 60_000}
+    before = Burst(api.url)
+    before.run(6, threads=2, body=body)
+    deadline = time.monotonic() + 20
+    while set(ledger.statuses(before.accepted()).values()) != {"running"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    redis_server.stop()
+    time.sleep(1.0)
+    redis_server.start()
+    after = Burst(api.url)
+    after.run(6, threads=2, body=body)
+    accepted = before.accepted() + after.accepted()
+    statuses = ledger.wait_terminal(accepted, timeout=60)
+    outcome = ledger.outcome("redis_restart_busy_worker", accepted)
+    report(outcome)
+
+    assert outcome.clean, (outcome, statuses)
+    assert set(statuses.values()) == {"completed"}
+    assert worker.alive, "the worker rode out the outage"
+    client = redis_server.client()
+    deadline = time.monotonic() + 15
+    while not client.sismember("rq:workers", "rq:worker:steady") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.sismember("rq:workers", "rq:worker:steady"), "registered again after the restart"
+    client.close()
+    assert set(ledger.event_counts("claimed")[i] for i in before.accepted()) == {1}, "in-flight jobs were not re-run"
