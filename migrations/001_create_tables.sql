@@ -107,7 +107,7 @@ CREATE TABLE audit (
 );
 CREATE INDEX ix_audit_job_id_at ON audit (job_id, at);
 
--- The audit trail is append-only: no UPDATE, no DELETE, for anyone, including the app.
+-- The audit trail is append-only: no UPDATE, no DELETE, no TRUNCATE, for anyone, including the app.
 CREATE FUNCTION audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -118,5 +118,8 @@ $$;
 CREATE TRIGGER audit_append_only
     BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_no_truncate
+    BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 
 COMMIT;

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelreasoner.client import ModelClient
 from modelreasoner.lease import LeaseKeeper
+from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.simulated import SimulatedClient, simulated_targets
 from orchestrator.db import make_engine, make_session_factory
 from orchestrator.queue_rq import make_redis
@@ -90,7 +91,7 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
         engine=engine,
         sessions=sessions,
         redis=connection,
-        router=Router(RedisStatsStore(connection)),
+        router=Router(ResilientStatsStore(RedisStatsStore(connection))),  # a Redis blip must not fail a job
         client=client,
         http=http,
         leases=LeaseKeeper(sessions, worker_id=worker_id, lease_seconds=settings.job_lease_seconds),

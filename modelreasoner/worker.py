@@ -28,15 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import click
+import redis
 from rq import SimpleWorker, Worker, get_current_job
 from rq.timeouts import TimerDeathPenalty
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from rq.worker_registration import REDIS_WORKER_KEYS
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from modelreasoner import dispatch
 from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
-from orchestrator.db import session_scope
+from orchestrator.db import is_connection_error, session_scope
 from orchestrator.errors import ConfigError, DatabaseUnavailable
 from orchestrator.logs import configure_logging, ensure_logging, job_context
 from orchestrator.metrics import (
@@ -52,6 +54,8 @@ from orchestrator.metrics import (
     warn_if_job_metrics_unexported,
 )
 from orchestrator.models import Job, JobStatus
+from orchestrator.queue_rq import get_queue
+from orchestrator.reconciler import Reconciler, actor_name
 from orchestrator.settings import get_settings
 
 log = logging.getLogger("modelreasoner.worker")
@@ -62,6 +66,8 @@ HEARTBEAT_EVERY_SECONDS = 5.0
 """Shortest gap between two plain worker heartbeats (s); RQ's worker key lives 480 s."""
 DEQUEUE_WAIT_SECONDS = 2
 """Longest blocking wait for a job id (s): how long a warm shutdown may wait before it starts."""
+REDIS_OUTAGE_PAUSE_SECONDS = 1.0
+"""How long the main loop pauses after a Redis error outside RQ's own retry loop (s)."""
 
 
 def process_job(job_id: str) -> dict[str, str | None]:
@@ -87,6 +93,10 @@ def _prepare_job_process(rt: Runtime, rq_job) -> None:
     warn_if_job_metrics_unexported(rq_job)
 
 
+def _database_down(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or is_connection_error(exc)
+
+
 def _with_db_retry(rt: Runtime, fn):
     """Run ``fn`` retrying while Postgres is unreachable (DB_RETRY_ATTEMPTS, jittered backoff)."""
 
@@ -95,7 +105,7 @@ def _with_db_retry(rt: Runtime, fn):
         log.warning("database unavailable; retrying", extra={"attempt": state.attempt_number})
 
     return retry(
-        retry=retry_if_exception_type(DatabaseUnavailable),
+        retry=retry_if_exception(_database_down),
         stop=stop_after_attempt(rt.settings.db_retry_attempts),
         wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         before_sleep=note,
@@ -123,14 +133,24 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
     rt.leases.add(job_id)
     try:
         try:
-            terminal = dispatch.run(rt, job)
+            terminal = _with_db_retry(rt, lambda: dispatch.run(rt, job))
         except Exception as exc:
-            log.exception("job crashed in the worker; failing it")
-            terminal = dispatch.failed("internal_error", f"worker error ({type(exc).__name__})")
+            terminal = _crashed(rt, exc)
         persist(rt, job, terminal)
     finally:
         rt.leases.discard(job_id)
     return {"status": terminal.status.value, "target": terminal.fields.get("target")}
+
+
+def _crashed(rt: Runtime, exc: Exception) -> dispatch.Terminal:
+    """The terminal state of a job whose run raised: a reason, never the exception's text (it
+    may quote the job's data)."""
+    if _database_down(exc):
+        attempts = rt.settings.db_retry_attempts
+        log.error("database unavailable through every retry; failing the job", extra={"attempts": attempts})
+        return dispatch.failed("database_unavailable", f"the database was unreachable on {attempts} attempts")
+    log.exception("job crashed in the worker; failing it")
+    return dispatch.failed("internal_error", f"worker error ({type(exc).__name__})")
 
 
 def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
@@ -183,18 +203,33 @@ class ThreadedWorker(SimpleWorker):
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+        self.stop_signalled = False
+        """Set by SIGTERM/SIGINT: the work loop ended because it was asked to."""
 
     def heartbeat(self, timeout=None, pipeline=None):
         """RQ heartbeats three times per job (three round trips each); the worker's key lives
         for minutes, so one heartbeat per HEARTBEAT_EVERY_SECONDS keeps it alive at a fraction
-        of the cost. Explicit-TTL heartbeats (job start/finish bookkeeping) always go through."""
+        of the cost. Explicit-TTL heartbeats (job start/finish bookkeeping) always go through.
+
+        A plain heartbeat also rides out a Redis outage (RQ's loop would quit on the error) and
+        registers the worker again when a Redis restart or flush wiped its registration."""
         now = time.monotonic()
         if timeout is None and pipeline is None and now - self._last_beat < HEARTBEAT_EVERY_SECONDS:
             return
         self._last_beat = now
-        super().heartbeat(timeout, pipeline)
+        if timeout is not None or pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        try:
+            if not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
+                log.warning("worker registration lost (Redis restarted or flushed); registering again")
+                self.connection.delete(self.key)  # a job's own heartbeat may have left a partial hash
+                self.register_birth()
+            return super().heartbeat(timeout, pipeline)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._redis_trouble("heartbeat", exc)
 
     def _shutdown(self) -> None:
+        self.stop_signalled = True
         self._stop_requested = True
         self.set_shutdown_requested_date()
         log.info("warm shutdown: finishing the jobs in flight; signal again to stop at once")
@@ -229,8 +264,32 @@ class ThreadedWorker(SimpleWorker):
         return None
 
     def execute_job(self, job, queue) -> None:
-        execution = self.prepare_execution(job)
+        try:
+            execution = self.prepare_execution(job)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The job is still queued in Postgres: the reconciler enqueues it again.
+            self._slots.release()
+            self._redis_trouble("start a job", exc)
+            return
         self._pool.submit(self._perform, job, queue, execution)
+
+    # RQ's work loop quits on a Redis error raised outside its dequeue retry (heartbeat,
+    # suspension check, maintenance). A worker must ride out a Redis restart instead.
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._redis_trouble("check for suspension", exc)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._redis_trouble("run maintenance", exc)
+
+    def _redis_trouble(self, action: str, exc: Exception) -> None:
+        log.warning("Redis unavailable; carrying on", extra={"action": action, "error": type(exc).__name__})
+        time.sleep(REDIS_OUTAGE_PAUSE_SECONDS)
 
     def _perform(self, job, queue, execution) -> None:
         try:
@@ -323,9 +382,20 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
     worker = ThreadedWorker([QUEUE_NAME], connection=rt.redis, name=name, log_job_description=False, concurrency=slots)
     log.info(
         "worker starting",
-        extra={"concurrency": slots, "targets": [t.name for t in rt.targets()], "simulate": rt.simulate},
+        extra={"concurrency": slots, "targets": [t.name for t in rt.static_targets], "simulate": rt.simulate},
     )
-    worker.work(burst=burst, logging_level=settings.log_level)
+    reconciler = None
+    if settings.reconciler_enabled and not burst:
+        reconciler = Reconciler(rt.sessions, get_queue(rt.redis), settings, actor=actor_name("worker")).start()
+    try:
+        worker.work(burst=burst, logging_level=settings.log_level)
+    finally:
+        if reconciler is not None:
+            reconciler.stop()
+    if not burst and not worker.stop_signalled:
+        # RQ's loop ended on an error it could not handle: exit non-zero so a supervisor restarts us.
+        log.error("worker loop ended unexpectedly; exiting with status 1")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

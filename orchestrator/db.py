@@ -3,6 +3,9 @@ from settings and pass sessions explicitly."""
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,11 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.settings import Settings
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 15
 """How long a SQLite writer waits for the lock (s); the dev stack has an API and a worker."""
 HIDE_SQL_PARAMETERS = True
 """SQLAlchemy errors (and SQL logging) quote statement parameters, which include observations:
 keep them out of every exception message and log line."""
+CONNECT_BACKOFF_BASE_SECONDS = 0.05
+CONNECT_BACKOFF_CAP_SECONDS = 0.5
+"""Backoff between tries to open a connection (s, jittered): a restarting Postgres accepts
+connections again within a second or so; a request must not wait much longer than that."""
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -40,7 +49,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
             "connect_timeout": max(1, round(settings.db_connect_timeout_seconds)),
             "application_name": "pedi-orchestrator",
         }
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=size,
         max_overflow=size,
@@ -49,6 +58,30 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         connect_args=connect_args,
         hide_parameters=HIDE_SQL_PARAMETERS,
     )
+    retrying = _retrying_connect(settings.db_connect_attempts, settings.db_connect_timeout_seconds)
+    event.listen(engine, "do_connect", retrying)
+    return engine
+
+
+def _retrying_connect(attempts: int, budget_seconds: float):
+    """A ``do_connect`` hook: open a DBAPI connection, retrying a refused or dropped one up to
+    ``attempts`` times with jittered backoff, but never past ``budget_seconds`` in all."""
+
+    def connect(dialect, _record, cargs, cparams):
+        deadline = time.monotonic() + budget_seconds
+        for attempt in range(1, attempts + 1):
+            try:
+                return dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                delay = min(CONNECT_BACKOFF_CAP_SECONDS, CONNECT_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)
+                if attempt == attempts or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database connection failed; retrying", extra={"attempt": attempt})
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial

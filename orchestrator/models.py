@@ -167,7 +167,7 @@ class Job(Base):
 class Audit(Base):
     """An append-only record of something that happened to a job. Never holds observations.
 
-    On Postgres a trigger rejects UPDATE and DELETE on this table.
+    On Postgres triggers reject UPDATE, DELETE and TRUNCATE on this table.
     """
 
     __tablename__ = "audit"
@@ -231,6 +231,8 @@ APPEND_ONLY_DDL = {
         "USING ERRCODE = 'insufficient_privilege'; END; $$",
         "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
         "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+        "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
     ],
     "sqlite": [
         "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "

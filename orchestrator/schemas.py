@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from orchestrator.constants import AGE_MONTHS_MAX, EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
 
@@ -24,6 +24,17 @@ RouteChoice = Annotated[
 ]
 """Where the submitter wants a job to go first; it still fails over from there."""
 StatusName = Literal["queued", "running", "completed", "failed"]
+
+
+def no_nul(value: str) -> str:
+    """Refuse NUL characters: Postgres text cannot store them (the message never echoes the value)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_nul)]
+"""A request's free-text field that Postgres can store; use it for every text input."""
 
 
 def decode_embedding(value: str) -> bytes:
@@ -48,7 +59,7 @@ class JobCreate(BaseModel):
 
     case_id: uuid.UUID | None = Field(None, description="Existing case to attach this job to")
     age_months: int = Field(..., ge=0, le=AGE_MONTHS_MAX, description="Child's age in months")
-    observations: str = Field(..., max_length=OBSERVATIONS_MAX_CHARS, description="Free text")
+    observations: Text = Field(..., max_length=OBSERVATIONS_MAX_CHARS, description="Free text")
     embedding_b64: str | None = Field(
         None,
         max_length=(EMBEDDING_MAX_VALUES * 4 * 4) // 3 + 4,

@@ -75,7 +75,28 @@ class Settings(BaseSettings):
     job_max_claims: int = Field(3, ge=1, le=20)
     """A job is claimed (its model call run) at most this many times before it is failed."""
     db_retry_attempts: int = Field(5, ge=1, le=50)
-    """Tries of a worker's database write during an outage (jittered backoff, up to ~15 s)."""
+    """Tries of a worker's database step (claim, routing, terminal write) during an outage (jittered
+    backoff, up to ~15 s); then the job is failed with the reason, or left to the reconciler."""
+
+    # --- reliability (docs/reliability.md) -------------------------------------------------------
+    reconciler_enabled: bool = True
+    """Run the reconciler inside every API and ``python -m modelreasoner.worker`` process (one pass
+    per interval fleet-wide, under a Redis lock). Turn off only where ``python -m
+    orchestrator.reconciler`` runs instead."""
+    reconciler_interval_seconds: float = Field(5.0, ge=0.1, le=3600)
+    """Time between reconciliation passes (s). A killed worker's job runs again within
+    JOB_LEASE_SECONDS + RECONCILER_GRACE_SECONDS + this (25 s by default)."""
+    reconciler_grace_seconds: float = Field(5.0, ge=0, le=3600)
+    """How long after its last enqueue a queued job may be absent from Redis, and how long a lease
+    may be overdue, before the reconciler acts (s): covers the API's commit-then-enqueue gap and
+    clock skew between hosts."""
+    redis_retry_attempts: int = Field(3, ge=1, le=20)
+    """Tries of one Redis command whose connection dropped (API and worker; 50-500 ms jittered
+    backoff). A Redis that stays down gives 503 in the API and leaves jobs to the reconciler."""
+    db_connect_attempts: int = Field(3, ge=1, le=20)
+    """Tries to open one database connection (every process; 50-500 ms jittered backoff, within
+    DB_CONNECT_TIMEOUT_SECONDS in all): a Postgres restart is ridden out, a dead one gives a quick
+    503 + Retry-After in the API."""
 
     # --- API -----------------------------------------------------------------------------------
     api_key: SecretStr | None = None

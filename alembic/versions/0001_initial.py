@@ -35,6 +35,9 @@ $$""",
     """CREATE TRIGGER audit_append_only
     BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_append_only()""",
+    """CREATE TRIGGER audit_no_truncate
+    BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()""",
 ]
 SQLITE_APPEND_ONLY = [
     "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
@@ -153,6 +156,7 @@ def downgrade() -> None:
     dialect = op.get_bind().dialect.name
     if dialect == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_append_only ON audit")
+        op.execute("DROP TRIGGER IF EXISTS audit_no_truncate ON audit")
         op.execute("DROP FUNCTION IF EXISTS audit_append_only()")
     op.drop_table("audit")
     op.drop_table("jobs")

@@ -12,7 +12,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.constants import RETRY_AFTER_SECONDS
@@ -21,6 +21,14 @@ from orchestrator.errors import DatabaseUnavailable, OrchestratorError, QueueUna
 from orchestrator.metrics import DB_ERRORS
 
 log = logging.getLogger(__name__)
+
+POSTGRES_NUL_MESSAGE = "cannot contain NUL (0x00) characters"
+"""What psycopg2 raises (a ValueError, before any SQL) for a NUL in a text parameter."""
+
+DATA_ERROR_MESSAGE = (
+    "a value cannot be stored (for example a NUL character or an unpaired surrogate in text or JSON, "
+    "or a number out of range)"
+)
 
 HTTP_CODES = {
     400: "bad_request",
@@ -64,6 +72,31 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None, list[dict]
     return message, first["field"], fields
 
 
+def database_error_response(exc: SQLAlchemyError) -> JSONResponse:
+    """503 when Postgres is unreachable; 422 when it refused a value validation let through."""
+    DB_ERRORS.labels("api").inc()
+    if is_connection_error(exc):
+        unavailable = DatabaseUnavailable()
+        log.warning("database unavailable", extra={"error": type(exc).__name__})
+        return error_response(503, unavailable.code, unavailable.message)
+    if isinstance(exc, DataError):
+        log.warning("database refused a value", extra={"error": type(exc.orig).__name__})
+        return error_response(422, "validation_error", DATA_ERROR_MESSAGE)
+    return internal_error_response(exc, "database error")
+
+
+def value_error_response(exc: ValueError) -> JSONResponse:
+    """The Postgres driver refuses a NUL in text with a ValueError, before any SQL: a 422."""
+    if POSTGRES_NUL_MESSAGE in str(exc):
+        return error_response(422, "validation_error", "text inputs must not contain NUL characters")
+    return internal_error_response(exc)
+
+
+def internal_error_response(exc: Exception, what: str = "unhandled error") -> JSONResponse:
+    log.error(what, exc_info=exc)
+    return error_response(500, "internal_error", "Internal error; the request was not completed")
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(OrchestratorError)
     async def _domain(_: Request, exc: OrchestratorError) -> JSONResponse:
@@ -87,13 +120,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
-        DB_ERRORS.labels("api").inc()
-        if is_connection_error(exc):
-            unavailable = DatabaseUnavailable()
-            log.warning("database unavailable", extra={"error": type(exc).__name__})
-            return error_response(503, unavailable.code, unavailable.message)
-        log.error("database error", exc_info=exc)
-        return error_response(500, "internal_error", "Internal error; the request was not completed")
+        return database_error_response(exc)
 
     @app.exception_handler(redis.RedisError)
     async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
@@ -101,7 +128,10 @@ def install_handlers(app: FastAPI) -> None:
         log.warning("redis unavailable", extra={"error": type(exc).__name__})
         return error_response(503, unavailable.code, unavailable.message)
 
+    @app.exception_handler(ValueError)
+    async def _value(_: Request, exc: ValueError) -> JSONResponse:
+        return value_error_response(exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "Internal error; the request was not completed")
+        return internal_error_response(exc)

@@ -26,6 +26,7 @@ from orchestrator.logs import configure_logging
 from orchestrator.metrics import StateCollector, register_state_collector
 from orchestrator.models import init_db
 from orchestrator.queue_rq import get_queue, make_redis
+from orchestrator.reconciler import Reconciler, actor_name
 from orchestrator.settings import Settings, get_settings
 from orchestrator.targets import configured_targets
 from orchestrator.tracing import API_SERVICE, TracingMiddleware, configure_tracing
@@ -73,10 +74,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not services.api_key_digests:
         log.warning("API_KEY is not set: /api routes accept requests without a key (dev mode only)")
     unregister = register_state_collector(state_collector(services))
+    reconciler = None
+    if settings.reconciler_enabled and app.state.owns_services:  # injected services: the owner decides
+        reconciler = Reconciler(services.sessions, services.queue, settings, actor=actor_name("api")).start()
     log.info("api started", extra={"version": __version__, "auth": bool(services.api_key_digests)})
     try:
         yield
     finally:
+        if reconciler is not None:
+            reconciler.stop()
         unregister()
         if app.state.owns_services:  # injected services belong to whoever built them
             services.redis.close()

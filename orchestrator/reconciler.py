@@ -1,0 +1,412 @@
+"""The reconciler: Postgres is the truth, Redis is a conveyor belt that may drop things.
+
+One pass (``reconcile_once``) repairs what a crash or a Redis loss leaves behind:
+
+* a job ``running`` whose lease expired (its worker was killed, lost the node, or lost the
+  database) goes back to ``queued`` and onto the queue (audit ``recovered``), or, once it has been
+  claimed JOB_MAX_CLAIMS times, ends ``failed`` with error_kind ``abandoned``, so a job's model
+  call runs a bounded number of times;
+* a job ``queued`` in Postgres that is on no RQ list (Redis restarted or was flushed, the API's
+  enqueue failed, a worker died between taking it and claiming it) is enqueued again (audit
+  ``requeued``).
+
+Every change is a conditional UPDATE or an enqueue the worker's claim makes idempotent, so two
+passes overlapping, or racing a worker, are safe. ``Reconciler`` runs passes in a daemon thread
+inside the API and every ``python -m modelreasoner.worker``; a Redis lock keeps it to about one
+pass per interval across the fleet. ``python -m orchestrator.reconciler`` runs it on its own.
+docs/reliability.md explains the detection times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import click
+import redis
+from rq import Queue
+from rq.registry import StartedJobRegistry
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import audit
+from orchestrator.constants import RECONCILER_LOCK_KEY
+from orchestrator.db import make_engine, make_session_factory, session_scope
+from orchestrator.errors import ConfigError
+from orchestrator.logs import configure_logging
+from orchestrator.metrics import JOBS_FAILED, JOBS_RECOVERED
+from orchestrator.models import Audit, Job, JobStatus
+from orchestrator.queue_rq import enqueue_job, get_queue, make_redis
+from orchestrator.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+"""Jobs read from Postgres per query (rows): passes stay short and memory flat with any backlog."""
+CONFIRM_SECONDS = 1.0
+"""Pause before re-reading a job that looked missing from Redis (s). A worker takes a job from the
+list and claims it in Postgres within milliseconds; a job still queued and still on no list after
+this pause is really lost."""
+LOCK_TTL_FRACTION = 0.8
+"""The fleet-wide lock lives this fraction of the interval, so whichever process ran the last
+pass can always run the next one on time: passes are 0.8 to 1 interval apart."""
+ACTOR_MAX_CHARS = 64
+"""Audit actors are VARCHAR(64)."""
+ENQUEUE_EVENTS = ("submitted", "requeued", "recovered")
+"""Audit events after which a job is (supposed to be) on the queue."""
+
+REASON_REQUEUED = "missing_from_queue"
+REASON_RECOVERED = "lease_expired"
+REASON_ABANDONED = "abandoned"
+
+
+@dataclass
+class ReconcileReport:
+    """What one pass did, by job id (ids are not PHI)."""
+
+    requeued: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.requeued) + len(self.recovered) + len(self.abandoned)
+
+    def counts(self) -> dict[str, int]:
+        return {"requeued": len(self.requeued), "recovered": len(self.recovered), "abandoned": len(self.abandoned)}
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return asdict(self)
+
+
+def reconcile_once(
+    sessions: sessionmaker[Session],
+    queue: Queue,
+    *,
+    now: datetime,
+    settings: Settings,
+    actor: str = "reconciler",
+    confirm_seconds: float = CONFIRM_SECONDS,
+) -> ReconcileReport:
+    """One reconciliation pass as of ``now`` (aware UTC). Raises DatabaseUnavailable or a Redis
+    error when a store is down; whatever was repaired before that stays repaired."""
+    one = _Pass(sessions, queue, now, settings, actor[:ACTOR_MAX_CHARS], confirm_seconds)
+    one.recover_expired()
+    one.requeue_missing()
+    return one.report
+
+
+@dataclass
+class _Pass:
+    sessions: sessionmaker[Session]
+    queue: Queue
+    now: datetime
+    settings: Settings
+    actor: str
+    confirm_seconds: float
+    report: ReconcileReport = field(default_factory=ReconcileReport)
+
+    @property
+    def cutoff(self) -> datetime:
+        """Leases expired and enqueues older than this are acted on (now - grace)."""
+        return self.now - timedelta(seconds=self.settings.reconciler_grace_seconds)
+
+    # --- running jobs whose lease expired -------------------------------------------------------
+
+    def recover_expired(self) -> None:
+        with session_scope(self.sessions) as session:
+            rows = session.execute(
+                select(Job.id, Job.claim_count, Job.worker_id)
+                .where(_lease_expired(self.cutoff))
+                .order_by(Job.lease_expires_at)
+                .limit(BATCH)
+            ).all()
+        for job_id, claims, worker_id in rows:
+            if claims >= self.settings.job_max_claims:
+                if self._abandon(job_id, claims):
+                    self.report.abandoned.append(str(job_id))
+            elif self._recover(job_id, claims, worker_id):
+                self.report.recovered.append(str(job_id))
+                _enqueue_quietly(self.queue, job_id)
+
+    def _recover(self, job_id: uuid.UUID, claims: int, worker_id: str | None) -> bool:
+        """running -> queued, only if the lease is still expired (the worker may have just renewed)."""
+        values = {"status": JobStatus.QUEUED.value, "worker_id": None, "lease_expires_at": None}
+        details = {"reason": REASON_RECOVERED, "claims": claims, "previous_worker": worker_id}
+        if not self._transition(job_id, values, "recovered", details):
+            return False
+        JOBS_RECOVERED.labels(REASON_RECOVERED).inc()
+        log.warning("lease expired; job queued again", extra={"job_id": str(job_id), "claims": claims})
+        return True
+
+    def _abandon(self, job_id: uuid.UUID, claims: int) -> bool:
+        """running -> failed (abandoned): its model call already ran ``claims`` times."""
+        message = (
+            f"abandoned after {claims} claims (JOB_MAX_CLAIMS={self.settings.job_max_claims}): each time, the "
+            "worker stopped renewing its lease before finishing (killed, crashed, or cut off from the database)"
+        )
+        values = {
+            "status": JobStatus.FAILED.value,
+            "finished_at": self.now,
+            "lease_expires_at": None,
+            "error_kind": REASON_ABANDONED,
+            "error": message,
+        }
+        details = {"error_kind": REASON_ABANDONED, "claims": claims}
+        if not self._transition(job_id, values, JobStatus.FAILED.value, details, outcome="failed"):
+            return False
+        JOBS_RECOVERED.labels(REASON_ABANDONED).inc()
+        JOBS_FAILED.labels("none", REASON_ABANDONED).inc()
+        log.error("job abandoned after its last claim", extra={"job_id": str(job_id), "claims": claims})
+        return True
+
+    def _transition(self, job_id: uuid.UUID, values: dict, event: str, details: dict, outcome: str | None = None):
+        """Apply ``values`` and audit ``event`` only if the job is still running past its lease."""
+        with session_scope(self.sessions) as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, _lease_expired(self.cutoff))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return False
+            audit.record(session, job_id, event, self.actor, at=self.now, outcome=outcome, details=details)
+        return True
+
+    # --- queued jobs that Redis lost ------------------------------------------------------------
+
+    def requeue_missing(self) -> None:
+        # A worker that took a job but has not claimed it yet is trusted this long after the
+        # enqueue; past it, it died between the two (RQ itself notices only after ~15 minutes).
+        trust_taken_after = self.cutoff - timedelta(seconds=self.settings.job_lease_seconds)
+        candidates = _queued_before(self.sessions, self.cutoff)
+        suspects = _missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
+        if not suspects:
+            return
+        time.sleep(self.confirm_seconds)
+        suspects = _missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
+        with session_scope(self.sessions) as session:
+            still_queued = set(
+                session.scalars(select(Job.id).where(Job.id.in_(suspects), Job.status == JobStatus.QUEUED.value))
+            )
+        done, failure = [], None
+        for job_id in (j for j in suspects if j in still_queued):
+            try:
+                enqueue_job(self.queue, str(job_id))
+            except redis.RedisError as exc:
+                failure = exc
+                break
+            done.append(job_id)
+        if done:
+            with session_scope(self.sessions) as session:
+                for job_id in done:
+                    details = {"reason": REASON_REQUEUED}
+                    audit.record(session, job_id, "requeued", self.actor, at=self.now, details=details)
+            self.report.requeued.extend(str(j) for j in done)
+            JOBS_RECOVERED.labels(REASON_REQUEUED).inc(len(done))
+            log.warning("jobs missing from Redis queued again", extra={"count": len(done)})
+        if failure is not None:
+            raise failure
+
+
+def _lease_expired(cutoff: datetime):
+    running = Job.status == JobStatus.RUNNING.value
+    return and_(running, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < cutoff))
+
+
+def _enqueue_quietly(queue: Queue, job_id: uuid.UUID) -> None:
+    """Enqueue a job just put back to queued; if Redis is down a later pass requeues it."""
+    try:
+        enqueue_job(queue, str(job_id))
+    except redis.RedisError as exc:
+        log.warning("enqueue of a recovered job failed; a later pass retries", extra={"error": type(exc).__name__})
+
+
+@dataclass(frozen=True)
+class RQView:
+    """Where RQ has job ids: ``waiting`` on the queue list; ``taken`` by a worker (moved to the
+    intermediate list, or registered as started and not yet expired)."""
+
+    waiting: frozenset[str]
+    taken: frozenset[str]
+
+
+def rq_view(queue: Queue, now: datetime) -> RQView:
+    """One consistent read of the queue list, the intermediate list and the started registry."""
+    started_key = StartedJobRegistry(queue=queue).key
+    with queue.connection.pipeline(transaction=True) as pipe:
+        pipe.lrange(queue.key, 0, -1)
+        pipe.lrange(queue.intermediate_queue_key, 0, -1)
+        pipe.zrangebyscore(started_key, now.timestamp(), "+inf")
+        waiting, intermediate, started = pipe.execute()
+    taken = {_text(i) for i in intermediate} | {StartedJobRegistry.parse_job_id(_text(e)) for e in started}
+    return RQView(frozenset(_text(i) for i in waiting), frozenset(taken))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _queued_before(sessions: sessionmaker[Session], cutoff: datetime) -> dict[uuid.UUID, datetime]:
+    """Jobs queued in Postgres whose last enqueue (submit, requeue, recovery) is older than
+    ``cutoff``, with that time. Reads every such job, BATCH rows at a time."""
+    found: dict[uuid.UUID, datetime] = {}
+    after: tuple[datetime, uuid.UUID] | None = None
+    with session_scope(sessions) as session:
+        while True:
+            stmt = select(Job.id, Job.created_at).where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
+            if after is not None:
+                stmt = stmt.where(or_(Job.created_at > after[0], and_(Job.created_at == after[0], Job.id > after[1])))
+            page = session.execute(stmt.order_by(Job.created_at, Job.id).limit(BATCH)).all()
+            if not page:
+                return found
+            last = _last_enqueue(session, [job_id for job_id, _ in page])
+            for job_id, created_at in page:
+                enqueued_at = last.get(job_id, created_at)
+                if enqueued_at < cutoff:
+                    found[job_id] = enqueued_at
+            after = (page[-1].created_at, page[-1].id)
+
+
+def _last_enqueue(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    rows = session.execute(
+        select(Audit.job_id, func.max(Audit.at))
+        .where(Audit.job_id.in_(job_ids), Audit.event.in_(ENQUEUE_EVENTS))
+        .group_by(Audit.job_id)
+    ).all()
+    return dict(rows)
+
+
+def _missing(candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime) -> list[uuid.UUID]:
+    missing = []
+    for job_id, enqueued_at in candidates.items():
+        key = str(job_id)
+        if key in view.waiting:
+            continue
+        if key in view.taken and enqueued_at >= trust_taken_after:
+            continue
+        missing.append(job_id)
+    return missing
+
+
+# --- the runner -------------------------------------------------------------------------------
+
+
+def actor_name(role: str) -> str:
+    """``reconciler:<role>:<host>:<pid>``, cut to fit the audit's actor column."""
+    return f"reconciler:{role}:{socket.gethostname()}:{os.getpid()}"[:ACTOR_MAX_CHARS]
+
+
+class Reconciler:
+    """Runs ``reconcile_once`` every ``interval`` seconds in a daemon thread, but only in the
+    process that wins the fleet-wide Redis lock (SET NX PX), so one pass runs per interval however
+    many API and worker processes there are. A store being down is logged and retried next time."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        queue: Queue,
+        settings: Settings,
+        *,
+        actor: str,
+        interval: float | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.queue = queue
+        self.settings = settings
+        self.actor = actor[:ACTOR_MAX_CHARS]
+        self.interval = interval or settings.reconciler_interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the fleet-wide lock for this interval; False if another process holds it."""
+        ttl_ms = max(1, int(self.interval * LOCK_TTL_FRACTION * 1000))
+        return bool(self.queue.connection.set(RECONCILER_LOCK_KEY, self.actor, nx=True, px=ttl_ms))
+
+    def run_pass(self, now: datetime | None = None) -> ReconcileReport | None:
+        """One pass if this process gets the lock, else None."""
+        if not self.acquire():
+            return None
+        report = reconcile_once(
+            self.sessions, self.queue, now=now or datetime.now(UTC), settings=self.settings, actor=self.actor
+        )
+        if report.total:
+            log.info("reconciliation pass repaired jobs", extra=report.counts())
+        return report
+
+    def run_forever(self) -> None:
+        """Pass, sleep, repeat until ``stop()``."""
+        while not self._stop.is_set():
+            try:
+                self.run_pass()
+            except Exception as exc:  # a store is down: the next pass retries
+                log.warning("reconciliation pass failed", extra={"error": type(exc).__name__})
+            self._stop.wait(self.interval)
+
+    def start(self) -> Reconciler:
+        self._thread = threading.Thread(target=self.run_forever, name="reconciler", daemon=True)
+        self._thread.start()
+        log.info("reconciler started", extra={"interval_s": self.interval, "actor": self.actor})
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+# --- python -m orchestrator.reconciler ------------------------------------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--once", is_flag=True, help="Run one pass now (no lock), print what it did as JSON, and exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=None,
+    help="Seconds between passes [RECONCILER_INTERVAL_SECONDS].",
+)
+def main(once: bool, interval: float | None) -> None:
+    """Repair jobs that a crash or a Redis loss left behind (see docs/reliability.md).
+
+    Runs even when RECONCILER_ENABLED=false, which only turns off the threads inside the API and
+    the workers.
+    """
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        click.echo(f"reconciler: {exc.message}", err=True)
+        sys.exit(2)
+    configure_logging(settings.log_level)
+    engine = make_engine(settings, pool_size=2)
+    connection = make_redis(settings)
+    sessions, queue = make_session_factory(engine), get_queue(connection)
+    try:
+        if once:
+            report = reconcile_once(sessions, queue, now=datetime.now(UTC), settings=settings, actor=actor_name("cli"))
+            click.echo(json.dumps({**report.counts(), "job_ids": report.to_dict()}))
+            return
+        reconciler = Reconciler(sessions, queue, settings, actor=actor_name("standalone"), interval=interval)
+        signal.signal(signal.SIGTERM, lambda *_: reconciler.stop(timeout=0))
+        signal.signal(signal.SIGINT, lambda *_: reconciler.stop(timeout=0))
+        log.info("reconciler running", extra={"interval_s": reconciler.interval})
+        reconciler.run_forever()
+        log.info("reconciler stopped")
+    finally:
+        connection.close()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
