@@ -25,6 +25,7 @@ from modelreasoner.lease import LeaseKeeper
 from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.simulated import SimulatedClient, simulated_targets
 from orchestrator.db import make_engine, make_session_factory
+from orchestrator.models import init_db
 from orchestrator.queue_rq import make_redis
 from orchestrator.routing import RedisStatsStore, Router, Target
 from orchestrator.settings import Settings, get_settings
@@ -75,6 +76,8 @@ def new_worker_id() -> str:
 def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runtime:
     concurrency = concurrency or settings.worker_concurrency
     engine = make_engine(settings, pool_size=concurrency + 2)
+    if settings.database_url.startswith("sqlite"):
+        init_db(engine)  # the embedded dev default: a worker may start before the API
     sessions = make_session_factory(engine)
     connection = make_redis(settings)
     http = httpx.Client(
