@@ -48,6 +48,8 @@ to the GPU, and the edge box wins them back after it recovers at t=120 s.
 """
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.hedge_budget import HedgeBudget, RedisHedgeBudget
+from orchestrator.routing.hedging import HedgeSpec, hedge_plan
 from orchestrator.routing.learning import at_time, observe, with_telemetry
 from orchestrator.routing.policy import decide, predict_latency
 from orchestrator.routing.router import Router
@@ -67,8 +69,11 @@ __all__ = [
     "Candidate",
     "CircuitState",
     "Decision",
+    "HedgeBudget",
+    "HedgeSpec",
     "InMemoryStatsStore",
     "Outcome",
+    "RedisHedgeBudget",
     "RedisStatsStore",
     "RouteRequest",
     "Router",
@@ -78,6 +83,7 @@ __all__ = [
     "TargetStats",
     "at_time",
     "decide",
+    "hedge_plan",
     "observe",
     "predict_latency",
     "with_telemetry",

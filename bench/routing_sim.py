@@ -1,0 +1,251 @@
+"""Routing-quality benchmark: our production router against baselines and a clairvoyant oracle.
+
+    python -m bench.routing_sim --seeds 10 --out docs/benchmarks/routing.md
+
+A deterministic discrete-event simulation (bench/sim_engine.py) of the fleet and scenarios in
+bench/sim_scenarios.py. Every policy sees the same jobs and the same target behaviour (common
+random numbers); the same seeds always give the same table. Progress goes to stderr; the
+markdown report to ``--out`` (or stdout). docs/routing.md explains how to read it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import platform
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from bench.sim_baselines import (
+    CheapestPolicy,
+    LeastEwmaPolicy,
+    LiteLLMLatencyPolicy,
+    OraclePolicy,
+    PeakEwmaP2CPolicy,
+    RandomPolicy,
+    RoundRobinPolicy,
+)
+from bench.sim_engine import Harness, World
+from bench.sim_metrics import RunMetrics, Summary, run_metrics, summarize
+from bench.sim_router import OurRouterPolicy
+from bench.sim_scenarios import SCENARIOS, Scenario, make_draws, make_jobs
+
+OURS = "ours"
+ORACLE = "oracle"
+BASELINES = ("random", "round-robin", "always-cheapest", "least-EWMA", "P2C peak-EWMA", "LiteLLM latency")
+ABLATIONS = ("ours-no-hedge",)
+POLICIES = (OURS, *ABLATIONS, *BASELINES, ORACLE)
+ORACLE_GAP_PP = 2.0
+"""Target: our attainment within 2 percentage points of the oracle's, averaged over seeds."""
+ORACLE_COST_RATIO = 1.10
+"""Target: at no more than 1.10x the oracle's cost per on-time job."""
+
+
+def make_policy(name: str, world: World, seed: int):
+    rng = random.Random(f"{seed}:{name}:policy")
+    factories = {
+        OURS: lambda: OurRouterPolicy(rng, name=OURS),
+        "ours-no-hedge": lambda: OurRouterPolicy(rng, hedging=False, name="ours-no-hedge"),
+        "random": lambda: RandomPolicy(rng),
+        "round-robin": RoundRobinPolicy,
+        "always-cheapest": CheapestPolicy,
+        "least-EWMA": LeastEwmaPolicy,
+        "P2C peak-EWMA": lambda: PeakEwmaP2CPolicy(rng),
+        "LiteLLM latency": LiteLLMLatencyPolicy,
+        ORACLE: lambda: OraclePolicy(world),
+    }
+    return factories[name]()
+
+
+def run_one(scenario: Scenario, seed: int, policy_name: str) -> RunMetrics:
+    """One policy over one (scenario, seed): a fresh world with the shared draws."""
+    jobs = make_jobs(scenario, seed)
+    effects = scenario.effects_for(seed)
+    world = World(make_draws(scenario, seed, len(jobs)), effects)
+    harness = Harness(make_policy(policy_name, world, seed), world, jobs)
+    records = harness.run()
+    return run_metrics(records, scenario, effects, harness.hedges)
+
+
+@dataclass(frozen=True)
+class Task:
+    scenario: Scenario
+    seed: int
+    policy: str
+
+
+def _run_task(task: Task) -> tuple[Task, RunMetrics, float]:
+    started = time.perf_counter()
+    metrics = run_one(task.scenario, task.seed, task.policy)
+    return task, metrics, time.perf_counter() - started
+
+
+def run_all(
+    scenarios: Sequence[Scenario], seeds: Sequence[int], policies: Sequence[str], processes: int = 1
+) -> dict[str, dict[str, Summary]]:
+    """Run every (scenario, seed, policy); summaries by scenario name, then policy name."""
+    tasks = [Task(s, seed, p) for s in scenarios for seed in seeds for p in policies]
+    results: dict[tuple[str, str], dict[int, RunMetrics]] = {}
+    pool = multiprocessing.get_context("fork").Pool(processes) if processes > 1 else None
+    try:
+        stream = pool.imap_unordered(_run_task, tasks) if pool else map(_run_task, tasks)
+        for done, (task, metrics, seconds) in enumerate(stream, start=1):
+            results.setdefault((task.scenario.name, task.policy), {})[task.seed] = metrics
+            print(
+                f"[{done}/{len(tasks)}] {task.scenario.name} seed {task.seed} {task.policy}: "
+                f"SLO {metrics.slo:.1%}, ${metrics.cost_per_on_time * 1000:.2f}/1k on-time ({seconds:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return {
+        s.name: {p: summarize(p, [results[(s.name, p)][seed] for seed in seeds]) for p in policies} for s in scenarios
+    }
+
+
+def _pct(spread, digits: int = 1) -> str:
+    return f"{spread.mean * 100:.{digits}f} ± {spread.sd * 100:.{digits}f}"
+
+
+def _row(summary: Summary, classes: list[float]) -> str:
+    cells = [
+        summary.policy,
+        _pct(summary.slo),
+        *[f"{summary.by_class[c].mean * 100:.1f}" if c in summary.by_class else "" for c in classes],
+        f"{summary.cost_per_on_time.mean * 1000:.3f} ± {summary.cost_per_on_time.sd * 1000:.3f}",
+        f"{summary.p99_ms.mean:.0f}",
+        f"{summary.hedge_share.mean * 100:.1f}",
+        f"{summary.calls_per_job.mean:.2f}",
+        f"{summary.recover_s.mean:.1f}" if summary.recover_s else "–",
+    ]
+    if summary.within_budget is not None:
+        cells.append(f"{summary.within_budget.mean * 100:.1f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def _class_label(sla_ms: float) -> str:
+    return f"{sla_ms / 1000:g} s" if sla_ms >= 1000 else f"{sla_ms:.0f} ms"
+
+
+def scenario_table(scenario: Scenario, summaries: dict[str, Summary]) -> str:
+    classes = sorted({c for s in summaries.values() for c in s.by_class})
+    budget = any(s.within_budget is not None for s in summaries.values())
+    head = [
+        "policy",
+        "SLO attained % (mean ± sd)",
+        *[f"{_class_label(c)} %" for c in classes],
+        "$ per 1k on-time jobs",
+        "p99 ms",
+        "hedges % of calls",
+        "calls/job",
+        "recover s",
+    ]
+    if budget:
+        head.append("within budget %")
+    lines = [
+        f"### {scenario.title} (`{scenario.name}`)",
+        "",
+        scenario.notes,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    lines += [_row(summaries[p], classes) for p in POLICIES if p in summaries]
+    return "\n".join(lines)
+
+
+def verdicts(results: dict[str, dict[str, Summary]]) -> str:
+    """The summary table: each scenario against the three targets."""
+    lines = [
+        "| scenario | ours SLO % | best baseline | its SLO % | oracle SLO % | gap to oracle (pp) | "
+        "cost vs oracle | beats every baseline | within 2 pp | cost ≤ 1.10x |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, summaries in results.items():
+        ours, oracle = summaries.get(OURS), summaries.get(ORACLE)
+        baselines = [summaries[b] for b in BASELINES if b in summaries]
+        if not (ours and oracle and baselines):
+            continue
+        best = max(baselines, key=lambda s: s.slo.mean)
+        gap = (oracle.slo.mean - ours.slo.mean) * 100
+        ratio = ours.cost_per_on_time.mean / oracle.cost_per_on_time.mean
+        lines.append(
+            f"| {name} | {ours.slo.mean * 100:.2f} | {best.policy} | {best.slo.mean * 100:.2f} | "
+            f"{oracle.slo.mean * 100:.2f} | {gap:.2f} | {ratio:.2f}x | {_mark(ours.slo.mean > best.slo.mean)} | "
+            f"{_mark(gap <= ORACLE_GAP_PP)} | {_mark(ratio <= ORACLE_COST_RATIO)} |"
+        )
+    return "\n".join(lines)
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def render(results: dict[str, dict[str, Summary]], seeds: Sequence[int]) -> str:
+    """The deterministic part of the report: same seeds, same text."""
+    parts = [
+        f"Seeds: {', '.join(map(str, seeds))}. Means over seeds; ± is the standard deviation across seeds.",
+        "",
+        "## Targets",
+        "",
+        verdicts(results),
+        "",
+        "## Scenarios",
+    ]
+    for name, summaries in results.items():
+        parts += ["", scenario_table(SCENARIOS.get(name) or _adhoc(name), summaries)]
+    return "\n".join(parts) + "\n"
+
+
+def _adhoc(name: str) -> Scenario:
+    return Scenario(name, name, rate=0.0)
+
+
+def machine() -> str:
+    return f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, " + (
+        f"{multiprocessing.cpu_count()} CPUs"
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--seeds", type=click.IntRange(1, 1000), default=10, show_default=True, help="Seeds 1..N.")
+@click.option("--scenarios", default=",".join(SCENARIOS), show_default=True, help="Comma-separated scenario names.")
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policy names.")
+@click.option("--processes", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown report path.")
+def main(seeds: int, scenarios: str, policies: str, processes: int, out: Path | None) -> None:
+    """Simulate every policy in every scenario and write the markdown report."""
+    chosen = [SCENARIOS[n] for n in scenarios.split(",") if n]
+    names = [p for p in policies.split(",") if p]
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown:
+        raise click.BadParameter(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
+    seed_list = list(range(1, seeds + 1))
+    started = time.perf_counter()
+    results = run_all(chosen, seed_list, names, processes)
+    elapsed = time.perf_counter() - started
+    command = " ".join(["python -m bench.routing_sim", *sys.argv[1:]])
+    report = render(results, seed_list)
+    print(f"done in {elapsed:.0f} s on {machine()}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(report)
+        return
+    header = (
+        "# Routing benchmark (simulator)\n\n"
+        f"Made by `{command}` in {elapsed:.0f} s on {machine()} with {processes} processes.\n"
+        "How the simulator works and how to read this table: docs/routing.md, section "
+        '"Benchmark".\n\n'
+    )
+    out.write_text(header + report)
+
+
+if __name__ == "__main__":
+    main()
