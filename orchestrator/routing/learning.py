@@ -17,6 +17,9 @@ LATENCY_BEARING_ERRORS = frozenset({"timeout"})
 """Failures whose elapsed time is a (censored) latency observation: a timeout means 'at least
 this slow', which must raise the estimate of a target that has become slow."""
 NEUTRAL_ERRORS = frozenset({"cancelled"})
+SPREAD_CAP_SIGMAS = 2.5
+"""A residual counts towards the latency spread up to 2.5 current sigmas (2.5 sigma keeps 99%
+of a steady target's residuals whole, so its spread is not underestimated)."""
 """Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
 
 
@@ -74,13 +77,18 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
 
 
 def _fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig) -> tuple[float, float, float]:
+    """EWMA of ln(latency) and of its spread. The spread is measured around the updated mean
+    and each residual is capped at ``SPREAD_CAP_SIGMAS`` of the current spread, so a change
+    of level (a slowdown, a recovery) moves the mean within a few calls without leaving the
+    spread inflated for the next forty."""
     x = math.log(max(latency_ms, 0.1))
     if stats.samples <= 1e-9:
         return 1.0, x, config.prior_sigma**2
-    alpha, beta = config.latency_alpha, config.latency_var_alpha
-    delta = x - stats.log_mean
-    mean = stats.log_mean + alpha * delta
-    var = (1 - beta) * (stats.log_var + beta * delta * delta)
+    mean = stats.log_mean + config.latency_alpha * (x - stats.log_mean)
+    cap = SPREAD_CAP_SIGMAS * max(math.sqrt(stats.log_var), config.min_sigma)
+    residual = min(abs(x - mean), cap)
+    beta = config.latency_var_alpha
+    var = (1 - beta) * stats.log_var + beta * residual * residual
     return min(stats.samples + 1.0, config.sample_cap), mean, var
 
 

@@ -287,7 +287,8 @@ def decide(
             hints["preferred"] = preferred[0].target.name
     else:
         pick = _probe(views, request, time_left, u, config)
-        if pick is not None and pick is not views[0]:
+        # A half-open target's every call is a probe; a new or stale one is only if moved up.
+        if pick is not None and (pick is not views[0] or pick.probe_kind == _HALF_OPEN):
             views = [pick] + [v for v in views if v is not pick]
             hints["probe"] = pick.target.name
             hints["probe_kind"] = pick.probe_kind
