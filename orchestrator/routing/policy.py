@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import NamedTuple
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
 from orchestrator.routing.learning import decay_factor
@@ -36,8 +37,9 @@ _SQRT2 = math.sqrt(2.0)
 _NEW, _STALE, _HALF_OPEN = "new", "stale", "half-open"
 
 
-@dataclass(frozen=True, slots=True)
-class _Model:
+class _Model(NamedTuple):
+    """Service time ~ log-normal(mu, sigma) in ln-ms, after a queue wait in ms."""
+
     mu: float
     sigma: float
     wait_ms: float
@@ -199,17 +201,31 @@ def _view(
 
 
 def _with_failover(views: list[_View], time_left: float, config: RoutingConfig) -> None:
-    """Fill in ``p_on_time`` (counting one failover after an error) and ``meets``. The failover
-    goes to the other eligible target likeliest to answer within the full time left."""
-    eligible = sorted((v for v in views if v.eligible), key=lambda v: v.p_latency, reverse=True)
-    for view in eligible:
-        backup = next((v for v in eligible if v is not view), None)
-        p_after_error = _p_latency(backup.model, time_left - view.p50) * (1.0 - backup.error_rate) if backup else 0.0
-        view.p_on_time = view.p_latency * (1.0 - view.error_rate) + view.error_rate * p_after_error
-        view.meets = view.p_on_time >= config.on_time_target and view.error_rate <= config.max_error_rate
-    idle = [v.target.cost_per_call_usd for v in eligible if v.meets and v.wait <= 0.0]
-    cheapest_idle = min(idle) if idle else math.inf
-    for view in eligible:
+    """Fill in ``p_on_time`` (counting one failover after an error), ``meets`` and
+    ``queue_behind``. The failover goes to the other eligible target likeliest to answer
+    within the full time left."""
+    best = second = None
+    for view in views:
+        if not view.eligible:
+            continue
+        if best is None or view.p_latency > best.p_latency:
+            best, second = view, best
+        elif second is None or view.p_latency > second.p_latency:
+            second = view
+    cheapest_idle = math.inf
+    for view in views:
+        if not view.eligible:
+            continue
+        error = view.error_rate
+        view.p_on_time = view.p_latency * (1.0 - error)
+        backup = second if view is best else best
+        if error > 0.0 and backup is not None:
+            after_error = _p_latency(backup.model, time_left - view.p50) * (1.0 - backup.error_rate)
+            view.p_on_time += error * after_error
+        view.meets = view.p_on_time >= config.on_time_target and error <= config.max_error_rate
+        if view.meets and view.wait <= 0.0:
+            cheapest_idle = min(cheapest_idle, view.target.cost_per_call_usd)
+    for view in views:
         if view.meets and view.wait > 0.0:
             view.queue_behind = cheapest_idle <= config.queue_price_ratio * view.target.cost_per_call_usd
 
