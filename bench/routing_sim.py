@@ -185,6 +185,19 @@ def verdicts(results: dict[str, dict[str, Summary]]) -> str:
     return "\n".join(lines)
 
 
+def _command(seeds: int, scenarios: str, policies: str, processes: int, out: Path | None) -> str:
+    """The command line that reproduces this report (options at their default left out)."""
+    parts = ["python -m bench.routing_sim", f"--seeds {seeds}"]
+    if scenarios != ",".join(SCENARIOS):
+        parts.append(f"--scenarios {scenarios}")
+    if policies != ",".join(POLICIES):
+        parts.append(f"--policies '{policies}'")
+    parts.append(f"--processes {processes}")
+    if out is not None:
+        parts.append(f"--out {out}")
+    return " ".join(parts)
+
+
 def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -232,7 +245,7 @@ def main(seeds: int, scenarios: str, policies: str, processes: int, out: Path | 
     started = time.perf_counter()
     results = run_all(chosen, seed_list, names, processes)
     elapsed = time.perf_counter() - started
-    command = " ".join(["python -m bench.routing_sim", *sys.argv[1:]])
+    command = _command(seeds, scenarios, policies, processes, out)
     report = render(results, seed_list)
     print(f"done in {elapsed:.0f} s on {machine()}", file=sys.stderr)
     if out is None:
