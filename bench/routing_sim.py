@@ -125,6 +125,7 @@ def _row(summary: Summary, classes: list[float]) -> str:
         f"{summary.hedge_share.mean * 100:.1f}",
         f"{summary.calls_per_job.mean:.2f}",
         f"{summary.recover_s.mean:.1f}" if summary.recover_s else "–",
+        f"{summary.win_back_s.mean:.1f}" if summary.win_back_s else "–",
     ]
     if summary.within_budget is not None:
         cells.append(f"{summary.within_budget.mean * 100:.1f}")
@@ -147,6 +148,7 @@ def scenario_table(scenario: Scenario, summaries: dict[str, Summary]) -> str:
         "hedges % of calls",
         "calls/job",
         "recover s",
+        "win back s",
     ]
     if budget:
         head.append("within budget %")

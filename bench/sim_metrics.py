@@ -23,6 +23,8 @@ RECOVERY_SETTLE_S = 10.0
 """Jobs arriving up to 10 s after an event ends do not count towards the normal level."""
 RECOVERY_CAP_AFTER_END_S = 30.0
 """A policy not recovered 30 s after the event ended is reported at that cap."""
+WIN_BACK_SHARE = 0.8
+"""Won back: the target again gets 80% of the share of first calls it had before the event."""
 
 
 @dataclass
@@ -34,6 +36,7 @@ class RunMetrics:
     hedge_share: float
     calls_per_job: float
     recover_s: float | None
+    win_back_s: float | None
     within_budget: float | None
     jobs: int
 
@@ -92,6 +95,30 @@ def recovery_seconds(records: list[JobRecord], events: list[tuple[float, float]]
     return statistics.fmean(times)
 
 
+def _first_share(records: list[JobRecord], target: str, start: float, end: float) -> tuple[float, int]:
+    window = [r for r in records if start <= r.job.arrival < end]
+    return (sum(r.first == target for r in window) / len(window) if window else 0.0), len(window)
+
+
+def win_back_seconds(records: list[JobRecord], effects: tuple[Effect, ...]) -> float | None:
+    """Mean over events that hit a target of the time from the event's end until that target
+    again gets ``WIN_BACK_SHARE`` of the first calls it got in the 20 s before the event."""
+    windows = sorted({(e.target, e.start, e.end) for e in effects})
+    times = []
+    for target, start, end in windows:
+        before, _ = _first_share(records, target, start - 20.0, start)
+        if before <= 0.0:
+            continue
+        tau = end
+        while tau < end + RECOVERY_CAP_AFTER_END_S:
+            share, count = _first_share(records, target, tau, tau + RECOVERY_WINDOW_S)
+            if count >= 5 and share >= WIN_BACK_SHARE * before:
+                break
+            tau += RECOVERY_STEP_S
+        times.append(tau - end)
+    return statistics.fmean(times) if times else None
+
+
 def run_metrics(records: list[JobRecord], scenario: Scenario, effects: tuple[Effect, ...], hedges: int) -> RunMetrics:
     measured = [r for r in records if r.job.arrival >= scenario.warmup_s]
     on_time = [r for r in measured if r.on_time]
@@ -111,6 +138,7 @@ def run_metrics(records: list[JobRecord], scenario: Scenario, effects: tuple[Eff
         hedge_share=hedged / max(calls, 1),
         calls_per_job=calls / len(measured),
         recover_s=recovery_seconds(measured, _events(scenario, effects)),
+        win_back_s=win_back_seconds(measured, effects),
         within_budget=(sum(r.cost_usd <= r.job.budget_usd + 1e-12 for r in budgeted) / len(budgeted))
         if budgeted
         else None,
@@ -143,6 +171,7 @@ class Summary:
     hedge_share: Spread
     calls_per_job: Spread
     recover_s: Spread | None
+    win_back_s: Spread | None
     within_budget: Spread | None
     seeds: int
     per_seed_slo: list[float] = field(default_factory=list)
@@ -151,6 +180,7 @@ class Summary:
 def summarize(policy: str, runs: list[RunMetrics]) -> Summary:
     classes = sorted({c for r in runs for c in r.by_class})
     recover = [r.recover_s for r in runs if r.recover_s is not None]
+    win_back = [r.win_back_s for r in runs if r.win_back_s is not None]
     budget = [r.within_budget for r in runs if r.within_budget is not None]
     return Summary(
         policy=policy,
@@ -161,6 +191,7 @@ def summarize(policy: str, runs: list[RunMetrics]) -> Summary:
         hedge_share=Spread.of([r.hedge_share for r in runs]),
         calls_per_job=Spread.of([r.calls_per_job for r in runs]),
         recover_s=Spread.of(recover) if recover else None,
+        win_back_s=Spread.of(win_back) if win_back else None,
         within_budget=Spread.of(budget) if budget else None,
         seeds=len(runs),
         per_seed_slo=[r.slo for r in runs],

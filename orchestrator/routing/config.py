@@ -93,9 +93,11 @@ class RoutingConfig:
 
     # --- learning from calls still in flight -----------------------------------------------------
     stall_detection: bool = True
-    """A call still running longer than the target's predicted p95 is evidence that it has
-    slowed down (or hung): the prediction is raised so its p95 is at least that call's age,
-    without waiting for the call to time out."""
+    """A call that has been running far longer than the model allows, while no call to the
+    target has ended since it started, is evidence that the target has hung or slowed down:
+    the prediction is raised until that call's age is no longer an outlier, without waiting
+    for it to time out. (If later calls have ended, the old call is a straggler and the
+    outcomes of the later ones are the evidence.)"""
     stall_false_alarm: float = 0.001
     """How rarely healthy calls may look stalled: the oldest of the n calls in service must
     have outlived the model's (0.999 ** (1/n))-quantile. The check runs on every decision, so

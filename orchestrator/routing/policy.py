@@ -88,7 +88,9 @@ def _model(target: Target, stats: TargetStats, samples: float, now: float, confi
     ahead = busy + 1.0 - capacity
     # FIFO with `capacity` slots: each earlier departure frees a slot after mean_service/capacity.
     wait = ahead * math.exp(mu + sigma * sigma / 2.0) / capacity if ahead > 0 else 0.0
-    if config.stall_detection and stats.oldest_in_flight_at:
+    # A call still running while none has ended since it began: the target may have stalled.
+    # (If later calls have come back, the old one is a straggler, and they are the evidence.)
+    if config.stall_detection and stats.oldest_in_flight_at and stats.last_call_at <= stats.oldest_in_flight_at:
         age_ms = (now - stats.oldest_in_flight_at) * 1000.0
         mu = _stalled_mu(mu, sigma, wait, age_ms, min(stats.in_flight, capacity), config.stall_false_alarm)
     return _Model(mu, sigma, wait)

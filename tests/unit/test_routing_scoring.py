@@ -76,7 +76,7 @@ def test_a_job_does_not_queue_behind_a_busy_cheap_target_if_a_free_one_meets_at_
 
 
 def test_a_call_running_far_past_the_p95_raises_the_prediction_at_once():
-    stats = learned(100.0)
+    stats = learned(100.0, at=NOW - 3.0)  # the last call ended 3 s ago
     _, normal_p95 = predict_latency(CHEAP, stats, NOW)
     hung = replace(stats, in_flight=1, oldest_in_flight_at=NOW - 2.0)
     hung_p50, hung_p95 = predict_latency(CHEAP, hung, NOW)
@@ -86,15 +86,21 @@ def test_a_call_running_far_past_the_p95_raises_the_prediction_at_once():
     assert tight.chosen.target == "pricey"
 
 
+def test_a_straggler_is_no_alarm_when_later_calls_have_come_back():
+    stats = learned(100.0)  # calls ended until just now
+    straggler = replace(stats, in_flight=1, oldest_in_flight_at=NOW - 2.0)
+    assert predict_latency(CHEAP, straggler, NOW) == pytest.approx(predict_latency(CHEAP, stats, NOW))
+
+
 def test_one_slow_call_among_many_is_no_alarm():
-    stats = learned(300.0)
+    stats = learned(300.0, at=NOW - 2.0)
     _, p95 = predict_latency(MID, stats, NOW)
     busy = replace(stats, in_flight=30, oldest_in_flight_at=NOW - 1.2 * p95 / 1000.0)
     assert predict_latency(MID, busy, NOW)[1] == pytest.approx(p95)
 
 
 def test_the_stall_check_can_be_switched_off():
-    hung = replace(learned(100.0), in_flight=1, oldest_in_flight_at=NOW - 2.0)
+    hung = replace(learned(100.0, at=NOW - 3.0), in_flight=1, oldest_in_flight_at=NOW - 2.0)
     config = replace(DEFAULT_CONFIG, stall_detection=False)
     assert predict_latency(CHEAP, hung, NOW, config)[1] < 500
 
