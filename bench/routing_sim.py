@@ -10,6 +10,7 @@ markdown report to ``--out`` (or stdout). docs/routing.md explains how to read i
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import platform
 import random
@@ -34,6 +35,7 @@ from bench.sim_engine import Harness, World
 from bench.sim_metrics import RunMetrics, Summary, run_metrics, summarize
 from bench.sim_router import OurRouterPolicy
 from bench.sim_scenarios import SCENARIOS, Scenario, make_draws, make_jobs
+from orchestrator.routing import DEFAULT_CONFIG, RoutingConfig
 
 OURS = "ours"
 ORACLE = "oracle"
@@ -46,11 +48,12 @@ ORACLE_COST_RATIO = 1.10
 """Target: at no more than 1.10x the oracle's cost per on-time job."""
 
 
-def make_policy(name: str, world: World, seed: int):
+def make_policy(name: str, world: World, seed: int, config: RoutingConfig = DEFAULT_CONFIG):
+    """A fresh policy for one run; ``config`` is what our router runs with."""
     rng = random.Random(f"{seed}:{name}:policy")
     factories = {
-        OURS: lambda: OurRouterPolicy(rng, name=OURS),
-        "ours-no-hedge": lambda: OurRouterPolicy(rng, hedging=False, name="ours-no-hedge"),
+        OURS: lambda: OurRouterPolicy(rng, config, name=OURS),
+        "ours-no-hedge": lambda: OurRouterPolicy(rng, config, hedging=False, name="ours-no-hedge"),
         "random": lambda: RandomPolicy(rng),
         "round-robin": RoundRobinPolicy,
         "always-cheapest": CheapestPolicy,
@@ -62,12 +65,12 @@ def make_policy(name: str, world: World, seed: int):
     return factories[name]()
 
 
-def run_one(scenario: Scenario, seed: int, policy_name: str) -> RunMetrics:
+def run_one(scenario: Scenario, seed: int, policy_name: str, config: RoutingConfig = DEFAULT_CONFIG) -> RunMetrics:
     """One policy over one (scenario, seed): a fresh world with the shared draws."""
     jobs = make_jobs(scenario, seed)
     effects = scenario.effects_for(seed)
     world = World(make_draws(scenario, seed, len(jobs)), effects)
-    harness = Harness(make_policy(policy_name, world, seed), world, jobs)
+    harness = Harness(make_policy(policy_name, world, seed, config), world, jobs)
     records = harness.run()
     return run_metrics(records, scenario, effects, harness.hedges)
 
@@ -77,19 +80,24 @@ class Task:
     scenario: Scenario
     seed: int
     policy: str
+    config: RoutingConfig = DEFAULT_CONFIG
 
 
 def _run_task(task: Task) -> tuple[Task, RunMetrics, float]:
     started = time.perf_counter()
-    metrics = run_one(task.scenario, task.seed, task.policy)
+    metrics = run_one(task.scenario, task.seed, task.policy, task.config)
     return task, metrics, time.perf_counter() - started
 
 
 def run_all(
-    scenarios: Sequence[Scenario], seeds: Sequence[int], policies: Sequence[str], processes: int = 1
+    scenarios: Sequence[Scenario],
+    seeds: Sequence[int],
+    policies: Sequence[str],
+    processes: int = 1,
+    config: RoutingConfig = DEFAULT_CONFIG,
 ) -> dict[str, dict[str, Summary]]:
     """Run every (scenario, seed, policy); summaries by scenario name, then policy name."""
-    tasks = [Task(s, seed, p) for s in scenarios for seed in seeds for p in policies]
+    tasks = [Task(s, seed, p, config) for s in scenarios for seed in seeds for p in policies]
     results: dict[tuple[str, str], dict[int, RunMetrics]] = {}
     pool = multiprocessing.get_context("fork").Pool(processes) if processes > 1 else None
     try:
@@ -165,7 +173,8 @@ def scenario_table(scenario: Scenario, summaries: dict[str, Summary]) -> str:
 
 
 def verdicts(results: dict[str, dict[str, Summary]]) -> str:
-    """The summary table: each scenario against the three targets."""
+    """The summary table: each scenario against the three targets (baseline columns empty
+    when no baseline was run)."""
     lines = [
         "| scenario | ours SLO % | best baseline | its SLO % | oracle SLO % | gap to oracle (pp) | "
         "cost vs oracle | beats every baseline | within 2 pp | cost ≤ 1.10x |",
@@ -173,18 +182,35 @@ def verdicts(results: dict[str, dict[str, Summary]]) -> str:
     ]
     for name, summaries in results.items():
         ours, oracle = summaries.get(OURS), summaries.get(ORACLE)
-        baselines = [summaries[b] for b in BASELINES if b in summaries]
-        if not (ours and oracle and baselines):
+        if not (ours and oracle):
             continue
-        best = max(baselines, key=lambda s: s.slo.mean)
+        baselines = [summaries[b] for b in BASELINES if b in summaries]
+        best = max(baselines, key=lambda s: s.slo.mean) if baselines else None
         gap = (oracle.slo.mean - ours.slo.mean) * 100
         ratio = ours.cost_per_on_time.mean / oracle.cost_per_on_time.mean
+        best_cells = f"{best.policy} | {best.slo.mean * 100:.2f}" if best else "– | –"
+        beats = _mark(ours.slo.mean > best.slo.mean) if best else "–"
         lines.append(
-            f"| {name} | {ours.slo.mean * 100:.2f} | {best.policy} | {best.slo.mean * 100:.2f} | "
-            f"{oracle.slo.mean * 100:.2f} | {gap:.2f} | {ratio:.2f}x | {_mark(ours.slo.mean > best.slo.mean)} | "
-            f"{_mark(gap <= ORACLE_GAP_PP)} | {_mark(ratio <= ORACLE_COST_RATIO)} |"
+            f"| {name} | {ours.slo.mean * 100:.2f} | {best_cells} | {oracle.slo.mean * 100:.2f} | {gap:.2f} | "
+            f"{ratio:.2f}x | {beats} | {_mark(gap <= ORACLE_GAP_PP)} | {_mark(ratio <= ORACLE_COST_RATIO)} |"
         )
     return "\n".join(lines)
+
+
+def parse_overrides(overrides: Sequence[str]) -> RoutingConfig:
+    """A RoutingConfig with ``knob=value`` changes; unknown knobs and bad values are refused."""
+    fields = {f.name: f for f in dataclasses.fields(RoutingConfig)}
+    changes: dict[str, object] = {}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in fields:
+            raise click.BadParameter(f"{item!r}: expected KNOB=VALUE with a RoutingConfig knob", param_hint="--set")
+        kind = type(getattr(DEFAULT_CONFIG, name))
+        try:
+            changes[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: not a valid {kind.__name__}", param_hint="--set") from None
+    return dataclasses.replace(DEFAULT_CONFIG, **changes)
 
 
 def _command(seeds: int, scenarios: str, policies: str, processes: int, out: Path | None) -> str:
@@ -236,8 +262,18 @@ def machine() -> str:
 @click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policy names.")
 @click.option("--processes", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown report path.")
-def main(seeds: int, scenarios: str, policies: str, processes: int, out: Path | None) -> None:
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KNOB=VALUE",
+    help="Run our router with a RoutingConfig knob changed, e.g. --set on_time_target=0.95 (repeatable).",
+)
+def main(
+    seeds: int, scenarios: str, policies: str, processes: int, out: Path | None, overrides: tuple[str, ...]
+) -> None:
     """Simulate every policy in every scenario and write the markdown report."""
+    config = parse_overrides(overrides)
     chosen = [SCENARIOS[n] for n in scenarios.split(",") if n]
     names = [p for p in policies.split(",") if p]
     unknown = [p for p in names if p not in POLICIES]
@@ -245,9 +281,9 @@ def main(seeds: int, scenarios: str, policies: str, processes: int, out: Path | 
         raise click.BadParameter(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
     seed_list = list(range(1, seeds + 1))
     started = time.perf_counter()
-    results = run_all(chosen, seed_list, names, processes)
+    results = run_all(chosen, seed_list, names, processes, config)
     elapsed = time.perf_counter() - started
-    command = _command(seeds, scenarios, policies, processes, out)
+    command = _command(seeds, scenarios, policies, processes, out) + "".join(f" --set {o}" for o in overrides)
     report = render(results, seed_list)
     print(f"done in {elapsed:.0f} s on {machine()}", file=sys.stderr)
     if out is None:
