@@ -47,8 +47,8 @@ class RoutingConfig:
     """A target 'meets' the SLA when a job started on it now is predicted to succeed by the
     deadline (failover included) with at least this probability; among those, the cheapest
     wins. 0.9 and not 0.95: most jobs have far more than a 90% chance on their cheapest
-    target, the rest are caught by hedging and failover, and each point lower saves ~2-4% of
-    cost for ~0.02 points of attainment (measured trade-off: docs/routing.md)."""
+    target, the rest are caught by hedging and failover; in the simulator 0.95 costs ~4-6% more
+    per on-time job for ~0.1 point more attainment (measured trade-off: docs/routing.md)."""
     queue_price_ratio: float = 5.0
     """Queueing costs everyone behind: a job does not wait for a slot on a busy target when
     another target that meets its SLA has a free slot at no more than 5x the price. A cheap
