@@ -3,17 +3,18 @@
 No I/O and no clock: ``now`` and the random draw ``u`` are arguments, so the worker, the dry-run
 endpoint, the tests and the simulator all run this exact code.
 
-Each target's latency is predicted as a log-normal service time (learned, blended with its
-prior and fresh telemetry) plus the wait for a free slot (calls in flight beyond its
-capacity). From that, ``p_on_time``: the probability that the job succeeds by its deadline if
-it starts here, counting the failover the worker makes after an error:
+Each target's latency is predicted by ``latency.model`` (re-exported here: ``predict_latency``):
+a log-normal service time plus the wait for a free slot. From that, ``p_on_time``: the
+probability that the job succeeds by its deadline if it starts here, counting the failover the
+worker makes after an error:
 P(latency <= left) x (1 - e) + e x P(the best other target answers in what is left after the
 error), where e is the target's error rate and an error is assumed to come back after the
 target's median latency.
 
 Order of concerns, for targets whose circuit admits a call:
-1. meet the deadline: ``p_on_time`` at least ``on_time_target`` (p95 fits, for a healthy target);
-2. then cost: within the job's budget before over it, cheapest first;
+1. meet the deadline: ``p_on_time`` at least ``on_time_target``;
+2. then cost: within the job's budget before over it; no queueing where a free target meets
+   the SLA at a modest premium (``queue_price_ratio``); cheapest first;
 3. then health: the likelier to be on time first.
 Targets that cannot meet the deadline follow, least bad (likeliest to be on time) first;
 targets whose circuit is open come last and are never called. New, stale and half-open
@@ -25,24 +26,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
-from typing import NamedTuple
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.latency import Model, model, p_latency, predict_latency
 from orchestrator.routing.learning import decay_factor
 from orchestrator.routing.types import Candidate, CircuitState, Decision, RouteRequest, Target, TargetStats
 
+__all__ = ["decide", "predict_latency"]
+
 _EMPTY = TargetStats()
-_SQRT2 = math.sqrt(2.0)
 _NEW, _STALE, _HALF_OPEN = "new", "stale", "half-open"
-
-
-class _Model(NamedTuple):
-    """Service time ~ log-normal(mu, sigma) in ln-ms, after a queue wait in ms."""
-
-    mu: float
-    sigma: float
-    wait_ms: float
 
 
 @dataclass(slots=True)
@@ -54,7 +47,7 @@ class _View:
     samples: float
     error_rate: float
     circuit: CircuitState
-    model: _Model
+    model: Model
     p50: float
     p95: float
     wait: float
@@ -66,77 +59,6 @@ class _View:
     within_budget: bool
     queue_behind: bool
     probe_kind: str
-
-
-def _model(target: Target, stats: TargetStats, samples: float, now: float, config: RoutingConfig) -> _Model:
-    """Log-normal service time (ln-ms mean and sigma) and the expected wait for a slot (ms)."""
-    prior_mu = math.log(max(target.prior_latency_ms, 0.1))
-    weight = samples / (samples + config.prior_weight)
-    mu = weight * stats.log_mean + (1.0 - weight) * prior_mu
-    var = weight * stats.log_var + (1.0 - weight) * config.prior_sigma**2
-    fresh = stats.telemetry_at and now - stats.telemetry_at <= config.telemetry_ttl_s
-    if fresh and stats.telemetry_latency_ms:
-        tw = config.telemetry_weight
-        mu = (1.0 - tw) * mu + tw * math.log(max(stats.telemetry_latency_ms, 0.1))
-    sigma = min(max(math.sqrt(var), config.min_sigma), config.max_sigma)
-    capacity = max(target.capacity, 1)
-    busy = float(stats.in_flight)
-    if fresh and stats.telemetry_utilization is not None:
-        busy = max(busy, stats.telemetry_utilization * capacity)
-    if fresh and stats.telemetry_queue_depth:
-        busy += stats.telemetry_queue_depth
-    ahead = busy + 1.0 - capacity
-    # FIFO with `capacity` slots: each earlier departure frees a slot after mean_service/capacity.
-    wait = ahead * math.exp(mu + sigma * sigma / 2.0) / capacity if ahead > 0 else 0.0
-    # A call still running while none has ended since it began: the target may have stalled.
-    # (If later calls have come back, the old one is a straggler, and they are the evidence.)
-    if config.stall_detection and stats.oldest_in_flight_at and stats.last_call_at <= stats.oldest_in_flight_at:
-        age_ms = (now - stats.oldest_in_flight_at) * 1000.0
-        mu = _stalled_mu(mu, sigma, wait, age_ms, min(stats.in_flight, capacity), config.stall_false_alarm)
-    return _Model(mu, sigma, wait)
-
-
-def _stalled_mu(mu: float, sigma: float, wait: float, age_ms: float, in_service: int, false_alarm: float) -> float:
-    """``mu`` raised if the oldest call in flight is older than it should be.
-
-    Of ``n`` healthy calls in service, the oldest outlives the model's
-    ((1 - false_alarm) ** (1/n))-quantile only with probability ``false_alarm``, so one slow
-    call among many is no alarm. If it has, the service time is scaled up until that quantile
-    equals its age (less the queue wait it may have had).
-    """
-    z = _max_of_n_z(max(in_service, 1), false_alarm)
-    if age_ms <= wait + math.exp(mu + z * sigma):
-        return mu
-    return math.log(age_ms - wait) - z * sigma
-
-
-_MAX_OF_N_Z: dict[tuple[int, float], float] = {}
-
-
-def _max_of_n_z(n: int, false_alarm: float) -> float:
-    """z such that the largest of ``n`` standard normals exceeds it with probability ``false_alarm``."""
-    z = _MAX_OF_N_Z.get((n, false_alarm))
-    if z is None:
-        z = _MAX_OF_N_Z[(n, false_alarm)] = NormalDist().inv_cdf((1.0 - false_alarm) ** (1.0 / n))
-    return z
-
-
-def predict_latency(
-    target: Target, stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG
-) -> tuple[float, float]:
-    """Predicted (p50, p95) latency in ms of one more call to ``target`` right now: the learned
-    service time (blended with the prior and fresh telemetry) plus the expected queue wait."""
-    samples = stats.samples * decay_factor(stats, now, config)
-    m = _model(target, stats, samples, now, config)
-    return m.wait_ms + math.exp(m.mu), m.wait_ms + math.exp(m.mu + config.p95_z * m.sigma)
-
-
-def _p_latency(m: _Model, time_left_ms: float) -> float:
-    """P(latency <= time left) under the model."""
-    room = time_left_ms - m.wait_ms
-    if room <= 0.0:
-        return 0.0
-    return 0.5 * math.erfc(-(math.log(room) - m.mu) / (m.sigma * _SQRT2))
 
 
 def _circuit(stats: TargetStats, now: float) -> CircuitState:
@@ -178,9 +100,9 @@ def _view(
     factor = decay_factor(stats, now, config)
     samples, error_rate = stats.samples * factor, stats.error_rate * factor
     circuit = _circuit(stats, now)
-    m = _model(target, stats, samples, now, config)
+    m = model(target, stats, samples, now, config)
     eligible, skip = _eligibility(target, stats, circuit, now, config)
-    p_latency = _p_latency(m, time_left)
+    p_lat = p_latency(m, time_left)
     return _View(
         target=target,
         stats=stats,
@@ -191,8 +113,8 @@ def _view(
         p50=m.wait_ms + math.exp(m.mu),
         p95=m.wait_ms + math.exp(m.mu + config.p95_z * m.sigma),
         wait=m.wait_ms,
-        p_latency=p_latency,
-        p_on_time=p_latency * (1.0 - error_rate),
+        p_latency=p_lat,
+        p_on_time=p_lat * (1.0 - error_rate),
         eligible=eligible,
         skip_reason=skip,
         meets=False,
@@ -222,7 +144,7 @@ def _with_failover(views: list[_View], time_left: float, config: RoutingConfig) 
         view.p_on_time = view.p_latency * (1.0 - error)
         backup = second if view is best else best
         if error > 0.0 and backup is not None:
-            after_error = _p_latency(backup.model, time_left - view.p50) * (1.0 - backup.error_rate)
+            after_error = p_latency(backup.model, time_left - view.p50) * (1.0 - backup.error_rate)
             view.p_on_time += error * after_error
         view.meets = view.p_on_time >= config.on_time_target and error <= config.max_error_rate
         if view.meets and view.wait <= 0.0:
