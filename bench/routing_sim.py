@@ -11,6 +11,7 @@ markdown report to ``--out`` (or stdout). docs/routing.md explains how to read i
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import platform
 import random
@@ -128,7 +129,7 @@ def _row(summary: Summary, classes: list[float]) -> str:
         summary.policy,
         _pct(summary.slo),
         *[f"{summary.by_class[c].mean * 100:.1f}" if c in summary.by_class else "" for c in classes],
-        f"{summary.cost_per_on_time.mean * 1000:.3f} ± {summary.cost_per_on_time.sd * 1000:.3f}",
+        _cost(summary),
         f"{summary.p99_ms.mean:.0f}",
         f"{summary.hedge_share.mean * 100:.1f}",
         f"{summary.calls_per_job.mean:.2f}",
@@ -138,6 +139,25 @@ def _row(summary: Summary, classes: list[float]) -> str:
     if summary.within_budget is not None:
         cells.append(f"{summary.within_budget.mean * 100:.1f}")
     return "| " + " | ".join(cells) + " |"
+
+
+NOTES_MARKER = "<!-- notes: kept when the report is regenerated -->"
+"""Everything from this line on in an existing report is hand-written analysis: kept as is."""
+
+
+def _kept_notes(out: Path) -> str:
+    if not out.exists():
+        return ""
+    text = out.read_text()
+    at = text.find(NOTES_MARKER)
+    return "\n" + text[at:] if at >= 0 else ""
+
+
+def _cost(summary: Summary) -> str:
+    cost = summary.cost_per_on_time
+    if not math.isfinite(cost.mean):
+        return "– (a run with no job on time)"
+    return f"{cost.mean * 1000:.3f} ± {cost.sd * 1000:.3f}"
 
 
 def _class_label(sla_ms: float) -> str:
@@ -295,7 +315,7 @@ def main(
         "How the simulator works and how to read this table: docs/routing.md, section "
         '"Benchmark".\n\n'
     )
-    out.write_text(header + report)
+    out.write_text(header + report + _kept_notes(out))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ failovers and hedge losers included.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ def run_metrics(records: list[JobRecord], scenario: Scenario, effects: tuple[Eff
     return RunMetrics(
         slo=len(on_time) / len(measured),
         by_class=by_class,
-        cost_per_on_time=cost / max(len(on_time), 1),
+        cost_per_on_time=cost / len(on_time) if on_time else math.inf,
         p99_ms=_percentile([((r.end_at or r.job.arrival) - r.job.arrival) * 1000.0 for r in measured], 0.99),
         hedge_share=hedged / max(calls, 1),
         calls_per_job=calls / len(measured),
@@ -155,6 +156,8 @@ class Spread:
 
     @classmethod
     def of(cls, values: list[float]) -> Spread:
+        if not all(math.isfinite(v) for v in values):
+            return cls(math.inf, 0.0, min(values), math.inf)
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return cls(statistics.fmean(values), sd, min(values), max(values))
 

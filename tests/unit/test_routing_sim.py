@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -112,3 +113,20 @@ def test_the_command_writes_a_report(tmp_path):
 def test_an_unknown_policy_is_refused_with_the_choices():
     result = CliRunner().invoke(routing_sim.main, ["--policies", "magic"])
     assert result.exit_code != 0 and "unknown policy 'magic'" in result.output and "oracle" in result.output
+
+
+def test_hand_written_notes_survive_a_regenerated_report(tmp_path):
+    out = tmp_path / "routing.md"
+    out.write_text(f"old table\n{routing_sim.NOTES_MARKER}\n## Why\nBecause.\n")
+    args = ["--seeds", "1", "--scenarios", "steady", "--policies", "oracle", "--processes", "1", "--out", str(out)]
+    assert CliRunner().invoke(routing_sim.main, args).exit_code == 0
+    text = out.read_text()
+    assert "old table" not in text and text.rstrip().endswith("## Why\nBecause.")
+
+
+def test_knobs_can_be_changed_from_the_command_line():
+    assert routing_sim.parse_overrides(["on_time_target=0.8", "stall_detection=false"]).on_time_target == 0.8
+    assert routing_sim.parse_overrides(["stall_detection=false"]).stall_detection is False
+    for bad in ("nope=1", "on_time_target", "probe_max_in_flight=many"):
+        with pytest.raises(click.BadParameter):
+            routing_sim.parse_overrides([bad])
