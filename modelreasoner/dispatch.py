@@ -132,7 +132,7 @@ def run(rt: Runtime, job: Job) -> Terminal:
             attempts.append(Attempt(target.name, False, 0.0, "deadline_passed", "strict SLA deadline passed"))
             break
         if hedge is not None and not attempts:
-            finished = hedged_call(rt, job, request, target, by_name[hedge.backup], hedge, decision.decided_at)
+            finished = hedged_call(rt, job, request, target, timeout, by_name[hedge.backup], hedge, decision.decided_at)
         else:
             finished = [call_once(rt, target, call_input(job), timeout)]
         tried = {a.target for a in finished}
@@ -176,12 +176,14 @@ def hedged_call(
     job: Job,
     request: RouteRequest,
     primary: Target,
+    timeout: float,
     backup: Target,
     hedge: HedgeSpec,
     decided_at: float,
 ) -> list[Attempt]:
-    """The first call of ``job``, with a backup call to ``backup`` if the first has not
-    answered ``hedge.delay_s`` after the decision and the hedge budget allows one.
+    """The first call of ``job`` (to ``primary``, with ``timeout`` s), with a backup call to
+    ``backup`` if the first has not answered ``hedge.delay_s`` after the decision and the
+    hedge budget allows one.
 
     Returns the finished attempts, the winner (if any) last. A loser still running when the
     winner answers is returned as abandoned (``ABANDONED``, its elapsed time and its price:
@@ -189,19 +191,19 @@ def hedged_call(
     """
     payload = call_input(job)
     started = time.perf_counter()
-    first = _submit(call_once, rt, primary, payload, call_timeout(rt, primary, request, time.time()))
+    first = _submit(call_once, rt, primary, payload, timeout)
     wait([first], timeout=max(decided_at + hedge.delay_s - time.time(), 0.0))
     if first.done():
         return [first.result()]
-    timeout = call_timeout(rt, backup, request, time.time())
-    if timeout is None or not _try_hedge(rt):
+    backup_timeout = call_timeout(rt, backup, request, time.time())
+    if backup_timeout is None or not _try_hedge(rt):
         return [first.result()]
     HEDGES.labels(backup.name).inc()
     log.info(
         "first call is late; hedging",
         extra={"target": primary.name, "backup": backup.name, "reason": hedge.reason},
     )
-    second = _submit(call_once, rt, backup, payload, timeout, True)
+    second = _submit(call_once, rt, backup, payload, backup_timeout, True)
     finished: list[Attempt] = []
     running = {first: primary, second: backup}
     while running:
