@@ -190,8 +190,8 @@ def hedged_call(
     the server is still working on it); its real outcome reaches the stats when it ends.
     """
     payload = call_input(job)
-    started = time.perf_counter()
     first = _submit(call_once, rt, primary, payload, timeout)
+    first_started = time.perf_counter()
     wait([first], timeout=max(decided_at + hedge.delay_s - time.time(), 0.0))
     if first.done():
         return [first.result()]
@@ -205,7 +205,7 @@ def hedged_call(
     )
     second = _submit(call_once, rt, backup, payload, backup_timeout, True)
     finished: list[Attempt] = []
-    running = {first: primary, second: backup}
+    running = {first: (primary, False, first_started), second: (backup, True, time.perf_counter())}
     while running:
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for future in done:
@@ -213,12 +213,13 @@ def hedged_call(
             finished.append(future.result())
         winner = next((a for a in finished if a.ok), None)
         if winner is not None:
-            losers = [_abandoned(target, future is second, started) for future, target in running.items()]
+            losers = [_abandoned(*running_call) for running_call in running.values()]
             return [a for a in finished if a is not winner] + losers + [winner]
     return finished
 
 
 def _abandoned(target: Target, hedge: bool, started: float) -> Attempt:
+    """The audit record of a call still running when the other call of its job won."""
     elapsed = (time.perf_counter() - started) * 1000.0
     message = "lost the hedge race; left to finish on its own"
     return Attempt(target.name, False, elapsed, ABANDONED, message, cost_usd=target.cost_per_call_usd, hedge=hedge)
