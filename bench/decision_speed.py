@@ -14,8 +14,6 @@ its Redis round trip to. Results: docs/benchmarks/decision-speed.md.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import random
 import statistics
 import time
@@ -23,6 +21,7 @@ from dataclasses import replace
 
 import click
 
+from bench import machine
 from orchestrator.routing import (
     CircuitState,
     InMemoryStatsStore,
@@ -159,8 +158,7 @@ def main(decisions: int, rounds: int, seed: int) -> None:
     """Time one routing decision with 3 and with 100 targets; print a markdown table.
 
     ``--decisions`` per round with 3 targets (a tenth of it with 100), ``--rounds`` rounds."""
-    print(f"machine: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}, {_cpu()}")
-    print(f"load average before: {_load()}")
+    print(f"machine: {machine.describe()}")
     print()
     print(
         "| what | targets | decisions | median µs | p99 µs, quietest [noisiest] round | target µs "
@@ -173,21 +171,6 @@ def main(decisions: int, rounds: int, seed: int) -> None:
         print(report_line("policy `decide()`", size, policy), flush=True)
         router = [time_router(size, count, seed) for _ in range(rounds)]
         print(report_line("`Router.decide()`, in-memory store", size, router), flush=True)
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

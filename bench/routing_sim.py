@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
-import platform
 import random
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from bench import machine
 from bench.sim_baselines import (
     CheapestPolicy,
     LeastEwmaPolicy,
@@ -212,7 +212,7 @@ def verdicts(results: dict[str, dict[str, Summary]]) -> str:
         beats = _mark(ours.slo.mean > best.slo.mean) if best else "–"
         lines.append(
             f"| {name} | {ours.slo.mean * 100:.2f} | {best_cells} | {oracle.slo.mean * 100:.2f} | {gap:.2f} | "
-            f"{ratio:.2f}x | {beats} | {_mark(gap <= ORACLE_GAP_PP)} | {_mark(ratio <= ORACLE_COST_RATIO)} |"
+            f"{ratio:.3f}x | {beats} | {_mark(gap <= ORACLE_GAP_PP)} | {_mark(ratio <= ORACLE_COST_RATIO)} |"
         )
     return "\n".join(lines)
 
@@ -270,12 +270,6 @@ def _adhoc(name: str) -> Scenario:
     return Scenario(name, name, rate=0.0)
 
 
-def machine() -> str:
-    return f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, " + (
-        f"{multiprocessing.cpu_count()} CPUs"
-    )
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--seeds", type=click.IntRange(1, 1000), default=10, show_default=True, help="Seeds 1..N.")
 @click.option("--scenarios", default=",".join(SCENARIOS), show_default=True, help="Comma-separated scenario names.")
@@ -305,13 +299,13 @@ def main(
     elapsed = time.perf_counter() - started
     command = _command(seeds, scenarios, policies, processes, out) + "".join(f" --set {o}" for o in overrides)
     report = render(results, seed_list)
-    print(f"done in {elapsed:.0f} s on {machine()}", file=sys.stderr)
+    print(f"done in {elapsed:.0f} s on {machine.describe()}", file=sys.stderr)
     if out is None:
         sys.stdout.write(report)
         return
     header = (
         "# Routing benchmark (simulator)\n\n"
-        f"Made by `{command}` in {elapsed:.0f} s on {machine()} with {processes} processes.\n"
+        f"Made by `{command}` in {elapsed:.0f} s on {machine.describe()} with {processes} processes.\n"
         "How the simulator works and how to read this table: docs/routing.md, section "
         '"Benchmark".\n\n'
     )
