@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from orchestrator import tracing
 from orchestrator.errors import ModelCallError
 from orchestrator.routing.types import Target
 
@@ -99,17 +100,19 @@ class ModelClient:
         url = f"{target.url}/run" if run else f"{target.url}/infer"
         body = _run_body(job) if run else _infer_body(job)
         started = time.perf_counter()
-        data = self._post(url, body, timeout_s, started)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        if run:
-            checked = validate_run(data)
-            return CallResult(result=checked, latency_ms=latency_ms, cost_usd=float(checked["actual_cost_usd"]))
-        return CallResult(result=validate_infer(data), latency_ms=latency_ms, cost_usd=target.cost_per_call_usd)
+        with tracing.client_span("POST", url, target.name) as span:  # traceparent -> span.headers
+            data = self._post(url, body, timeout_s, started, span)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            if run:
+                checked = validate_run(data)
+                return CallResult(result=checked, latency_ms=latency_ms, cost_usd=float(checked["actual_cost_usd"]))
+            return CallResult(result=validate_infer(data), latency_ms=latency_ms, cost_usd=target.cost_per_call_usd)
 
-    def _post(self, url: str, body: dict[str, Any], timeout_s: float, started: float) -> Any:
+    def _post(self, url: str, body: dict[str, Any], timeout_s: float, started: float, span) -> Any:
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_CAP_SECONDS))
         try:
-            with self._http.stream("POST", url, json=body, timeout=timeout) as response:
+            with self._http.stream("POST", url, json=body, timeout=timeout, headers=span.headers) as response:
+                span.response(response.status_code)
                 raw = self._read_capped(response, timeout_s, started)
         except httpx.TimeoutException:
             raise ModelCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms") from None

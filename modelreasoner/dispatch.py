@@ -41,6 +41,7 @@ from orchestrator.routing import (
     Target,
     hedge_plan,
 )
+from orchestrator.targets import targets_for
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def call_timeout(rt: Runtime, target: Target, request: RouteRequest, now: float)
 
 def run(rt: Runtime, job: Job) -> Terminal:
     """Route and execute ``job`` (already claimed by this worker)."""
-    targets = rt.targets()
+    targets = targets_for(job.kind, rt.targets())
     if not targets:
         return failed("no_targets", "no model server is configured")
     request = route_request(job)

@@ -3,7 +3,10 @@
 Two ways to run it, both on the ``pedi-screen`` queue, both keeping RQ's job lifecycle
 (registries, ``rq info``, per-job status) intact:
 
-* ``rq worker pedi-screen`` (from the repo root): stock forking RQ, one job per process.
+* ``rq worker pedi-screen -w modelreasoner.worker.ForkingMetricsWorker`` (from the repo root, or
+  ``RQ_WORKER_CLASS`` set to it): stock forking RQ, one job per process, with JSON logs, tracing
+  and per-job metrics served on ``METRICS_PORT`` by the parent. A bare ``rq worker pedi-screen``
+  runs jobs too, but logs one WARNING: its job processes' metrics die with them.
 * ``python -m modelreasoner.worker``: the fast entry. A non-forking ``ThreadedWorker`` keeps
   ``WORKER_CONCURRENCY`` jobs in flight in one process (model calls are I/O waits), serves
   Prometheus metrics on ``METRICS_PORT``, and refuses to start with no model server configured.
@@ -19,24 +22,35 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import click
-from prometheus_client import start_http_server
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker, get_current_job
 from rq.timeouts import TimerDeathPenalty
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from modelreasoner import dispatch
 from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
-from orchestrator import jobs
+from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
 from orchestrator.db import session_scope
 from orchestrator.errors import ConfigError, DatabaseUnavailable
-from orchestrator.logs import configure_logging, job_context
-from orchestrator.metrics import DB_ERRORS, JOB_E2E_LATENCY, JOB_QUEUE_WAIT, JOBS_COMPLETED, JOBS_FAILED, SLA_VIOLATIONS
+from orchestrator.logs import configure_logging, ensure_logging, job_context
+from orchestrator.metrics import (
+    DB_ERRORS,
+    JOB_E2E_LATENCY,
+    JOB_QUEUE_WAIT,
+    JOBS_COMPLETED,
+    JOBS_FAILED,
+    SLA_VIOLATIONS,
+    ForkedJobMetrics,
+    mark_worker_metrics_off,
+    serve_worker_metrics,
+    warn_if_job_metrics_unexported,
+)
 from orchestrator.models import Job, JobStatus
 from orchestrator.settings import get_settings
 
@@ -44,12 +58,33 @@ log = logging.getLogger("modelreasoner.worker")
 
 SLOT_WAIT_SECONDS = 5.0
 """While every slot is busy the main loop wakes this often (s) to heartbeat and check for stop."""
+HEARTBEAT_EVERY_SECONDS = 5.0
+"""Shortest gap between two plain worker heartbeats (s); RQ's worker key lives 480 s."""
+DEQUEUE_WAIT_SECONDS = 2
+"""Longest blocking wait for a job id (s): how long a warm shutdown may wait before it starts."""
 
 
 def process_job(job_id: str) -> dict[str, str | None]:
-    """RQ entry point. Returns a PHI-free summary; the result itself is in Postgres."""
-    with job_context(job_id):
-        return execute(get_runtime(), uuid.UUID(job_id))
+    """RQ entry point. Returns a PHI-free summary; the result itself is in Postgres. Runs in a
+    consumer span continuing the trace whose context the enqueue put in the RQ job's meta."""
+    rt = get_runtime()
+    rq_job = get_current_job()
+    _prepare_job_process(rt, rq_job)
+    try:
+        with job_context(job_id), tracing.consumer_span(QUEUE_NAME, job_id, rq_job.meta if rq_job else None) as span:
+            summary = execute(rt, uuid.UUID(job_id))
+            tracing.set_job_status(span, summary["status"])
+            return summary
+    finally:
+        tracing.flush_if_process_ends_with_job()
+
+
+def _prepare_job_process(rt: Runtime, rq_job) -> None:
+    """No-ops in our own workers. A job forked by a bare ``rq worker`` sets up JSON logs and
+    tracing for itself, and warns (once per worker) that its metrics are not exported."""
+    ensure_logging(rt.settings.log_level)
+    tracing.configure_tracing(rt.settings, tracing.WORKER_SERVICE, per_job_process=True)
+    warn_if_job_metrics_unexported(rq_job)
 
 
 def _with_db_retry(rt: Runtime, fn):
@@ -133,12 +168,15 @@ class ThreadedWorker(SimpleWorker):
     """An RQ worker that keeps up to ``concurrency`` jobs in flight on a thread pool.
 
     A slot is taken before a job is dequeued, so jobs this process cannot start stay in Redis
-    for other workers, and a stop request never strands a dequeued job. Each job still goes
-    through RQ's own ``perform_job`` (started/finished/failed registries, executions, results).
-    On warm shutdown (SIGTERM) it stops dequeuing and waits for the jobs in flight.
+    for other workers. Warm shutdown (first SIGTERM/SIGINT) only sets a flag: the dequeue waits
+    at most DEQUEUE_WAIT_SECONDS, so a job id Redis has already handed over is always run, never
+    stranded (RQ's stock handler raises inside the blocking dequeue); then the worker stops
+    dequeuing and waits for the jobs in flight. A second signal is a cold shutdown. Each job
+    still goes through RQ's ``perform_job`` (registries, executions, results, ``rq info``).
     """
 
     death_penalty_class = TimerDeathPenalty
+    _last_beat = 0.0
 
     def __init__(self, *args, concurrency: int = 16, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -146,13 +184,28 @@ class ThreadedWorker(SimpleWorker):
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
 
+    def heartbeat(self, timeout=None, pipeline=None):
+        """RQ heartbeats three times per job (three round trips each); the worker's key lives
+        for minutes, so one heartbeat per HEARTBEAT_EVERY_SECONDS keeps it alive at a fraction
+        of the cost. Explicit-TTL heartbeats (job start/finish bookkeeping) always go through."""
+        now = time.monotonic()
+        if timeout is None and pipeline is None and now - self._last_beat < HEARTBEAT_EVERY_SECONDS:
+            return
+        self._last_beat = now
+        super().heartbeat(timeout, pipeline)
+
+    def _shutdown(self) -> None:
+        self._stop_requested = True
+        self.set_shutdown_requested_date()
+        log.info("warm shutdown: finishing the jobs in flight; signal again to stop at once")
+
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         while not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
             self.heartbeat()
             if self._stop_requested:
                 return None
         try:
-            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            result = self._dequeue_until_stopped(timeout, max_idle_time)
         except BaseException:
             self._slots.release()
             raise
@@ -160,13 +213,29 @@ class ThreadedWorker(SimpleWorker):
             self._slots.release()
         return result
 
+    def _dequeue_until_stopped(self, timeout, max_idle_time):
+        if timeout is None:  # burst mode: one non-blocking attempt
+            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        idle_since = time.monotonic()
+        while not self._stop_requested:
+            wait = DEQUEUE_WAIT_SECONDS
+            if max_idle_time is not None:
+                wait = min(wait, max(1, int(max_idle_time - (time.monotonic() - idle_since))))
+            result = super().dequeue_job_and_maintain_ttl(min(timeout, wait), wait)
+            if result is not None:
+                return result
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+        return None
+
     def execute_job(self, job, queue) -> None:
         execution = self.prepare_execution(job)
         self._pool.submit(self._perform, job, queue, execution)
 
     def _perform(self, job, queue, execution) -> None:
         try:
-            self.perform_job(job, queue, execution)
+            with job_context(job.id):  # RQ's own lines about this job carry its id too
+                self.perform_job(job, queue, execution)
         except BaseException:
             log.exception("RQ bookkeeping failed for a job", extra={"job_id": job.id})
         finally:
@@ -175,6 +244,41 @@ class ThreadedWorker(SimpleWorker):
     def teardown(self) -> None:
         self._pool.shutdown(wait=True)
         super().teardown()
+
+
+class ForkingMetricsWorker(Worker):
+    """Stock forking RQ worker (one process per job) for ``rq worker pedi-screen -w
+    modelreasoner.worker.ForkingMetricsWorker``: JSON logs, tracing, no job descriptions in
+    logs, and, with METRICS_PORT set, per-job metrics written by each job process to a per-worker
+    multiprocess directory that this parent creates, serves on METRICS_PORT and removes at exit."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        try:
+            settings = get_settings()
+        except ConfigError as exc:
+            raise SystemExit(f"worker: {exc.message}") from None
+        configure_logging(settings.log_level)
+        self._log_level = settings.log_level
+        kwargs["log_job_description"] = False
+        super().__init__(*args, **kwargs)
+        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
+        self._metrics = ForkedJobMetrics(settings.metrics_port) if settings.metrics_port else None
+        if self._metrics is None:
+            mark_worker_metrics_off()
+
+    def work(self, *args, **kwargs) -> bool:
+        if kwargs.get("logging_level") is None:  # `rq worker` without --logging_level: follow LOG_LEVEL
+            kwargs["logging_level"] = self._log_level
+        return super().work(*args, **kwargs)
+
+    def execute_job(self, job, queue) -> None:
+        with job_context(job.id):  # the parent's and the job process's RQ lines carry the job id
+            super().execute_job(job, queue)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._metrics is not None:
+            self._metrics.close()
 
 
 def _has_targets(rt: Runtime) -> bool:
@@ -206,6 +310,7 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         if simulate:
             settings = settings.model_copy(update={"worker_simulate": True})
         configure_logging(settings.log_level)
+        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
         rt = build_runtime(settings, concurrency=concurrency)
         if not _has_targets(rt):
             raise ConfigError(NO_TARGETS_MESSAGE)
@@ -213,8 +318,7 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         click.echo(f"worker: {exc.message}", err=True)
         sys.exit(2)
     install_runtime(rt)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port)
+    serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency
     worker = ThreadedWorker([QUEUE_NAME], connection=rt.redis, name=name, log_job_description=False, concurrency=slots)
     log.info(

@@ -16,6 +16,9 @@ from orchestrator.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 15
 """How long a SQLite writer waits for the lock (s); the dev stack has an API and a worker."""
+HIDE_SQL_PARAMETERS = True
+"""SQLAlchemy errors (and SQL logging) quote statement parameters, which include observations:
+keep them out of every exception message and log line."""
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -23,7 +26,11 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     (the worker sizes its pool to its concurrency)."""
     url = settings.database_url
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            hide_parameters=HIDE_SQL_PARAMETERS,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     size = pool_size or settings.db_pool_size
@@ -40,6 +47,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         pool_pre_ping=True,
         pool_timeout=settings.db_connect_timeout_seconds,
         connect_args=connect_args,
+        hide_parameters=HIDE_SQL_PARAMETERS,
     )
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from orchestrator import audit
 from orchestrator.errors import BadRequest, IdempotencyConflict, NotFound
 from orchestrator.models import ACTIVE_STATUSES, Case, Job, JobKind, JobStatus, utcnow
-from orchestrator.schemas import JobCreate, decode_embedding
+from orchestrator.schemas import JobCreate, TaskCreate, decode_embedding
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,55 @@ def submit_screening(
     return _insert(session, job, actor, idempotency_key, digest)
 
 
-def _insert(session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str) -> Submitted:
+def task_hash(body: TaskCreate) -> str:
+    """The request digest of a task (its kind included, so it never matches a screening body)."""
+    return request_hash({"kind": JobKind.TASK.value, **body.model_dump(mode="json")})
+
+
+def replayed_task(session: Session, body: TaskCreate, idempotency_key: str) -> Job | None:
+    """The task an earlier request with this key created, if the body is the same; raises
+    IdempotencyConflict if it differs. Lets the API answer a replay before re-checking things
+    (such as which targets exist) that may have changed since."""
+    return _replay(session, idempotency_key, task_hash(body))
+
+
+def submit_task(
+    session: Session,
+    body: TaskCreate,
+    *,
+    actor: str,
+    default_sla_ms: int,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store a generic task as a ``queued`` job of kind ``task`` and commit; the caller
+    enqueues it after. The caller has checked consent. Idempotency works as for screening jobs
+    (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
+    digest = task_hash(body)
+    if idempotency_key is not None:
+        earlier = _replay(session, idempotency_key, digest)
+        if earlier is not None:
+            return Submitted(earlier, created=False)
+    job = Job(
+        case_id=None,
+        kind=JobKind.TASK.value,
+        status=JobStatus.QUEUED.value,
+        task_type=body.task_type,
+        payload=body.payload,
+        preferred_target=body.preferred_target,
+        sla_ms=body.sla_ms or default_sla_ms,
+        strict_sla=body.strict_sla,
+        budget_usd=body.budget_usd,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        actor=actor,
+        created_at=utcnow(),
+    )
+    return _insert(session, job, actor, idempotency_key, digest, details={"consent": True})
+
+
+def _insert(
+    session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str, details: dict | None = None
+) -> Submitted:
     session.add(job)
     try:
         session.flush()
@@ -97,7 +145,12 @@ def _insert(session: Session, job: Job, actor: str, idempotency_key: str | None,
             "submitted",
             actor,
             at=job.created_at,
-            details={"kind": job.kind, "sla_ms": job.sla_ms, "preferred_target": job.preferred_target},
+            details={
+                "kind": job.kind,
+                "sla_ms": job.sla_ms,
+                "preferred_target": job.preferred_target,
+                **(details or {}),
+            },
         )
         session.commit()
     except IntegrityError:

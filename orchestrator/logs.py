@@ -2,8 +2,11 @@
 job_id, trace_id and span_id.
 
 Never log observations, embeddings, request bodies or API keys: log ids, targets, outcomes and
-numbers. RQ's job-description logging is turned off in the worker (descriptions carry only the
-job id anyway).
+numbers. RQ's job-description logging is turned off in both workers (descriptions carry only the
+job id anyway). Third-party loggers that would print request data at DEBUG (SQLAlchemy's SQL
+with its parameters, httpx/httpcore request traces) are held at WARNING whatever LOG_LEVEL says.
+Python warnings and uncaught exceptions go through the same JSON handler, so every line a
+process writes is one JSON object.
 """
 
 from __future__ import annotations
@@ -11,16 +14,24 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job_id", default=None)
 
 FORMAT = "%(timestamp)s %(levelname)s %(name)s %(message)s"
 RENAMED = {"levelname": "level", "name": "logger"}
-THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker", "rq", "alembic")
+THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker", "rq.job", "rq", "alembic")
+HELD_AT_WARNING = ("sqlalchemy.engine", "sqlalchemy.pool", "httpx", "httpcore")
+"""Never below WARNING, even with LOG_LEVEL=DEBUG: SQLAlchemy's engine logs statements and their
+parameters (observations) once its loggers reach INFO (it starts them at WARN itself; this keeps
+a logging config from lowering them), httpx and httpcore log request traces at DEBUG."""
+DROPPED_FIELDS = ("color_message",)
+"""uvicorn's ANSI-coloured copy of the message."""
 
 
 class ContextFilter(logging.Filter):
@@ -49,7 +60,10 @@ def _trace_ids() -> tuple[str | None, str | None]:
 def configure_logging(level: str = "INFO") -> None:
     """Route every logger (ours, uvicorn's, RQ's) to one JSON handler on stdout. Idempotent."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(FORMAT, rename_fields=RENAMED, timestamp=True))
+    formatter = JsonFormatter(
+        FORMAT, rename_fields=RENAMED, timestamp=True, reserved_attrs=[*RESERVED_ATTRS, *DROPPED_FIELDS]
+    )
+    handler.setFormatter(formatter)
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -60,8 +74,38 @@ def configure_logging(level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    for name in HELD_AT_WARNING:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    # Only over the interpreter's defaults: a host that installed its own hooks (pytest) keeps them.
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _log_uncaught
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _log_uncaught_in_thread
+
+
+def ensure_logging(level: str = "INFO") -> None:
+    """Configure JSON logging unless this process already has a root handler: a job forked by a
+    bare ``rq worker`` inherits only RQ's own text handlers, and its lines would be lost."""
+    if not logging.getLogger().handlers:
+        configure_logging(level)
+
+
+def _log_uncaught(exc_type, exc, tb) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("uncaught").critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    logging.getLogger("uncaught").critical(
+        "uncaught exception in a thread",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"thread": getattr(args.thread, "name", None)},
+    )
 
 
 @contextmanager

@@ -5,17 +5,36 @@ job, case or key id.
 Event metrics (counters, histograms) are recorded where the event happens. State metrics
 (backlog, oldest queued job, workers, circuit state) are read from Postgres and Redis when
 ``/metrics`` is scraped, by ``StateCollector``, so every API replica reports the same truth.
+Job-outcome metrics live in the worker process that ran the job; the end of this module is how
+they reach Prometheus from each worker entry point (docs/observability.md).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics
+import redis
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from rq import Worker
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +97,10 @@ FAILOVERS = Counter("pedi_failovers_total", "Fail-overs away from a target after
 HEDGES = Counter("pedi_hedges_total", "Backup (hedged) calls started, by backup target.", ["target"])
 JOBS_RECOVERED = Counter("pedi_jobs_recovered_total", "Jobs the reconciler repaired, by what it found.", ["reason"])
 DB_ERRORS = Counter("pedi_db_errors_total", "Database errors, by component.", ["component"])
+REDIS_ERRORS = Counter("pedi_redis_errors_total", "Redis errors caught and survived, by component.", ["component"])
+REDIS_COMPONENTS = ("api_enqueue", "readyz", "metrics", "worker")
+"""Label values of pedi_redis_errors_total: the API's enqueue after commit, /readyz, the
+scrape-time state probes, and the worker's own Redis bookkeeping."""
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
@@ -87,8 +110,8 @@ def observe_http(method: str, route: str, status: int, seconds: float) -> None:
 
 class StateCollector(Collector):
     """Reads backlog and fleet state at scrape time. Each probe is a callable so the collector
-    stays free of connection details; a probe that fails is skipped and counted as a DB error
-    (or logged, for Redis) instead of failing the scrape."""
+    stays free of connection details; a probe that fails is skipped, logged and counted as a DB
+    or Redis error (component ``metrics``) instead of failing the scrape."""
 
     def __init__(
         self,
@@ -148,8 +171,7 @@ class StateCollector(Collector):
         try:
             return probe()
         except Exception as exc:  # a scrape must not fail because a store is down
-            if kind == "db":
-                DB_ERRORS.labels("metrics").inc()
+            (DB_ERRORS if kind == "db" else REDIS_ERRORS).labels("metrics").inc()
             log.warning(
                 "metrics probe failed", extra={"probe": getattr(probe, "__name__", "?"), "error": type(exc).__name__}
             )
@@ -160,3 +182,120 @@ def register_state_collector(collector: StateCollector, registry: CollectorRegis
     """Register ``collector``; returns a function that unregisters it (app shutdown, tests)."""
     registry.register(collector)
     return lambda: registry.unregister(collector)
+
+
+# --- worker export ------------------------------------------------------------------------------
+#
+# Job-outcome metrics are recorded by whichever process runs the job:
+# * `python -m modelreasoner.worker` (threaded): in its own memory, served on METRICS_PORT.
+# * `rq worker pedi-screen -w modelreasoner.worker.ForkingMetricsWorker`: each job runs in a forked
+#   process that exits afterwards, so job processes write their metrics to files in a per-worker
+#   multiprocess directory and the long-lived parent serves them (ForkedJobMetrics).
+# * a bare `rq worker pedi-screen`: nobody can serve them; the first job logs a WARNING saying so.
+
+MULTIPROC_DIR_PREFIX = "pedi-worker-metrics-"
+"""Prefix of the directory a forking worker creates (under PROMETHEUS_MULTIPROC_DIR if set, else
+the system temp dir) and removes at exit."""
+PARENT_FILE_ID = "parent"
+JOB_FILE_ID = "job"
+"""Multiprocess file suffixes (counter_parent.db, counter_job.db, histogram_job.db). An RQ worker
+runs one job process at a time, so every job process of a worker reuses the same files: their
+number stays constant however many jobs run, and a scrape reads two or three small files."""
+EXPORT_WARNING_FIELD = "pedi_metrics_warning"
+"""Field set on the RQ worker's own hash (rq:worker:<name>) once its job processes warned that
+their metrics are not exported, so a bare forking worker warns once, not once per job."""
+
+
+class WorkerExport(StrEnum):
+    IN_PROCESS = "in_process"
+    MULTIPROCESS = "multiprocess"
+    OFF = "off"
+    """METRICS_PORT unset: metrics deliberately not served."""
+
+
+_worker_export: WorkerExport | None = None
+
+
+def worker_export() -> WorkerExport | None:
+    """How this process's job metrics reach Prometheus; None: nobody set it up."""
+    return _worker_export
+
+
+def serve_worker_metrics(port: int | None) -> None:
+    """Non-forking worker: metrics stay in this process; serve them on ``port`` (None: don't)."""
+    global _worker_export
+    if port:
+        start_http_server(port)
+    _worker_export = WorkerExport.IN_PROCESS if port else WorkerExport.OFF
+
+
+def _use_multiprocess_files(path: str) -> None:
+    """Back every metric value of this process and its forks by mmap files in ``path``.
+
+    The value class is switched after metrics were defined (importing the worker class imports
+    them), so metrics already holding values are re-initialised: labelled ones drop their
+    (unused) children, unlabelled ones get a file-backed value. Relies on prometheus_client
+    internals (pinned; tests/observability run a real forking worker and scrape it)."""
+    owner = os.getpid()
+    values.ValueClass = values.MultiProcessValue(lambda: PARENT_FILE_ID if os.getpid() == owner else JOB_FILE_ID)
+    metrics = [c for c in list(getattr(REGISTRY, "_collector_to_names", {})) if isinstance(c, MetricWrapperBase)]
+    for metric in metrics:
+        if metric._labelnames:
+            metric.clear()  # before the variable is set: clear() warns in multiprocess mode
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # job processes inherit it
+    for metric in metrics:
+        if not metric._labelnames:
+            metric._metric_init()
+
+
+class ForkedJobMetrics:
+    """Serves the metrics of a forking worker's job processes on ``port`` from the parent, out of
+    a multiprocess directory this object creates and removes (``close``)."""
+
+    def __init__(self, port: int) -> None:
+        global _worker_export
+        self.dir = tempfile.mkdtemp(prefix=MULTIPROC_DIR_PREFIX, dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._owner = os.getpid()
+        _use_multiprocess_files(self.dir)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.dir)
+        self._server, _ = start_http_server(port, registry=registry)
+        _worker_export = WorkerExport.MULTIPROCESS
+        atexit.register(self.close)
+        log.info("serving job-process metrics", extra={"port": port, "multiprocess_dir": self.dir})
+
+    def close(self) -> None:
+        """Stop serving and remove the directory (idempotent; only in the process that made it)."""
+        if os.getpid() != self._owner or self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+        values.close_all_multiprocess_files()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def mark_worker_metrics_off() -> None:
+    global _worker_export
+    _worker_export = WorkerExport.OFF
+
+
+def warn_if_job_metrics_unexported(rq_job) -> None:
+    """Log one WARNING per worker when jobs run where no one exports their metrics (a bare
+    forking ``rq worker``), instead of losing them silently."""
+    if _worker_export is not None or rq_job is None or not rq_job.worker_name:
+        return
+    try:
+        key = Worker.redis_worker_namespace_prefix + rq_job.worker_name
+        first = bool(rq_job.connection.hsetnx(key, EXPORT_WARNING_FIELD, 1))
+    except redis.RedisError:
+        REDIS_ERRORS.labels("worker").inc()
+        first = True
+    if first:
+        log.warning(
+            "per-job metrics of this worker are not exported (a bare `rq worker` runs each job in a "
+            "forked process whose metrics die with it). Run `rq worker pedi-screen -w "
+            "modelreasoner.worker.ForkingMetricsWorker` (or set RQ_WORKER_CLASS to it) with METRICS_PORT "
+            "set, or the threaded `python -m modelreasoner.worker`; see docs/observability.md",
+            extra={"worker": rq_job.worker_name},
+        )

@@ -21,7 +21,9 @@ from orchestrator.constants import (
     RQ_JOB_TIMEOUT_SECONDS,
     RQ_RESULT_TTL_SECONDS,
 )
+from orchestrator.metrics import REDIS_ERRORS
 from orchestrator.settings import Settings
+from orchestrator.tracing import producer_span
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +50,19 @@ def get_queue(connection: redis.Redis) -> Queue:
 def enqueue_job(queue: Queue, job_id: str, meta: dict[str, str] | None = None) -> RQJob:
     """Put job ``job_id`` on the queue for ``process_job``. ``meta`` may carry trace context
     (never PHI). Enqueueing an id again replaces RQ's record; the worker's claim makes a
-    duplicate delivery a no-op."""
-    return queue.enqueue(
-        PROCESS_JOB_FUNC,
-        job_id,
-        job_id=job_id,
-        description=f"process_job({job_id})",
-        job_timeout=RQ_JOB_TIMEOUT_SECONDS,
-        result_ttl=RQ_RESULT_TTL_SECONDS,
-        failure_ttl=RQ_FAILURE_TTL_SECONDS,
-        meta=meta or {},
-    )
+    duplicate delivery a no-op. When tracing is on, the enqueue is a producer span and its W3C
+    trace context joins ``meta`` so the worker's span continues the trace."""
+    with producer_span(queue.name, job_id) as trace_context:
+        return queue.enqueue(
+            PROCESS_JOB_FUNC,
+            job_id,
+            job_id=job_id,
+            description=f"process_job({job_id})",
+            job_timeout=RQ_JOB_TIMEOUT_SECONDS,
+            result_ttl=RQ_RESULT_TTL_SECONDS,
+            failure_ttl=RQ_FAILURE_TTL_SECONDS,
+            meta={**(meta or {}), **trace_context},
+        )
 
 
 def get_rq_job_status(connection: redis.Redis, job_id: str) -> str | None:
@@ -78,14 +82,17 @@ def get_rq_job_result(connection: redis.Redis, job_id: str) -> Any | None:
         return None
 
 
-def enqueue_after_commit(queue: Queue, job_id: str, meta: dict[str, str] | None = None) -> bool:
+def enqueue_after_commit(
+    queue: Queue, job_id: str, meta: dict[str, str] | None = None, *, component: str = "api_enqueue"
+) -> bool:
     """Enqueue a job whose row is already committed as queued. If Redis is down the job is not
     lost: it stays queued in Postgres and the reconciler enqueues it when Redis is back.
-    Returns whether the enqueue reached Redis."""
+    Returns whether the enqueue reached Redis; a failure counts in pedi_redis_errors_total{component}."""
     try:
         enqueue_job(queue, job_id, meta)
         return True
     except redis.RedisError as exc:
+        REDIS_ERRORS.labels(component).inc()
         log.warning(
             "enqueue failed; the reconciler will enqueue the job when Redis is back",
             extra={"job_id": job_id, "error": type(exc).__name__},

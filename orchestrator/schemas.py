@@ -6,13 +6,23 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from orchestrator.constants import AGE_MONTHS_MAX, EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
 
-PreferredTarget = Literal["auto", "edge", "cloud", "gpu"]
+RouteChoice = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="auto, a tier (edge, cloud, gpu) or a target name",
+    ),
+]
+"""Where the submitter wants a job to go first; it still fails over from there."""
 StatusName = Literal["queued", "running", "completed", "failed"]
 
 
@@ -44,7 +54,7 @@ class JobCreate(BaseModel):
         max_length=(EMBEDDING_MAX_VALUES * 4 * 4) // 3 + 4,
         description="base64 of little-endian float32 values (at most 4096)",
     )
-    preferred_target: PreferredTarget = "auto"
+    preferred_target: RouteChoice = "auto"
     sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms)")
     strict_sla: bool = Field(False, description="Fail fast when no target can meet the SLA")
     budget_usd: float | None = Field(None, ge=0, le=1000, description="Per-job cost budget (USD)")
@@ -134,3 +144,233 @@ class ErrorBody(BaseModel):
         field: str | None = None
 
     error: Detail
+
+
+# --- generic tasks (POST /route_task, GET /task/{id}) ------------------------------------------
+
+TASK_PAYLOAD_MAX_DEPTH = 32
+"""Deepest nesting of a task payload (levels). Real payloads are a few levels deep; a deeper one
+is a mistake or an attack on the JSON tooling of every hop that handles it."""
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, giving up (returning limit + 1) past ``limit``."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+class TaskCreate(BaseModel):
+    """A generic inference task. The payload is stored in Postgres only and sent to the chosen
+    runner; it is never logged or echoed in an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+    payload: dict[str, Any] = Field(..., description="JSON object passed to the runner as is")
+    sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms)")
+    preferred_target: RouteChoice = "auto"
+    strict_sla: bool = Field(False, description="Fail fast when no target can meet the SLA")
+    budget_usd: float | None = Field(None, ge=0, le=1000, description="Per-task cost budget (USD)")
+    consent: StrictBool | None = Field(None, description="Must be true: the submitter has consent to process")
+
+    @field_validator("task_type")
+    @classmethod
+    def _not_screening(cls, value: str) -> str:
+        if value == "screening":
+            raise ValueError("screening cases go to POST /api/submit")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value, TASK_PAYLOAD_MAX_DEPTH) > TASK_PAYLOAD_MAX_DEPTH:
+            raise ValueError(f"must nest at most {TASK_PAYLOAD_MAX_DEPTH} levels deep")
+        return value
+
+
+class TaskAccepted(BaseModel):
+    task_id: uuid.UUID
+    status: StatusName
+    status_url: str
+
+
+class TaskPublic(BaseModel):
+    """Everything the API says about one task."""
+
+    task_id: uuid.UUID
+    task_type: str | None
+    status: StatusName
+    result: Any | None
+    target: str | None
+    routing: Any | None = Field(None, description="The routing decision with every candidate")
+    error: str | None
+    error_kind: str | None
+    sla_ms: int
+    sla_met: bool | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    latency_ms: float | None = Field(None, description="Measured model-call latency (ms)")
+    total_ms: float | None = Field(None, description="Submit to finish (ms)")
+    cost_usd: float | None
+    attempts: list[AttemptPublic] = []
+
+
+# --- targets (GET /api/targets, POST /register_agent) -------------------------------------------
+
+
+class TargetRegister(BaseModel):
+    """A model server or agent to add to the catalogue (or replace, by name). Options left out
+    take the tier's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    tier: Literal["edge", "cloud", "gpu"]
+    url: str = Field(..., max_length=512, description="http(s)://host[:port][/path], no credentials")
+    contract: Literal["infer", "run"] = Field("infer", description="infer: POST /infer; run: POST /run")
+    cost_per_call_usd: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    capacity: int | None = Field(None, ge=1, le=100_000, description="Calls served at once")
+    prior_latency_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False)
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parsed.username is not None or parsed.password is not None:
+            raise ValueError("must not contain credentials")
+        if parsed.query or parsed.fragment:
+            raise ValueError("must not have a query or fragment")
+        try:
+            parsed.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value.rstrip("/")
+
+
+class TargetStatsPublic(BaseModel):
+    latency_p50_ms: float | None = Field(None, description="Predicted median of one more call now (ms)")
+    latency_p95_ms: float | None = Field(None, description="Predicted p95 of one more call now (ms)")
+    error_rate: float
+    in_flight: int
+    samples: float = Field(..., description="Decayed weight of observed calls; 0: prediction from the prior")
+    calls: int
+    failures: int
+
+
+class CircuitPublic(BaseModel):
+    state: Literal["closed", "half_open", "open"]
+    until: datetime | None = Field(None, description="When an open circuit turns half-open")
+    open_count: int
+
+
+class TelemetryPublic(BaseModel):
+    latency_ms: float | None
+    utilization: float | None
+    queue_depth: int | None
+    up: bool | None
+    at: datetime
+
+
+class TargetPublic(BaseModel):
+    name: str
+    tier: str
+    url: str
+    contract: str
+    cost_per_call_usd: float
+    capacity: int
+    prior_latency_ms: float
+    timeout_seconds: float | None
+    enabled: bool
+    source: Literal["env", "file", "registered", "simulated"]
+    stats: TargetStatsPublic
+    circuit: CircuitPublic
+    telemetry: TelemetryPublic | None
+
+
+class TargetList(BaseModel):
+    targets: list[TargetPublic]
+
+
+# --- routing dry run (POST /api/route) ----------------------------------------------------------
+
+
+class RouteDryRun(BaseModel):
+    """A hypothetical job to route. Nothing is stored or queued."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms); default DEFAULT_SLA_MS")
+    preferred_target: RouteChoice = "auto"
+    strict_sla: bool = False
+    budget_usd: float | None = Field(None, ge=0, le=1000)
+    age_months: int | None = Field(None, ge=0, le=AGE_MONTHS_MAX, description="Informational only")
+    kind: Literal["screening", "task"] = Field("screening", description="task: runner-contract targets only")
+
+
+class RouteDryRunResult(BaseModel):
+    decision: dict[str, Any]
+    targets_considered: int
+
+
+# --- telemetry (POST /api/telemetry) ------------------------------------------------------------
+
+
+class TelemetryAccepted(BaseModel):
+    accepted: int = Field(..., description="Samples stored and blended into the routing stats")
+    dropped: int = Field(0, description="Samples older than TELEMETRY_RETENTION_HOURS, ignored")
+
+
+# --- insights (GET /api/sla-events, GET /api/model-metrics) --------------------------------------
+
+
+class SlaEvent(BaseModel):
+    job_id: uuid.UUID
+    kind: str
+    target: str | None
+    sla_ms: int
+    total_ms: float = Field(..., description="Submit to finish (ms)")
+    margin_ms: float = Field(..., description="total_ms - sla_ms (> 0)")
+    finished_at: datetime
+
+
+class SlaCount(BaseModel):
+    target: str | None
+    bucket_start: datetime
+    violations: int
+
+
+class SlaEvents(BaseModel):
+    items: list[SlaEvent]
+    counts: list[SlaCount]
+
+
+class ModelPoint(BaseModel):
+    at: datetime
+    predicted_ms: float
+    predicted_p95_ms: float | None
+    actual_ms: float
+
+
+class TargetModelMetrics(BaseModel):
+    target: str
+    jobs: int
+    mae_ms: float
+    bias_ms: float = Field(..., description="Mean of predicted - actual (ms); > 0: predictions too slow")
+    p95_calibration: float | None = Field(None, description="Share of actuals <= predicted p95; ideal ~0.95")
+    cost_per_job_usd: float | None
+    points: list[ModelPoint]
+
+
+class ModelMetrics(BaseModel):
+    targets: list[TargetModelMetrics]

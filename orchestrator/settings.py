@@ -34,25 +34,36 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     # --- stores ----------------------------------------------------------------------------
-    database_url: str = Field("sqlite:///./orchestrator_dev.db", description="SQLAlchemy URL")
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (transport only)")
+    database_url: str = "sqlite:///./orchestrator_dev.db"
+    """Where jobs live: ``postgresql://user:pass@host:5432/db`` in production, SQLite for dev."""
+    redis_url: str = "redis://localhost:6379/0"
+    """The RQ transport and the routers' shared stats. Carries job ids only, never PHI."""
     db_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
     """A dead Postgres must turn into a quick 503, not a hung request (s)."""
     db_pool_size: int = Field(10, ge=1, le=200)
+    """Connections per API process (the worker sizes its own pool to its concurrency)."""
 
     # --- model servers ----------------------------------------------------------------------
     edge_model_url: str | None = None
+    """Edge-tier model server (inference contract, POST /infer): target ``edge``."""
     cloud_model_url: str | None = None
+    """Cloud-tier model server (inference contract): target ``cloud``."""
     gpu_model_url: str | None = None
+    """GPU-tier model server (inference contract): target ``gpu``."""
     edge_agent_url: str | None = None
+    """Edge agent speaking the runner contract (POST /run): target ``edge-agent``."""
     cloud_runner_url: str | None = None
+    """Cloud runner (runner contract): target ``cloud-runner``."""
     gpu_runner_url: str | None = None
+    """GPU runner (runner contract): target ``gpu-runner``."""
     targets_file: Path | None = None
     """Optional YAML/JSON file with per-target cost and options (docs/configuration.md)."""
 
     # --- routing -----------------------------------------------------------------------------
     routing_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """Longest one model call may take (s); each call gets min(this, time left to the SLA)."""
     default_sla_ms: int = Field(2000, ge=1, le=3_600_000)
+    """Latency SLA (ms) of a job submitted without ``sla_ms``."""
     hedge_enabled: bool = True
     """Send a backup call when a job's first call is late and its deadline is at risk (docs/routing.md)."""
     hedge_max_share: float = Field(0.1, ge=0, le=1)
@@ -62,6 +73,7 @@ class Settings(BaseSettings):
 
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=512)
+    """Jobs in flight per ``python -m modelreasoner.worker`` process (model calls are I/O waits)."""
     worker_simulate: bool = False
     """Run against in-process simulated targets instead of model servers (demos only)."""
     job_lease_seconds: float = Field(15.0, ge=1, le=3600)
@@ -75,11 +87,23 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     """Comma-separated list of accepted API keys (several, for rotation). Unset: no auth."""
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
-    public_url: str = Field("", description="Base URL used in status_url; empty: relative URLs")
+    """Largest request body the API reads (bytes); more is answered 413 before parsing."""
+    public_url: str = ""
+    """Base URL put in front of ``status_url`` (e.g. https://pedi.example.org); empty: relative."""
+
+    # --- telemetry ---------------------------------------------------------------------------
+    telemetry_retention_hours: float = Field(24.0, gt=0, le=24 * 366)
+    """How long telemetry pushed to POST /api/telemetry is kept (h). A sample already older is
+    dropped on arrival; stored ones are pruned in bounded batches as their target sends more."""
 
     # --- observability -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Log threshold of every process (JSON lines on stdout)."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Port on which the worker serves Prometheus metrics; unset: not served."""
+    otel_collector_url: str | None = None
+    """Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (e.g. http://otel-collector:4318);
+    spans go to ``<url>/v1/traces``. Unset (and no OTEL_EXPORTER_OTLP_ENDPOINT): no tracing."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -93,6 +117,7 @@ class Settings(BaseSettings):
         "edge_agent_url",
         "cloud_runner_url",
         "gpu_runner_url",
+        "otel_collector_url",
         mode="before",
     )
     @classmethod

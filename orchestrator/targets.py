@@ -10,6 +10,7 @@ or JSON) can override the options of those or add more; see docs/configuration.m
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import ConfigError
-from orchestrator.models import RegisteredTarget
+from orchestrator.models import JobKind, RegisteredTarget
 from orchestrator.routing.types import Target
 from orchestrator.settings import Settings
 
@@ -108,7 +109,13 @@ def load_targets_file(path: Path) -> TargetsFile:
 
 
 def configured_targets(settings: Settings) -> list[Target]:
-    """Targets from the environment and the targets file, in a stable order."""
+    """Targets from the environment and the targets file, in a stable order. Read once per
+    settings object (settings are immutable), so the file is parsed at start, not per request."""
+    return list(_configured(settings))
+
+
+@lru_cache(maxsize=8)
+def _configured(settings: Settings) -> tuple[Target, ...]:
     targets: dict[str, Target] = {}
     for name, field_name, tier, contract in ENV_TARGETS:
         url = getattr(settings, field_name)
@@ -117,7 +124,7 @@ def configured_targets(settings: Settings) -> list[Target]:
     if settings.targets_file is not None:
         for spec in load_targets_file(settings.targets_file).targets:
             targets[spec.name] = _apply_spec(targets.get(spec.name), spec, settings.targets_file)
-    return list(targets.values())
+    return tuple(targets.values())
 
 
 def _apply_spec(existing: Target | None, spec: TargetSpec, path: Path) -> Target:
@@ -156,3 +163,13 @@ def merge_targets(static: list[Target], registered: list[Target]) -> list[Target
     by_name = {t.name: t for t in static}
     by_name.update({t.name: t for t in registered})
     return list(by_name.values())
+
+
+def targets_for(kind: str, targets: list[Target]) -> list[Target]:
+    """The targets that can serve a job of ``kind``. A generic task needs the runner contract
+    (POST /run takes any task_type and payload); the inference contract (POST /infer) only
+    screens, so sending it a task would be a certain 4xx that also counts against its health.
+    A screening case can go to either contract."""
+    if kind == JobKind.TASK.value:
+        return [t for t in targets if t.contract == "run"]
+    return list(targets)

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import session_scope
+from orchestrator.routing import RedisStatsStore, Router
 from orchestrator.settings import Settings
 
 
@@ -41,6 +42,12 @@ def get_settings_dep(request: Request) -> Settings:
     return request.app.state.services.settings
 
 
+def get_router(request: Request) -> Router:
+    """A router over the stats every worker shares in Redis (cheap: no I/O until used)."""
+    return Router(RedisStatsStore(request.app.state.services.redis))
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RouterDep = Annotated[Router, Depends(get_router)]

@@ -8,6 +8,7 @@ names it. Logs are JSON from the first line.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -20,13 +21,20 @@ from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
 from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from orchestrator.db import make_engine, make_session_factory
+from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
 from orchestrator.metrics import StateCollector, register_state_collector
 from orchestrator.models import init_db
 from orchestrator.queue_rq import get_queue, make_redis
 from orchestrator.settings import Settings, get_settings
+from orchestrator.targets import configured_targets
+from orchestrator.tracing import API_SERVICE, TracingMiddleware, configure_tracing
 
 log = logging.getLogger("orchestrator.api")
+
+NO_FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+"""FastAPI's own OpenTelemetry spans record the raw path and query string (user input) and
+forward client baggage; orchestrator.tracing's server span records the route template only."""
 
 DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
 servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
@@ -78,19 +86,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
     """Build the API. ``settings`` defaults to the process-wide validated settings; ``services``
-    (engine, Redis, queue) are built from them unless given (unit tests pass fakes)."""
-    settings = services.settings if services else (settings or get_settings())
+    (engine, Redis, queue) are built from them unless given (unit tests pass fakes).
+
+    A configuration error (a bad variable, a broken TARGETS_FILE) stops the process with the
+    message and exit code 2, not a traceback."""
+    try:
+        settings = services.settings if services else (settings or get_settings())
+        configured_targets(settings)  # read and validate TARGETS_FILE once, at start
+    except ConfigError as exc:
+        print(f"api: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level)
+    configure_tracing(settings, API_SERVICE)
     app = FastAPI(
         title="pedi-orchestrator",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     app.state.services = services or build_services(settings)
     app.state.owns_services = services is None
     install_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest
     app.include_router(api_router)
     return app

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from orchestrator import audit, jobs
+from orchestrator import audit, catalogue, jobs
 from orchestrator.app.auth import ActorDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
 from orchestrator.metrics import JOBS_SUBMITTED
-from orchestrator.models import Audit, Job
+from orchestrator.models import Audit, Job, JobKind
 from orchestrator.queue_rq import enqueue_after_commit
 from orchestrator.schemas import (
     AttemptPublic,
@@ -26,6 +26,7 @@ from orchestrator.schemas import (
     JobSummary,
     StatusName,
 )
+from orchestrator.targets import TIERS
 
 ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -58,6 +59,9 @@ def submit(
     The same ``Idempotency-Key`` with the same body returns the same job (header
     ``Idempotent-Replayed: true``); with a different body it answers 409.
     """
+    if body.preferred_target not in ("auto", *TIERS):  # a target name: it must exist (rare path)
+        entries = catalogue.entries(session, services.settings)
+        catalogue.check_preference(body.preferred_target, catalogue.routable(entries, JobKind.SCREENING.value))
     submitted = jobs.submit_screening(
         session,
         body,
@@ -93,8 +97,9 @@ def list_jobs(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> JobPage:
-    """Jobs newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
-    where = jobs.JobFilter(status=status, target=target, since=since, until=until, kind=kind)
+    """Jobs newest first. Pass ``next_cursor`` back as ``cursor`` for the next page. Times
+    without a zone are taken as UTC."""
+    where = jobs.JobFilter(status=status, target=target, since=as_utc(since), until=as_utc(until), kind=kind)
     page, next_cursor = jobs.list_jobs(session, limit=limit, cursor=cursor, where=where)
     return JobPage(items=[to_summary(j) for j in page], next_cursor=next_cursor)
 
@@ -104,6 +109,10 @@ def job_events(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> list[Audi
     """The audit trail of one job, oldest first: its timeline."""
     jobs.get_job(session, job_id)
     return [to_event(row) for row in audit.trail(session, job_id)]
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def to_event(row: Audit) -> AuditPublic:

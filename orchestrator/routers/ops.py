@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from orchestrator.app.deps import ServicesDep
 from orchestrator.constants import RETRY_AFTER_SECONDS
 from orchestrator.db import ping
-from orchestrator.metrics import DB_ERRORS
+from orchestrator.metrics import DB_ERRORS, REDIS_ERRORS
 
 router = APIRouter(tags=["operations"])
 
@@ -34,6 +34,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
         services.redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:
+        REDIS_ERRORS.labels("readyz").inc()
         checks["redis"] = f"unavailable ({type(exc).__name__})"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(

@@ -147,3 +147,15 @@ def test_readiness_follows_redis(stack, redis_server):
         assert api.http.get("/healthz").status_code == 200
     finally:
         redis_server.start()
+
+
+def test_the_api_refuses_to_start_with_a_broken_targets_file(stack, tmp_path):
+    broken = tmp_path / "targets.yaml"
+    broken.write_text("targets:\n  - name: gpu-eu\n    colour: blue\n")
+    argv = python("-m", "uvicorn", "orchestrator.app.main:create_app", "--factory", "--port", "1")
+    result = subprocess.run(
+        argv, env=stack.base_env(TARGETS_FILE=str(broken)), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"TARGETS_FILE {broken}" in result.stderr and "colour" in result.stderr
+    assert "Traceback" not in result.stderr

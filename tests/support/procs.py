@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,8 @@ class ProcessFailed(RuntimeError):
 class ManagedProcess:
     """One child process in its own session, logging to ``log_path``.
 
-    ``ready_url`` is polled until it answers 200; ``ready_log`` waits for a line in the log.
+    ``ready_url`` is polled until it answers 200; ``ready_log`` waits for a line in the log;
+    ``ready_check`` is any callable that returns True once the process is ready.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class ManagedProcess:
         log_path: Path,
         ready_url: str | None = None,
         ready_log: str | None = None,
+        ready_check: Callable[[], bool] | None = None,
         ready_timeout: float = 30.0,
         cwd: Path = ROOT,
     ) -> None:
@@ -43,6 +45,7 @@ class ManagedProcess:
         self.log_path = log_path
         self.ready_url = ready_url
         self.ready_log = ready_log
+        self.ready_check = ready_check
         self.ready_timeout = ready_timeout
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
@@ -57,7 +60,8 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self, wait: bool = True) -> ManagedProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        # A fresh log per test run; a restart within the test appends to it.
+        log = open(self.log_path, "ab" if self.process is not None else "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -77,6 +81,8 @@ class ManagedProcess:
         raise ProcessFailed(f"{self.name} not ready after {self.ready_timeout} s:\n{self.tail()}")
 
     def _ready(self) -> bool:
+        if self.ready_check:
+            return self.ready_check()
         if self.ready_url:
             try:
                 return httpx.get(self.ready_url, timeout=1.0).status_code == 200

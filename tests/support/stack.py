@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from tests.support.env import ROOT, free_port
 from tests.support.procs import ManagedProcess, python
@@ -157,11 +159,19 @@ class Stack:
         label = name or f"worker-{kind}-{len(self.processes)}"
         if kind == "rq":
             argv = python("-m", "rq.cli", "worker", "pedi-screen", "--url", self.redis_url, "--name", label)
-            ready = "Listening on"
         else:
             argv = python("-m", "modelreasoner.worker", "--concurrency", str(concurrency), "--name", label)
-            ready = "Listening on"
-        return self._spawn(label, argv, self.base_env(**overrides), ready_log=ready)
+        return self._spawn(label, argv, self.base_env(**overrides), ready_check=partial(self.worker_registered, label))
+
+    def worker_registered(self, name: str) -> bool:
+        """True once RQ lists a worker called ``name`` on pedi-screen (ready to dequeue)."""
+        connection = redis.Redis.from_url(self.redis_url)
+        try:
+            return connection.sismember("rq:workers:pedi-screen", f"rq:worker:{name}")
+        except redis.RedisError:
+            return False
+        finally:
+            connection.close()
 
     def logs(self) -> str:
         return "\n".join(p.log_text() for p in self.processes)

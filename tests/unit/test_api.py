@@ -202,3 +202,19 @@ def test_metrics_are_labelled_by_route_template_never_by_id(client):
     assert 'route="/api/status/{job_id}"' in text
     assert job["job_id"] not in text
     assert "pedi_queue_depth 1.0" in text and 'pedi_jobs{status="queued"} 1.0' in text
+
+
+def test_a_registered_target_can_be_preferred_by_name(client):
+    agent = {"name": "gpu-eu", "tier": "gpu", "url": "http://gpu-eu.internal:8001", "cost_per_call_usd": 0.003}
+    assert client.post("/register_agent", json=agent).status_code == 201
+    named = client.post("/api/submit", json={"age_months": 3, "observations": "x", "preferred_target": "gpu-eu"})
+    assert named.status_code == 202
+    assert client.get(named.json()["status_url"]).json()["preferred_target"] == "gpu-eu"
+    unknown = client.post("/api/submit", json={"age_months": 3, "observations": "x", "preferred_target": "gpu-mars"})
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "preferred_target"
+
+
+def test_times_without_a_zone_are_taken_as_utc(client):
+    client.post("/api/submit", json={"age_months": 3, "observations": "x"})
+    assert len(client.get("/api/jobs", params={"since": "2000-01-01T00:00:00"}).json()["items"]) == 1
+    assert client.get("/api/jobs", params={"until": "2000-01-01T00:00:00"}).json()["items"] == []

@@ -1,0 +1,113 @@
+"""Generic task routing: any task_type and JSON payload, over the same queue and workers.
+
+Tasks go only to runner-contract targets (POST /run); see orchestrator.targets.targets_for.
+The payload is stored in Postgres only: it is never logged, and no error message echoes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from orchestrator import audit, catalogue, jobs
+from orchestrator.app.auth import ActorDep
+from orchestrator.app.deps import ServicesDep, SessionDep
+from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
+from orchestrator.errors import Forbidden, NotFound
+from orchestrator.metrics import JOBS_SUBMITTED
+from orchestrator.models import JobKind
+from orchestrator.queue_rq import enqueue_after_commit
+from orchestrator.routers.jobs import to_public
+from orchestrator.schemas import ErrorBody, TaskAccepted, TaskCreate, TaskPublic
+
+ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+router = APIRouter(tags=["tasks"], responses=ERRORS)
+
+CONSENT_REQUIRED = 'consent is required: send "consent": true to confirm the task may be processed'
+
+
+def task_url(services, task_id: uuid.UUID) -> str:
+    return f"{services.settings.public_url.rstrip('/')}/task/{task_id}"
+
+
+@router.post(
+    "/route_task",
+    status_code=202,
+    response_model=TaskAccepted,
+    responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    summary="Submit a generic task",
+)
+def route_task(
+    body: TaskCreate,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    actor: ActorDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
+    ] = None,
+) -> TaskAccepted:
+    """Store the task as a queued job of kind ``task``, then queue its id. 403 without
+    ``"consent": true``; 503 when no runner-contract target is enabled. The same
+    ``Idempotency-Key`` with the same body returns the same task; with another body, 409."""
+    if body.consent is not True:
+        raise Forbidden(CONSENT_REQUIRED)
+    earlier = jobs.replayed_task(session, body, idempotency_key) if idempotency_key else None
+    if earlier is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return TaskAccepted(task_id=earlier.id, status=earlier.status, status_url=task_url(services, earlier.id))
+    targets = catalogue.routable(catalogue.entries(session, services.settings), JobKind.TASK.value)
+    catalogue.require_task_runner(targets)
+    catalogue.check_preference(body.preferred_target, targets)
+    submitted = jobs.submit_task(
+        session,
+        body,
+        actor=actor,
+        default_sla_ms=services.settings.default_sla_ms,
+        idempotency_key=idempotency_key,
+    )
+    job = submitted.job
+    if submitted.created:
+        JOBS_SUBMITTED.labels(job.kind).inc()
+        enqueue_after_commit(services.queue, str(job.id))
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return TaskAccepted(task_id=job.id, status=job.status, status_url=task_url(services, job.id))
+
+
+@router.get("/task/{task_id}", response_model=TaskPublic, responses={404: {"model": ErrorBody}})
+def task_status(task_id: uuid.UUID, session: SessionDep, _: ActorDep) -> TaskPublic:
+    """Status, result, routing explanation, attempts, times and cost of one task."""
+    try:
+        job = jobs.get_job(session, task_id)
+    except NotFound:
+        job = None
+    if job is None or job.kind != JobKind.TASK.value:
+        raise NotFound(f"No task with id {task_id}")
+    public = to_public(job, audit.trail(session, task_id))
+    return TaskPublic(
+        task_id=job.id,
+        task_type=job.task_type,
+        **public.model_dump(
+            include={
+                "status",
+                "result",
+                "target",
+                "routing",
+                "error",
+                "error_kind",
+                "sla_ms",
+                "sla_met",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "latency_ms",
+                "total_ms",
+                "cost_usd",
+                "attempts",
+            }
+        ),
+    )

