@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -80,16 +81,28 @@ def test_one_failure_short_of_the_threshold_keeps_the_circuit_closed():
     assert stats.circuit is CircuitState.CLOSED
 
 
-def test_half_open_successes_close_the_circuit_and_a_failure_reopens_it_for_twice_as_long():
+def test_a_half_open_success_closes_the_circuit_and_a_failure_reopens_it_for_twice_as_long():
     opened = feed(TargetStats(), [fail(t * 0.01) for t in range(CFG.circuit_consecutive_failures)])
     probe_at = opened.circuit_until + 1
-    probes = [ok(80.0, probe_at + i * 0.1) for i in range(CFG.circuit_close_successes)]
-    still_testing = feed(opened, probes[:-1])
-    assert still_testing.circuit is CircuitState.HALF_OPEN
-    assert feed(opened, probes).circuit is CircuitState.CLOSED
-    reopened = observe(still_testing, fail(probe_at + 5), CFG)
+    assert observe(opened, ok(80.0, probe_at), CFG).circuit is CircuitState.CLOSED
+    reopened = observe(opened, fail(probe_at), CFG)
     assert reopened.circuit is CircuitState.OPEN
-    assert reopened.circuit_until - (probe_at + 5) == pytest.approx(2 * CFG.circuit_base_open_s)
+    assert reopened.circuit_until - probe_at == pytest.approx(2 * CFG.circuit_base_open_s)
+
+
+def test_a_circuit_can_be_made_to_need_several_half_open_successes():
+    careful = replace(CFG, circuit_close_successes=3)
+    opened = feed(TargetStats(), [fail(t * 0.01) for t in range(careful.circuit_consecutive_failures)])
+    probe_at = opened.circuit_until + 1
+    states = []
+    stats = opened
+    for i in range(3):
+        stats = observe(stats, ok(80.0, probe_at + i * 0.1), careful)
+        states.append(stats.circuit)
+    assert states == [CircuitState.HALF_OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
+    assert observe(observe(opened, ok(80.0, probe_at), careful), fail(probe_at + 1), careful).circuit is (
+        CircuitState.OPEN
+    )
 
 
 def test_closing_the_circuit_starts_learning_afresh_from_the_probes():
