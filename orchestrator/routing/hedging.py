@@ -28,7 +28,8 @@ from orchestrator.routing.types import Candidate, Decision, RouteRequest
 @dataclass(frozen=True, slots=True)
 class HedgeSpec:
     """Send a backup call to ``backup`` if the first call has not answered ``delay_s`` seconds
-    after it started. ``reason`` says why, for the audit trail."""
+    after the decision (the worker starts the first call right after it). ``reason`` says why,
+    for logs."""
 
     delay_s: float
     backup: str
