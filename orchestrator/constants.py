@@ -29,6 +29,10 @@ INFLIGHT_KEY = REDIS_PREFIX + "inflight:{target}"
 """Sorted set of in-flight call ids scored by start time (epoch s), shared by all workers."""
 INFLIGHT_STALE_SECONDS = 120.0
 """An in-flight entry older than this (s) is ignored: its worker died without removing it."""
+HEDGE_CALLS_KEY = REDIS_PREFIX + "hedge:calls"
+"""Hash of model calls started per epoch second (field), shared by all workers: the hedge budget's base."""
+HEDGE_HEDGES_KEY = REDIS_PREFIX + "hedge:hedges"
+"""Hash of hedged (backup) calls started per epoch second: at most HEDGE_MAX_SHARE of the calls."""
 RECONCILER_LOCK_KEY = REDIS_PREFIX + "reconciler:lock"
 """Held by whichever process runs a reconciliation pass, so passes never overlap."""
 

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     """Longest one model call may take (s); each call gets min(this, time left to the SLA)."""
     default_sla_ms: int = Field(2000, ge=1, le=3_600_000)
     """Latency SLA (ms) of a job submitted without ``sla_ms``."""
+    hedge_enabled: bool = True
+    """Send a backup call when a job's first call is late and its deadline is at risk (docs/routing.md)."""
+    hedge_max_share: float = Field(0.1, ge=0, le=1)
+    """Hedged calls may be at most this share of all model calls in the window, fleet-wide."""
+    hedge_window_seconds: float = Field(60.0, gt=0, le=3600)
+    """The sliding window (s) over which HEDGE_MAX_SHARE holds."""
 
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=512)

@@ -1,27 +1,36 @@
 """SLA-aware routing: pick the model server most likely to meet a job's deadline at least cost.
 
-Stable public interface (an outside harness may rely on exactly these names):
+Stable public interface (an outside harness may rely on exactly these names; new fields only
+ever get defaults):
 
 Types (frozen dataclasses, ``orchestrator.routing.types``)
     ``Target``        a model server: name, tier, url, contract, cost_per_call_usd, capacity,
                       prior_latency_ms, timeout_seconds, enabled
     ``RouteRequest``  one job: job_id, sla_ms, submitted_at (epoch s), preferred_target,
                       strict_sla, budget_usd; ``.deadline`` in epoch s
-    ``Decision``      ranked ``candidates`` (each a ``Candidate`` with its score components and a
-                      one-line ``reason``), ``sla_unmeetable``, ``run``, ``reason``;
-                      ``.chosen``, ``.call_order``, ``.to_dict()``
+    ``Decision``      ranked ``candidates`` (each a ``Candidate`` with its score components:
+                      predicted p50/p95 ms, ``p_on_time``, ``queue_wait_ms``, cost, error
+                      rate, circuit, and a one-line ``reason``), ``sla_unmeetable``, ``run``,
+                      ``reason``; ``.chosen``, ``.call_order``, ``.to_dict()``
     ``Outcome``       one call: target, ok, latency_ms, at (epoch s), error_kind, cost_usd
     ``TargetStats``   what was learned about a target; ``RoutingConfig`` the tunables
+                      (docs/routing.md explains every one); ``HedgeSpec`` a hedge to send
 
 Calls
     ``decide(request, targets, stats, now, config=DEFAULT_CONFIG, u=1.0) -> Decision``
         the pure policy: no I/O, no clock; ``u`` is the exploration draw in [0, 1)
+    ``predict_latency(target, stats, now, config) -> (p50_ms, p95_ms)``
     ``observe(stats, outcome, config) -> TargetStats`` and ``at_time(stats, now, config)``
-        the pure learning step and time decay
+        the pure learning step and time decay; ``with_telemetry(stats, at=..., ...)``
+    ``hedge_plan(decision, request, config) -> HedgeSpec | None``
+        when (``delay_s`` after the decision) and where (``backup``) to send a backup call
     ``Router(store, config, rng)`` with ``.decide(request, targets, now)``,
         ``.record(outcome)``, ``.call_started(target, now) -> call_id``, ``.call_ended(...)``,
-        ``.record_telemetry(target, at=..., latency_ms=..., utilization=..., ...)``
+        ``.record_telemetry(target, at=..., latency_ms=..., utilization=..., queue_depth=...,
+        up=...)``, ``.stats(targets, now)``
     ``InMemoryStatsStore()`` / ``RedisStatsStore(redis_connection)``: the ``StatsStore``s
+    ``HedgeBudget(max_share, window_s)`` / ``RedisHedgeBudget(redis_connection, ...)``:
+        ``.note_call(now)`` for every call, ``.try_acquire(now)`` before every hedge
 
 Example: the production router in simulated time against two synthetic targets. The cheap edge
 box is fine until it turns slow at t=60 s; within a few calls the router moves the 300 ms jobs
@@ -45,9 +54,27 @@ to the GPU, and the edge box wins them back after it recovers at t=120 s.
 >>> share = lambda lo, hi: sum(t == "edge" for at, t in chosen if lo <= at < hi) / (2 * (hi - lo))
 >>> share(0, 60) > 0.9, share(70, 120) < 0.2, share(150, 180) > 0.8
 (True, True, True)
+
+Hedging: a 300 ms job on the edge box gets a backup call to the GPU if the edge has not
+answered by its predicted p95; the shared budget admits a hedge only while hedges stay within
+10% of all calls.
+
+>>> from orchestrator.routing import HedgeBudget, hedge_plan
+>>> job = RouteRequest(job_id="h", sla_ms=300, submitted_at=180.0)
+>>> decision = router.decide(job, targets, 180.0)
+>>> plan = hedge_plan(decision, job)
+>>> decision.chosen.target, plan.backup, plan.delay_s < 0.3
+('edge', 'gpu', True)
+>>> budget = HedgeBudget(max_share=0.1)
+>>> for _ in range(9):
+...     budget.note_call(180.0)
+>>> budget.try_acquire(180.0), budget.try_acquire(180.0)   # 1 hedge in 10 calls; not 2
+(True, False)
 """
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.hedge_budget import HedgeBudget, RedisHedgeBudget
+from orchestrator.routing.hedging import HedgeSpec, hedge_plan
 from orchestrator.routing.learning import at_time, observe, with_telemetry
 from orchestrator.routing.policy import decide, predict_latency
 from orchestrator.routing.router import Router
@@ -67,8 +94,11 @@ __all__ = [
     "Candidate",
     "CircuitState",
     "Decision",
+    "HedgeBudget",
+    "HedgeSpec",
     "InMemoryStatsStore",
     "Outcome",
+    "RedisHedgeBudget",
     "RedisStatsStore",
     "RouteRequest",
     "Router",
@@ -78,6 +108,7 @@ __all__ = [
     "TargetStats",
     "at_time",
     "decide",
+    "hedge_plan",
     "observe",
     "predict_latency",
     "with_telemetry",

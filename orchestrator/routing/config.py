@@ -15,15 +15,22 @@ class RoutingConfig:
     latency_alpha: float = 0.2
     """Weight of the newest latency sample in the EWMA of ln(latency): roughly the last ten
     calls dominate, so a slowdown shows within a few calls."""
-    error_alpha: float = 0.1
-    """Weight of the newest outcome in the error-rate EWMA (about the last twenty calls)."""
+    latency_var_alpha: float = 0.05
+    """Weight of the newest sample in the EWMA of the spread of ln(latency) (about the last 40
+    calls): the spread sets the p95, and a 10-call estimate of it wobbles by +-25%."""
+    error_alpha: float = 0.02
+    """Weight of the newest outcome in the error-rate EWMA (about the last 50 calls). Slower
+    than the latency EWMA on purpose: one failure of a target that fails 1% of its calls moves
+    the estimate by 2 points, not 10, so a healthy target does not drop out of 'meets' for a
+    stray error; a 30% brownout still shows within 10-20 calls, and a dead target trips the
+    consecutive-failure breaker after five."""
     prior_sigma: float = 0.5
     """Log-space spread assumed before any observation: p95 is about 2.3x the median."""
     prior_weight: float = 3.0
     """Pseudo-observations the prior is worth; real data outweighs it after a few calls."""
     sample_cap: float = 20.0
     """Evidence never counts for more than 20 calls, so decay brings a target back to its
-    prior (and to probing) about a minute after its last call."""
+    prior (and to probing) within about a minute of its last call."""
     min_sigma: float = 0.05
     max_sigma: float = 2.0
     p95_z: float = 1.645
@@ -32,36 +39,77 @@ class RoutingConfig:
     # --- decay ------------------------------------------------------------------------------
     decay_half_life_s: float = 20.0
     """Evidence about a target halves every 20 s without new calls, and its error rate with
-    it. Full evidence (20 calls) falls below ``min_samples`` in under a minute; from then on
-    the target is probed, so one that recovered wins its traffic back within about a minute
-    of its last call even if nobody chose it meanwhile (measured: docs/routing.md)."""
+    it. Full evidence (20 calls) falls below ``min_samples`` in under a minute, so an idle
+    target drifts back to its prior and to probing (measured: docs/routing.md)."""
 
     # --- feasibility ------------------------------------------------------------------------
+    on_time_target: float = 0.90
+    """A target 'meets' the SLA when a job started on it now is predicted to succeed by the
+    deadline (failover included) with at least this probability; among those, the cheapest
+    wins. 0.9 and not 0.95: most jobs have far more than a 90% chance on their cheapest
+    target, the rest are caught by hedging and failover; in the simulator 0.95 costs ~4-6% more
+    per on-time job for ~0.1 point more attainment (measured trade-off: docs/routing.md)."""
+    queue_price_ratio: float = 5.0
+    """Queueing costs everyone behind: a job does not wait for a slot on a busy target when
+    another target that meets its SLA has a free slot at no more than 5x the price. A cheap
+    target with few slots then keeps its slots for the jobs whose only other option costs far
+    more (a 300 ms job's alternative is the GPU at 20x the edge box), instead of filling its
+    queue with jobs that could run on the cloud at 5x."""
     max_error_rate: float = 0.5
-    """A target failing more than half its calls is not counted as able to meet the SLA."""
+    """A target failing more than half its calls is never counted as able to meet the SLA."""
 
     # --- exploration ------------------------------------------------------------------------
     min_samples: float = 3.0
     """Below this much evidence a target is under-sampled and may be probed."""
     probe_share: float = 0.05
-    """At most 5% of decisions send a job to an under-sampled target first: enough to learn
-    a new target in seconds at modest load, never a flood."""
+    """At most 5% of decisions send a job to a new, stale or half-open target first: enough
+    to learn a target in seconds at modest load, never a flood."""
     probe_max_in_flight: int = 1
-    """At most one probe call in flight per under-sampled or half-open target."""
+    """At most one probe call in flight per new or stale target."""
+    probe_stale_s: float = 10.0
+    """A target nobody called for 10 s may be probed, so one that recovered is noticed within
+    seconds of its recovery rather than when its stale estimate has decayed."""
 
     # --- circuit breaker ----------------------------------------------------------------------
     circuit_consecutive_failures: int = 5
     """Open after 5 consecutive failures (Envoy outlier detection's consecutive_5xx default)."""
     circuit_error_rate: float = 0.5
     circuit_min_calls: int = 20
-    """Or open when the error-rate EWMA passes 50% once 20 calls were seen (resilience4j's
-    50% failure-rate threshold, with a smaller minimum so small deployments react too)."""
+    """Or open when the error-rate EWMA (about the last 50 calls) passes 50% once 20 calls
+    were seen (resilience4j's 50% failure-rate threshold, with a smaller minimum than its 100
+    so a fleet of a few workers reacts within seconds, not minutes)."""
     circuit_base_open_s: float = 10.0
     circuit_max_open_s: float = 300.0
     """Stay open 10 s, doubling with each re-opening up to 300 s (Envoy's max_ejection_time):
     a flapping target costs little, a dead one is asked about every five minutes."""
+    circuit_half_open_calls: int = 3
+    """A half-open circuit admits up to 3 probe calls at a time (resilience4j admits 10; our
+    targets serve a handful of calls at once, so 3 is already a real test)."""
+    circuit_close_successes: int = 1
+    """Successes in a row that close a half-open circuit; any failure while half-open re-opens
+    it for twice as long. One, as in Envoy (an ejected host simply returns): closing restarts
+    the target's learning from the probe anyway, so a still-sick target is caught again by its
+    next calls; in the simulator two made no measurable difference."""
     circuit_reset_successes: int = 20
     """After 20 consecutive successes the re-opening count resets to zero."""
+
+    # --- learning from calls still in flight -----------------------------------------------------
+    stall_detection: bool = True
+    """A call that has been running far longer than the model allows, while no call to the
+    target has ended since it started, is evidence that the target has hung or slowed down:
+    the prediction is raised until that call's age is no longer an outlier, without waiting
+    for it to time out. (If later calls have ended, the old call is a straggler and the
+    outcomes of the later ones are the evidence.)"""
+    stall_false_alarm: float = 0.001
+    """How rarely healthy calls may look stalled: the oldest of the n calls in service must
+    have outlived the model's (0.999 ** (1/n))-quantile. The check runs on every decision, so
+    a 5% level would flag a healthy, busy target a twentieth of the time; at 0.1% a hung edge
+    box (median 120 ms) is still noticed within ~0.4 s."""
+
+    # --- hedging --------------------------------------------------------------------------------
+    hedge_backup_margin: float = 1.5
+    """A deadline-bound hedge leaves its backup 1.5x the backup's predicted p95 before the
+    deadline: room for the backup's own tail and a little queueing."""
 
     # --- telemetry ------------------------------------------------------------------------------
     telemetry_ttl_s: float = 30.0

@@ -17,22 +17,32 @@ LATENCY_BEARING_ERRORS = frozenset({"timeout"})
 """Failures whose elapsed time is a (censored) latency observation: a timeout means 'at least
 this slow', which must raise the estimate of a target that has become slow."""
 NEUTRAL_ERRORS = frozenset({"cancelled"})
+SPREAD_CAP_SIGMAS = 2.5
+"""A residual counts towards the latency spread up to 2.5 current sigmas (2.5 sigma keeps 99%
+of a steady target's residuals whole, so its spread is not underestimated)."""
 """Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
+
+
+def decay_factor(stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG) -> float:
+    """How much of ``stats``' evidence (and error rate) is left at ``now``: 0.5 per half-life
+    since its last update."""
+    if not stats.updated_at or now <= stats.updated_at:
+        return 1.0
+    return 0.5 ** ((now - stats.updated_at) / config.decay_half_life_s)
 
 
 def at_time(stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG) -> TargetStats:
     """``stats`` as of ``now``: evidence decayed by the time since the last update, and an open
     circuit whose period has passed turned half-open."""
     result = stats
-    if stats.updated_at and now > stats.updated_at:
-        factor = 0.5 ** ((now - stats.updated_at) / config.decay_half_life_s)
-        if factor < 0.999:
-            result = replace(
-                result,
-                samples=result.samples * factor,
-                error_rate=result.error_rate * factor,
-                updated_at=now,
-            )
+    factor = decay_factor(stats, now, config)
+    if factor < 0.999:
+        result = replace(
+            result,
+            samples=result.samples * factor,
+            error_rate=result.error_rate * factor,
+            updated_at=now,
+        )
     if result.circuit is CircuitState.OPEN and now >= result.circuit_until:
         result = replace(result, circuit=CircuitState.HALF_OPEN)
     return result
@@ -61,26 +71,34 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
         consecutive_failures=consecutive,
         consecutive_successes=successes,
         updated_at=max(current.updated_at, outcome.at),
+        last_call_at=max(current.last_call_at, outcome.at),
     )
     return _next_circuit(updated, outcome, config)
 
 
 def _fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig) -> tuple[float, float, float]:
+    """EWMA of ln(latency) and of its spread. The spread is measured around the updated mean
+    and each residual is capped at ``SPREAD_CAP_SIGMAS`` of the current spread, so a change
+    of level (a slowdown, a recovery) moves the mean within a few calls without leaving the
+    spread inflated for the next forty."""
     x = math.log(max(latency_ms, 0.1))
     if stats.samples <= 1e-9:
         return 1.0, x, config.prior_sigma**2
-    alpha = config.latency_alpha
-    delta = x - stats.log_mean
-    mean = stats.log_mean + alpha * delta
-    var = (1 - alpha) * (stats.log_var + alpha * delta * delta)
+    mean = stats.log_mean + config.latency_alpha * (x - stats.log_mean)
+    cap = SPREAD_CAP_SIGMAS * max(math.sqrt(stats.log_var), config.min_sigma)
+    residual = min(abs(x - mean), cap)
+    beta = config.latency_var_alpha
+    var = (1 - beta) * stats.log_var + beta * residual * residual
     return min(stats.samples + 1.0, config.sample_cap), mean, var
 
 
 def _next_circuit(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> TargetStats:
     if stats.circuit is CircuitState.HALF_OPEN:
-        if outcome.ok:
-            return replace(stats, circuit=CircuitState.CLOSED, circuit_until=0.0)
-        return _open(stats, outcome.at, config)
+        if not outcome.ok:
+            return _open(stats, outcome.at, config)
+        if stats.consecutive_successes >= config.circuit_close_successes:
+            return _close(stats, outcome, config)
+        return stats
     if stats.circuit is CircuitState.OPEN:
         return stats
     if not outcome.ok and _should_open(stats, config):
@@ -104,6 +122,22 @@ def _open(stats: TargetStats, now: float, config: RoutingConfig) -> TargetStats:
         circuit_until=now + period,
         open_count=stats.open_count + 1,
         consecutive_failures=0,
+        consecutive_successes=0,
+    )
+
+
+def _close(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> TargetStats:
+    """Close a half-open circuit. What was learned before and during the failure says nothing
+    about the recovered target: start again from the probe's answer (worth one call against the
+    prior) with a clean error rate, so it wins traffic back as fast as its new answers allow."""
+    return replace(
+        stats,
+        circuit=CircuitState.CLOSED,
+        circuit_until=0.0,
+        samples=1.0,
+        log_mean=math.log(max(outcome.latency_ms, 0.1)),
+        log_var=config.prior_sigma**2,
+        error_rate=0.0,
     )
 
 

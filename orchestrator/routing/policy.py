@@ -3,12 +3,22 @@
 No I/O and no clock: ``now`` and the random draw ``u`` are arguments, so the worker, the dry-run
 endpoint, the tests and the simulator all run this exact code.
 
+Each target's latency is predicted by ``latency.model`` (re-exported here: ``predict_latency``):
+a log-normal service time plus the wait for a free slot. From that, ``p_on_time``: the
+probability that the job succeeds by its deadline if it starts here, counting the failover the
+worker makes after an error:
+P(latency <= left) x (1 - e) + e x P(the best other target answers in what is left after the
+error), where e is the target's error rate and an error is assumed to come back after the
+target's median latency.
+
 Order of concerns, for targets whose circuit admits a call:
-1. meet the deadline: predicted p95 (with a load penalty) fits the time left, error rate sane;
-2. then cost: cheapest first, within the job's budget before over it;
-3. then health: fewer errors, then lower p95.
-Targets that cannot meet the deadline follow, least bad (lowest p95 per success) first;
-targets whose circuit is open come last and are never called.
+1. meet the deadline: ``p_on_time`` at least ``on_time_target``;
+2. then cost: within the job's budget before over it; no queueing where a free target meets
+   the SLA at a modest premium (``queue_price_ratio``); cheapest first;
+3. then health: the likelier to be on time first.
+Targets that cannot meet the deadline follow, least bad (likeliest to be on time) first;
+targets whose circuit is open come last and are never called. New, stale and half-open
+targets are probed now and then with jobs that can afford it (``_probe``).
 """
 
 from __future__ import annotations
@@ -18,95 +28,176 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
-from orchestrator.routing.learning import at_time
+from orchestrator.routing.latency import Model, model, p_latency, predict_latency
+from orchestrator.routing.learning import decay_factor
 from orchestrator.routing.types import Candidate, CircuitState, Decision, RouteRequest, Target, TargetStats
 
+__all__ = ["decide", "predict_latency"]
+
 _EMPTY = TargetStats()
+_NEW, _STALE, _HALF_OPEN = "new", "stale", "half-open"
 
 
 @dataclass(slots=True)
 class _View:
+    """One target as seen for one job: the numbers behind its Candidate."""
+
     target: Target
     stats: TargetStats
+    samples: float
+    error_rate: float
+    circuit: CircuitState
+    model: Model
     p50: float
     p95: float
+    wait: float
+    p_latency: float
+    p_on_time: float
     eligible: bool
     skip_reason: str
     meets: bool
     within_budget: bool
-    probe: bool
+    queue_behind: bool
+    probe_kind: str
 
 
-def predict_latency(
-    target: Target, stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG
-) -> tuple[float, float]:
-    """Predicted (p50, p95) latency in ms of one more call to ``target`` right now.
-
-    The log-normal model blends the target's prior with observed moments by the weight of the
-    evidence, blends in fresh pushed telemetry, then scales by a queueing penalty when the calls
-    in flight (plus reported queue depth) exceed the target's capacity.
-    """
-    prior_mu = math.log(max(target.prior_latency_ms, 0.1))
-    weight = stats.samples / (stats.samples + config.prior_weight)
-    mu = weight * stats.log_mean + (1.0 - weight) * prior_mu
-    var = weight * stats.log_var + (1.0 - weight) * config.prior_sigma**2
-    fresh = stats.telemetry_at and now - stats.telemetry_at <= config.telemetry_ttl_s
-    if fresh and stats.telemetry_latency_ms:
-        tw = config.telemetry_weight
-        mu = (1.0 - tw) * mu + tw * math.log(max(stats.telemetry_latency_ms, 0.1))
-    sigma = min(max(math.sqrt(var), config.min_sigma), config.max_sigma)
-    capacity = max(target.capacity, 1)
-    waiting = stats.in_flight + 1 - capacity
-    if fresh and stats.telemetry_queue_depth:
-        waiting += stats.telemetry_queue_depth
-    factor = 1.0 + waiting / capacity if waiting > 0 else 1.0
-    if fresh and stats.telemetry_utilization is not None and stats.telemetry_utilization > 0.8:
-        factor *= 1.0 + (min(stats.telemetry_utilization, 1.0) - 0.8) * 2.5
-    median = math.exp(mu) * factor
-    return median, median * math.exp(config.p95_z * sigma)
+def _circuit(stats: TargetStats, now: float) -> CircuitState:
+    if stats.circuit is CircuitState.OPEN and now >= stats.circuit_until:
+        return CircuitState.HALF_OPEN
+    return stats.circuit
 
 
-def _eligibility(target: Target, stats: TargetStats, now: float, config: RoutingConfig) -> tuple[bool, str]:
+def _eligibility(
+    target: Target, stats: TargetStats, circuit: CircuitState, now: float, config: RoutingConfig
+) -> tuple[bool, str]:
     if not target.enabled:
         return False, "disabled"
-    if stats.circuit is CircuitState.OPEN:
+    if circuit is CircuitState.OPEN:
         return False, f"circuit open for {max(stats.circuit_until - now, 0):.0f} s more"
-    if stats.circuit is CircuitState.HALF_OPEN and stats.in_flight >= config.probe_max_in_flight:
-        return False, "circuit half-open, its probe is in flight"
+    if circuit is CircuitState.HALF_OPEN and stats.in_flight >= config.circuit_half_open_calls:
+        return False, "circuit half-open, its probes are in flight"
     fresh = stats.telemetry_at and now - stats.telemetry_at <= config.telemetry_ttl_s
     if fresh and stats.telemetry_up is False:
         return False, "reported down by telemetry"
     return True, ""
 
 
+def _probe_kind(stats: TargetStats, samples: float, circuit: CircuitState, now: float, config: RoutingConfig) -> str:
+    if circuit is CircuitState.HALF_OPEN:
+        return _HALF_OPEN
+    if stats.in_flight >= config.probe_max_in_flight:
+        return ""
+    if samples < config.min_samples:
+        return _NEW
+    if stats.last_call_at and now - stats.last_call_at > config.probe_stale_s:
+        return _STALE
+    return ""
+
+
 def _view(
-    target: Target, raw: TargetStats, request: RouteRequest, time_left: float, now: float, config: RoutingConfig
+    target: Target, stats: TargetStats, request: RouteRequest, time_left: float, now: float, config: RoutingConfig
 ) -> _View:
-    stats = at_time(raw, now, config)
-    p50, p95 = predict_latency(target, stats, now, config)
-    eligible, skip = _eligibility(target, stats, now, config)
-    meets = eligible and p95 <= time_left and stats.error_rate < config.max_error_rate
-    within = request.budget_usd is None or target.cost_per_call_usd <= request.budget_usd
-    probe = (
-        eligible
-        and (stats.samples < config.min_samples or stats.circuit is CircuitState.HALF_OPEN)
-        and stats.in_flight < config.probe_max_in_flight
+    factor = decay_factor(stats, now, config)
+    samples, error_rate = stats.samples * factor, stats.error_rate * factor
+    circuit = _circuit(stats, now)
+    m = model(target, stats, samples, now, config)
+    eligible, skip = _eligibility(target, stats, circuit, now, config)
+    p_lat = p_latency(m, time_left)
+    return _View(
+        target=target,
+        stats=stats,
+        samples=samples,
+        error_rate=error_rate,
+        circuit=circuit,
+        model=m,
+        p50=m.wait_ms + math.exp(m.mu),
+        p95=m.wait_ms + math.exp(m.mu + config.p95_z * m.sigma),
+        wait=m.wait_ms,
+        p_latency=p_lat,
+        p_on_time=p_lat * (1.0 - error_rate),
+        eligible=eligible,
+        skip_reason=skip,
+        meets=False,
+        queue_behind=False,
+        within_budget=request.budget_usd is None or target.cost_per_call_usd <= request.budget_usd,
+        probe_kind=_probe_kind(stats, samples, circuit, now, config) if eligible else "",
     )
-    return _View(target, stats, p50, p95, eligible, skip, meets, within, probe)
+
+
+def _with_failover(views: list[_View], time_left: float, config: RoutingConfig) -> None:
+    """Fill in ``p_on_time`` (counting one failover after an error), ``meets`` and
+    ``queue_behind``. The failover goes to the other eligible target likeliest to answer
+    within the full time left."""
+    best = second = None
+    for view in views:
+        if not view.eligible:
+            continue
+        if best is None or view.p_latency > best.p_latency:
+            best, second = view, best
+        elif second is None or view.p_latency > second.p_latency:
+            second = view
+    cheapest_idle = math.inf
+    for view in views:
+        if not view.eligible:
+            continue
+        error = view.error_rate
+        view.p_on_time = view.p_latency * (1.0 - error)
+        backup = second if view is best else best
+        if error > 0.0 and backup is not None:
+            after_error = p_latency(backup.model, time_left - view.p50) * (1.0 - backup.error_rate)
+            view.p_on_time += error * after_error
+        view.meets = view.p_on_time >= config.on_time_target and error <= config.max_error_rate
+        if view.meets and view.wait <= 0.0:
+            cheapest_idle = min(cheapest_idle, view.target.cost_per_call_usd)
+    for view in views:
+        if view.meets and view.wait > 0.0:
+            view.queue_behind = cheapest_idle <= config.queue_price_ratio * view.target.cost_per_call_usd
 
 
 def _rank_key(view: _View) -> tuple:
     if not view.eligible:
         return (3, 0.0, 0.0, view.target.name)
-    health = view.stats.error_rate
     if view.meets:
-        group = 0 if view.within_budget else 1
-        return (group, round(view.target.cost_per_call_usd, 9), round(health, 2), view.p95)
-    return (2, view.p95 / max(1.0 - health, 0.05), health, view.target.name)
+        return (
+            0 if view.within_budget else 1,
+            view.queue_behind,
+            view.target.cost_per_call_usd,
+            -view.p_on_time,
+            view.target.name,
+        )
+    return (2, -round(view.p_on_time, 3), view.p50, view.target.cost_per_call_usd)
 
 
 def _matches(view: _View, preferred: str) -> bool:
     return view.target.name == preferred or view.target.tier == preferred
+
+
+def _affordable_probe(view: _View, views: list[_View], request: RouteRequest, time_left: float) -> bool:
+    """A probe may only take a job that survives a failed probe: the probe target meets the SLA
+    itself, or its p95 plus the p95 of the best other target that does still fits the time left."""
+    if view.meets:
+        return True
+    if request.strict_sla:
+        return False
+    fallback = next((v for v in views if v.meets and v is not view), None)
+    return fallback is not None and view.p95 + fallback.p95 <= time_left
+
+
+def _probe(
+    views: list[_View], request: RouteRequest, time_left: float, u: float, config: RoutingConfig
+) -> _View | None:
+    """The target to probe with this job, if any: a half-open one whenever the job can afford
+    it (its circuit caps the probes in flight); a new or stale one in ``probe_share`` of jobs."""
+    half_open = [v for v in views if v.probe_kind == _HALF_OPEN]
+    for view in half_open:
+        if _affordable_probe(view, views, request, time_left):
+            return view
+    if u >= config.probe_share:
+        return None
+    probes = [v for v in views if v.probe_kind in (_NEW, _STALE) and _affordable_probe(v, views, request, time_left)]
+    if not probes:
+        return None
+    return probes[min(int(u / config.probe_share * len(probes)), len(probes) - 1)]
 
 
 def decide(
@@ -120,11 +211,13 @@ def decide(
     """Rank ``targets`` for ``request`` at time ``now`` (epoch s).
 
     ``stats`` maps target name to what has been learned (missing: nothing yet). ``u`` is a
-    uniform draw in [0, 1) that decides exploration: with probability ``probe_share`` an
-    under-sampled or half-open target whose prediction fits the SLA is tried first.
+    uniform draw in [0, 1) that decides exploration: with probability ``probe_share`` a new or
+    stale target is tried first, if the job can afford a failed probe. Half-open targets are
+    probed by any job that can afford it, a few calls at a time.
     """
     time_left = (request.deadline - now) * 1000.0
     views = [_view(t, stats.get(t.name, _EMPTY), request, time_left, now, config) for t in targets]
+    _with_failover(views, time_left, config)
     views.sort(key=_rank_key)
     hints: dict[str, object] = {}
     if request.preferred_target not in ("auto", ""):
@@ -132,12 +225,13 @@ def decide(
         if preferred:
             views = preferred + [v for v in views if v not in preferred]
             hints["preferred"] = preferred[0].target.name
-    elif u < config.probe_share:
-        probes = [v for v in views if v.probe and (v.meets or not request.strict_sla)]
-        if probes:
-            pick = probes[min(int(u / config.probe_share * len(probes)), len(probes) - 1)]
+    else:
+        pick = _probe(views, request, time_left, u, config)
+        # A half-open target's every call is a probe; a new or stale one is only if moved up.
+        if pick is not None and (pick is not views[0] or pick.probe_kind == _HALF_OPEN):
             views = [pick] + [v for v in views if v is not pick]
             hints["probe"] = pick.target.name
+            hints["probe_kind"] = pick.probe_kind
     eligible = [v for v in views if v.eligible]
     unmeetable = not any(v.meets for v in eligible)
     run = bool(eligible) and not (request.strict_sla and unmeetable)
@@ -167,11 +261,13 @@ def _candidate(rank: int, view: _View, request: RouteRequest, time_left: float, 
         predicted_p95_ms=view.p95,
         time_left_ms=time_left,
         cost_usd=view.target.cost_per_call_usd,
-        error_rate=view.stats.error_rate,
-        circuit=view.stats.circuit.value,
+        error_rate=view.error_rate,
+        circuit=view.circuit.value,
         in_flight=view.stats.in_flight,
         probe=hints.get("probe") == view.target.name,
         reason=_candidate_reason(view, request, time_left, hints),
+        p_on_time=view.p_on_time,
+        queue_wait_ms=view.wait,
     )
 
 
@@ -179,22 +275,31 @@ def _candidate_reason(view: _View, request: RouteRequest, time_left: float, hint
     name, cost = view.target.name, view.target.cost_per_call_usd
     if not view.eligible:
         return f"{name}: {view.skip_reason}; skipped"
-    sla = f"{request.sla_ms:.0f} ms SLA"
+    sla, left = f"{request.sla_ms:.0f} ms SLA", max(time_left, 0.0)
+    chance = f"{view.p_on_time:.1%} on time"
     if view.meets:
-        text = f"{name}: p95 {view.p95:.0f} ms fits the {sla} ({max(time_left, 0):.0f} ms left); ${cost:.4f}/call"
-    elif view.stats.error_rate >= 0.5 and view.p95 <= time_left:
-        text = f"{name}: error rate {view.stats.error_rate:.0%} too high for the {sla}; ${cost:.4f}/call"
+        text = f"{name}: p95 {view.p95:.0f} ms fits the {sla} ({left:.0f} ms left), {chance}; ${cost:.4f}/call"
+    elif view.error_rate > 0.05 and view.p95 <= time_left:
+        text = f"{name}: error rate {view.error_rate:.0%} too high for the {sla}, {chance}; ${cost:.4f}/call"
     else:
-        text = (
-            f"{name}: p95 {view.p95:.0f} ms exceeds the {max(time_left, 0):.0f} ms left of the {sla}; ${cost:.4f}/call"
-        )
+        text = f"{name}: p95 {view.p95:.0f} ms exceeds the {left:.0f} ms left of the {sla}, {chance}; ${cost:.4f}/call"
+    if view.wait >= 1.0:
+        text += f"; ~{view.wait:.0f} ms queue ({view.stats.in_flight} in flight)"
     if not view.within_budget:
         text += f"; over the ${request.budget_usd:.4f} budget"
     if hints.get("preferred") == name:
         text += "; preferred by the submitter"
     if hints.get("probe") == name:
-        text += "; probing (little evidence yet)"
+        text += f"; probing ({_PROBE_WHY[view.probe_kind]})"
     return text
+
+
+_PROBE_WHY = {
+    _NEW: "little evidence yet",
+    _STALE: "not called recently",
+    _HALF_OPEN: "circuit half-open",
+    "": "exploration",
+}
 
 
 def _decision_reason(
@@ -204,14 +309,17 @@ def _decision_reason(
         return "no_eligible_target: every target is disabled, down or has its circuit open"
     first = eligible[0].target.name
     if unmeetable:
-        gap = f"no target's predicted p95 fits the {max(time_left, 0):.0f} ms left of the {request.sla_ms:.0f} ms SLA"
+        gap = (
+            f"no target is likely enough to answer in the {max(time_left, 0):.0f} ms left "
+            f"of the {request.sla_ms:.0f} ms SLA"
+        )
         if not run:
             return f"sla_unmeetable: {gap}; strict SLA requested, so the job is not run"
         return f"sla_unmeetable: {gap}; running on the least-bad target {first}"
     if "preferred" in hints:
         return f"{first} chosen: preferred by the submitter"
     if "probe" in hints:
-        return f"{first} chosen: exploration probe of a target with little evidence"
+        return f"{first} chosen: probe of a target that is {_PROBE_WHY[str(hints['probe_kind'])]}"
     if hints.get("over_budget"):
-        return f"{first} chosen: cheapest target that fits the SLA, over the job's budget (none within it fits)"
-    return f"{first} chosen: cheapest target whose predicted p95 fits the SLA"
+        return f"{first} chosen: cheapest target likely on time, over the job's budget (none within it is)"
+    return f"{first} chosen: cheapest target likely to answer on time"

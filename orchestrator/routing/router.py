@@ -39,8 +39,22 @@ class Router:
         """Fold one call's outcome into the shared stats (latency, errors, circuit)."""
         return self.store.update(outcome.target, partial(learning.observe, outcome=outcome, config=self.config))
 
-    def record_telemetry(self, target: str, *, at: float, **sample: float | int | bool | None) -> TargetStats:
-        """Blend one normalized telemetry sample (ms, 0-1, count, up) into ``target``'s stats."""
+    def record_telemetry(
+        self,
+        target: str,
+        *,
+        at: float,
+        latency_ms: float | None = None,
+        utilization: float | None = None,
+        queue_depth: int | None = None,
+        up: bool | None = None,
+    ) -> TargetStats:
+        """Blend one normalized telemetry sample into ``target``'s stats: latency in ms,
+        utilization 0-1, queue depth (requests waiting), up/down; ``at`` is epoch s. Fields
+        left None keep their last value. Fresh telemetry (``telemetry_ttl_s``) moves the
+        predicted median (``telemetry_weight``), counts busy slots and queued requests into the
+        queue wait, and a target reported down is not called."""
+        sample = {"latency_ms": latency_ms, "utilization": utilization, "queue_depth": queue_depth, "up": up}
         return self.store.update(target, partial(learning.with_telemetry, at=at, **sample))
 
     def call_started(self, target: str, now: float) -> str:

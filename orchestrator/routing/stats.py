@@ -20,15 +20,25 @@ from orchestrator.routing.types import TargetStats
 
 Update = Callable[[TargetStats], TargetStats]
 
+_NEVER = TargetStats()
+
 REDIS_UPDATE_RETRIES = 50
 """Optimistic-transaction retries before giving up on one stats update (contention is brief)."""
+
+
+def _stored(stats: TargetStats) -> TargetStats:
+    """``stats`` without the fields a snapshot fills in from the calls in flight."""
+    if stats.in_flight or stats.oldest_in_flight_at:
+        return replace(stats, in_flight=0, oldest_in_flight_at=0.0)
+    return stats
 
 
 class StatsStore(Protocol):
     """Shared, atomic storage of per-target statistics and in-flight calls."""
 
     def snapshot(self, names: Iterable[str], now: float) -> dict[str, TargetStats]:
-        """Current stats of each named target, with ``in_flight`` filled in."""
+        """Current stats of each named target, with ``in_flight`` and ``oldest_in_flight_at``
+        filled in."""
         ...
 
     def update(self, name: str, fn: Update) -> TargetStats:
@@ -52,14 +62,20 @@ class InMemoryStatsStore:
         with self._lock:
             result = {}
             for name in names:
-                calls = self._inflight.get(name, {})
-                live = sum(1 for started in calls.values() if now - started < INFLIGHT_STALE_SECONDS)
-                result[name] = replace(self._stats.get(name, TargetStats()), in_flight=live)
+                live = [
+                    started
+                    for started in self._inflight.get(name, {}).values()
+                    if now - started < INFLIGHT_STALE_SECONDS
+                ]
+                stats = self._stats.get(name, _NEVER)
+                if live:
+                    stats = replace(stats, in_flight=len(live), oldest_in_flight_at=min(live))
+                result[name] = stats
             return result
 
     def update(self, name: str, fn: Update) -> TargetStats:
         with self._lock:
-            new = replace(fn(self._stats.get(name, TargetStats())), in_flight=0)
+            new = _stored(fn(self._stats.get(name, _NEVER)))
             self._stats[name] = new
             return new
 
@@ -85,16 +101,19 @@ class RedisStatsStore:
 
     def snapshot(self, names: Iterable[str], now: float) -> dict[str, TargetStats]:
         names = list(names)
+        since = now - INFLIGHT_STALE_SECONDS
         with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
+                key = INFLIGHT_KEY.format(target=name)
                 pipe.get(STATS_KEY.format(target=name))
-                pipe.zcount(INFLIGHT_KEY.format(target=name), now - INFLIGHT_STALE_SECONDS, "+inf")
+                pipe.zcount(key, since, "+inf")
+                pipe.zrangebyscore(key, since, "+inf", start=0, num=1, withscores=True)
             raw = pipe.execute()
         result = {}
         for index, name in enumerate(names):
-            blob, live = raw[2 * index], raw[2 * index + 1]
+            blob, live, oldest = raw[3 * index : 3 * index + 3]
             stats = TargetStats.from_dict(json.loads(blob)) if blob else TargetStats()
-            result[name] = replace(stats, in_flight=int(live))
+            result[name] = replace(stats, in_flight=int(live), oldest_in_flight_at=oldest[0][1] if oldest else 0.0)
         return result
 
     def update(self, name: str, fn: Update) -> TargetStats:
@@ -105,7 +124,7 @@ class RedisStatsStore:
                     pipe.watch(key)
                     blob = pipe.get(key)
                     current = TargetStats.from_dict(json.loads(blob)) if blob else TargetStats()
-                    new = replace(fn(current), in_flight=0)
+                    new = _stored(fn(current))
                     pipe.multi()
                     pipe.set(key, json.dumps(new.to_dict()))
                     pipe.execute()

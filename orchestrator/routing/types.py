@@ -60,8 +60,10 @@ class TargetStats:
 
     Latency is modelled as log-normal: ``log_mean``/``log_var`` are exponentially weighted
     moments of ln(latency in ms) over observed calls. ``samples`` is a decayed count of those
-    observations (the weight of the evidence against the target's prior). ``in_flight`` is
-    filled in by the store when a snapshot is taken; it is not persisted with the rest.
+    observations (the weight of the evidence against the target's prior). ``last_call_at`` is
+    when the last call to it ended (epoch s; 0: never). ``in_flight`` and ``oldest_in_flight_at``
+    (start of the oldest call still running, epoch s; 0: none) are filled in by the store when a
+    snapshot is taken; they are not persisted with the rest.
     """
 
     samples: float = 0.0
@@ -82,6 +84,8 @@ class TargetStats:
     telemetry_up: bool | None = None
     telemetry_at: float = 0.0
     in_flight: int = 0
+    last_call_at: float = 0.0
+    oldest_in_flight_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -120,7 +124,10 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One target as the policy saw it for one job, with the components of its score."""
+    """One target as the policy saw it for one job, with the components of its score.
+
+    ``meets_sla``: eligible and ``p_on_time`` at least the configured on-time target. ``probe``:
+    sent first to learn about it (new, stale or half-open), not because it ranked first."""
 
     target: str
     tier: str
@@ -137,20 +144,26 @@ class Candidate:
     in_flight: int
     probe: bool
     reason: str
+    p_on_time: float = 1.0
+    """Predicted probability that a call started now succeeds by the deadline:
+    P(latency <= time left) x (1 - error rate)."""
+    queue_wait_ms: float = 0.0
+    """Predicted wait for a free slot (ms), from the calls in flight against the capacity."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("predicted_p50_ms", "predicted_p95_ms", "time_left_ms"):
+        for key in ("predicted_p50_ms", "predicted_p95_ms", "time_left_ms", "queue_wait_ms"):
             data[key] = round(data[key], 1)
         data["error_rate"] = round(data["error_rate"], 4)
+        data["p_on_time"] = round(data["p_on_time"], 4)
         return data
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The ranked answer for one job. ``candidates[0]`` is the first choice; the worker fails
-    over down the list of eligible candidates. ``sla_unmeetable`` says no eligible target's
-    predicted p95 fits the time left; ``run`` is False when the job asked for a strict SLA
+    over down the list of eligible candidates. ``sla_unmeetable`` says no eligible target is
+    likely enough to answer in the time left (none ``meets_sla``); ``run`` is False when the job asked for a strict SLA
     and it is unmeetable (or nothing is eligible), so the job must fail fast with ``reason``."""
 
     job_id: str

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from orchestrator.routing import DEFAULT_CONFIG, CircuitState, Outcome, TargetStats, at_time, observe
 
 CFG = DEFAULT_CONFIG
+DEFAULT_ON_TIME = CFG.on_time_target
 
 
 def feed(stats: TargetStats, outcomes: list[Outcome]) -> TargetStats:
@@ -36,6 +38,13 @@ def test_a_slowdown_shows_within_a_few_calls():
     stats = feed(TargetStats(), [ok(100.0, t * 0.1) for t in range(30)])
     slowed = feed(stats, [ok(1000.0, 3.0 + t * 0.1) for t in range(5)])
     assert math.exp(slowed.log_mean) > 400
+
+
+def test_a_stray_error_of_a_healthy_target_moves_its_error_rate_by_little():
+    healthy = feed(TargetStats(), [ok(100.0, t * 0.1) for t in range(50)])
+    after = observe(healthy, fail(5.1), CFG)
+    assert after.error_rate == pytest.approx(CFG.error_alpha)
+    assert after.error_rate < 1 - DEFAULT_ON_TIME
 
 
 def test_a_timeout_counts_as_a_slow_observation_but_a_refused_connection_does_not():
@@ -72,14 +81,44 @@ def test_one_failure_short_of_the_threshold_keeps_the_circuit_closed():
     assert stats.circuit is CircuitState.CLOSED
 
 
-def test_a_half_open_success_closes_and_a_failure_reopens_for_twice_as_long():
+def test_a_half_open_success_closes_the_circuit_and_a_failure_reopens_it_for_twice_as_long():
     opened = feed(TargetStats(), [fail(t * 0.01) for t in range(CFG.circuit_consecutive_failures)])
     probe_at = opened.circuit_until + 1
-    closed = observe(opened, ok(80.0, probe_at), CFG)
-    assert closed.circuit is CircuitState.CLOSED
+    assert observe(opened, ok(80.0, probe_at), CFG).circuit is CircuitState.CLOSED
     reopened = observe(opened, fail(probe_at), CFG)
     assert reopened.circuit is CircuitState.OPEN
     assert reopened.circuit_until - probe_at == pytest.approx(2 * CFG.circuit_base_open_s)
+
+
+def test_a_circuit_can_be_made_to_need_several_half_open_successes():
+    careful = replace(CFG, circuit_close_successes=3)
+    opened = feed(TargetStats(), [fail(t * 0.01) for t in range(careful.circuit_consecutive_failures)])
+    probe_at = opened.circuit_until + 1
+    states = []
+    stats = opened
+    for i in range(3):
+        stats = observe(stats, ok(80.0, probe_at + i * 0.1), careful)
+        states.append(stats.circuit)
+    assert states == [CircuitState.HALF_OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
+    assert observe(observe(opened, ok(80.0, probe_at), careful), fail(probe_at + 1), careful).circuit is (
+        CircuitState.OPEN
+    )
+
+
+def test_closing_the_circuit_starts_learning_afresh_from_the_probes():
+    slow_then_dead = feed(TargetStats(), [ok(2000.0, t * 0.1) for t in range(20)])
+    opened = feed(slow_then_dead, [fail(2.0 + t * 0.01) for t in range(CFG.circuit_consecutive_failures)])
+    probe_at = opened.circuit_until + 1
+    closed = feed(opened, [ok(90.0, probe_at + i * 0.1) for i in range(CFG.circuit_close_successes)])
+    assert closed.circuit is CircuitState.CLOSED
+    assert closed.error_rate == 0.0 and closed.samples <= 1.0
+    assert math.exp(closed.log_mean) == pytest.approx(90.0, rel=0.01)
+
+
+def test_every_outcome_that_teaches_something_marks_when_the_target_was_last_called():
+    stats = feed(TargetStats(), [ok(100.0, 5.0), fail(7.5)])
+    assert stats.last_call_at == 7.5
+    assert observe(stats, Outcome("t", False, 10.0, 9.0, "cancelled"), CFG).last_call_at == 7.5
 
 
 def test_the_open_period_is_capped():
@@ -90,7 +129,7 @@ def test_the_open_period_is_capped():
 
 def test_an_error_rate_over_the_threshold_opens_the_circuit_without_consecutive_failures():
     # two failures in every three calls: never five in a row, but a 67% error rate
-    outcomes = [fail(t * 0.01) if t % 3 else ok(50.0, t * 0.01) for t in range(40)]
+    outcomes = [fail(t * 0.01) if t % 3 else ok(50.0, t * 0.01) for t in range(150)]
     stats = feed(TargetStats(), outcomes)
     assert max_consecutive_failures(outcomes) < CFG.circuit_consecutive_failures
     assert stats.open_count >= 1

@@ -90,12 +90,16 @@ def test_an_open_circuit_is_skipped_and_listed_last():
     assert decision.candidates[-1].reason == "edge: circuit open for 30 s more; skipped"
 
 
-def test_a_half_open_circuit_admits_one_probe_at_a_time():
+def test_a_half_open_circuit_admits_a_few_probes_at_a_time():
     half = TargetStats(circuit=CircuitState.HALF_OPEN, samples=10, log_mean=4.0, log_var=0.01)
-    idle = decide(job(), [EDGE, GPU], {"edge": half, "gpu": learned(50)}, NOW)
-    busy = decide(job(), [EDGE, GPU], {"edge": replace(half, in_flight=1), "gpu": learned(50)}, NOW)
-    assert any(c.target == "edge" and c.eligible for c in idle.candidates)
-    assert all(c.target != "edge" for c in busy.call_order)
+    limit = DEFAULT_CONFIG.circuit_half_open_calls
+    stats = {"gpu": learned(50)}
+    below = decide(job(), [EDGE, GPU], {**stats, "edge": replace(half, in_flight=limit - 1)}, NOW)
+    full = decide(job(), [EDGE, GPU], {**stats, "edge": replace(half, in_flight=limit)}, NOW)
+    assert below.candidates[0].target == "edge" and below.candidates[0].probe
+    assert "circuit half-open" in below.candidates[0].reason
+    assert all(c.target != "edge" for c in full.call_order)
+    assert "its probes are in flight" in full.candidates[-1].reason
 
 
 def test_nothing_eligible_means_no_run():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -31,17 +33,25 @@ GPU = Target("gpu", "gpu", url="http://gpu", cost_per_call_usd=0.004, prior_late
 
 @dataclass
 class ScriptedClient:
-    """Answers per target from a script: an exception instance to raise, or a result dict."""
+    """Answers per target from a script: an exception instance to raise, or a result dict.
+    ``delays`` (s) make a target slow: it answers after that long, or times out at the call's
+    timeout if that comes first."""
 
     script: dict[str, list] = field(default_factory=dict)
     calls: list[tuple[str, float]] = field(default_factory=list)
+    delays: dict[str, float] = field(default_factory=dict)
 
     def call(self, target: Target, job: CallInput, timeout_s: float) -> CallResult:
         self.calls.append((target.name, timeout_s))
         outcome = self.script.get(target.name, [ANSWER]).pop(0) if self.script.get(target.name) else ANSWER
+        delay = self.delays.get(target.name, 0.0)
+        if delay:
+            time.sleep(min(delay, timeout_s))
+            if delay > timeout_s:
+                raise ModelCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms")
         if isinstance(outcome, BaseException):
             raise outcome
-        return CallResult(result=outcome, latency_ms=5.0, cost_usd=target.cost_per_call_usd)
+        return CallResult(result=outcome, latency_ms=delay * 1000.0 or 5.0, cost_usd=target.cost_per_call_usd)
 
 
 def make_runtime(engine, fake_redis, client, targets=(EDGE, GPU), **env) -> Runtime:
@@ -170,3 +180,76 @@ def test_the_first_terminal_write_wins(sqlite_engine):
         assert not jobs.finish(session, job_id, JobStatus.FAILED, actor="b", now=now + timedelta(seconds=1))
     job, trail = load(sqlite_engine, job_id)
     assert job.status == "completed" and [a.event for a in trail].count("failed") == 0
+
+
+def attempts_of(trail: list[Audit]) -> list[tuple[str, str, bool]]:
+    return [(a.target, a.outcome, a.details["hedge"]) for a in trail if a.event == "attempt"]
+
+
+def hedges_sent(target: str) -> float:
+    return REGISTRY.get_sample_value("pedi_hedges_total", {"target": target}) or 0.0
+
+
+def test_a_late_first_call_is_hedged_and_the_first_success_wins(sqlite_engine, fake_redis):
+    client = ScriptedClient(delays={"edge": 3.0})
+    runtime = make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5)
+    job_id = submit(sqlite_engine, sla_ms=800)
+    before = hedges_sent("gpu")
+    started = time.monotonic()
+    execute(runtime, job_id)
+    took = time.monotonic() - started
+    job, trail = load(sqlite_engine, job_id)
+    assert job.status == "completed" and job.target == "gpu" and job.sla_met
+    assert took < 1.0  # did not wait for the slow edge call
+    assert attempts_of(trail) == [("edge", "cancelled", False), ("gpu", "ok", True)]
+    assert job.attempts == 2 and job.cost_usd == pytest.approx(0.0002 + 0.004)
+    assert hedges_sent("gpu") == before + 1
+    assert "lost the hedge race" in next(a for a in trail if a.outcome == "cancelled").details["error"]
+
+
+def test_the_abandoned_call_still_teaches_the_router_when_it_ends(sqlite_engine, fake_redis):
+    client = ScriptedClient(delays={"edge": 3.0})
+    runtime = make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5)
+    execute(runtime, submit(sqlite_engine, sla_ms=800))
+    deadline = time.monotonic() + 5
+    while runtime.router.stats([EDGE], time.time())["edge"].calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    edge = runtime.router.stats([EDGE], time.time())["edge"]
+    assert edge.calls == 1 and edge.failures == 1 and edge.in_flight == 0  # its real outcome: a timeout
+
+
+def test_when_the_backup_fails_the_first_call_can_still_win(sqlite_engine, fake_redis):
+    # a backup whose prior p95 is ~700 ms is hedged to ~1 s before the deadline
+    slow_gpu = Target("gpu", "gpu", url="http://gpu", cost_per_call_usd=0.004, prior_latency_ms=300)
+    client = ScriptedClient({"gpu": [ModelCallError("http_5xx", "HTTP 503")]}, delays={"edge": 1.4})
+    runtime = make_runtime(sqlite_engine, fake_redis, client, targets=(EDGE, slow_gpu), hedge_max_share=0.5)
+    job_id = submit(sqlite_engine, sla_ms=2000)
+    execute(runtime, job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert job.status == "completed" and job.target == "edge"
+    assert attempts_of(trail) == [("gpu", "http_5xx", True), ("edge", "ok", False)]
+
+
+def test_the_hedge_budget_caps_backup_calls(sqlite_engine, fake_redis):
+    """Six workers (each its own router, so each still trusts the slow edge box) share one
+    budget through Redis: a quarter of all calls may be hedges."""
+    client = ScriptedClient(delays={"edge": 0.8})
+    jobs = []
+    for _ in range(6):
+        jobs.append(submit(sqlite_engine, sla_ms=400))
+        execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.25), jobs[-1])
+    trails = [load(sqlite_engine, j)[1] for j in jobs]
+    hedges = sum(a.details["hedge"] for t in trails for a in t if a.event == "attempt")
+    calls = len(client.calls)
+    assert 1 <= hedges <= 0.25 * calls
+    assert hedges < len(jobs)  # without the cap every job would have been hedged
+
+
+def test_with_hedging_off_a_late_call_is_waited_for(sqlite_engine, fake_redis):
+    client = ScriptedClient(delays={"edge": 0.3})
+    runtime = make_runtime(sqlite_engine, fake_redis, client, hedge_enabled=False, hedge_max_share=1.0)
+    job_id = submit(sqlite_engine, sla_ms=600)
+    execute(runtime, job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert job.target == "edge" and [name for name, _ in client.calls] == ["edge"]
+    assert attempts_of(trail) == [("edge", "ok", False)]

@@ -1,0 +1,99 @@
+"""The latency model: what one more call to a target will take, as a probability distribution.
+
+Service time is log-normal: its ln-ms mean and spread blend the target's prior with what was
+learned (by the weight of the evidence) and with fresh pushed telemetry. Before it, a queue
+wait: calls in flight beyond the target's capacity drain at capacity / mean service time.
+A call that has been running implausibly long, while none has ended since it began, raises
+the estimate at once (stall detection). Pure functions; ``policy`` builds on them.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import NamedTuple
+
+from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.learning import decay_factor
+from orchestrator.routing.types import Target, TargetStats
+
+_SQRT2 = math.sqrt(2.0)
+
+
+class Model(NamedTuple):
+    """Service time ~ log-normal(mu, sigma) in ln-ms, after a queue wait in ms."""
+
+    mu: float
+    sigma: float
+    wait_ms: float
+
+
+def model(target: Target, stats: TargetStats, samples: float, now: float, config: RoutingConfig) -> Model:
+    """Log-normal service time (ln-ms mean and sigma) and the expected wait for a slot (ms)."""
+    prior_mu = math.log(max(target.prior_latency_ms, 0.1))
+    weight = samples / (samples + config.prior_weight)
+    mu = weight * stats.log_mean + (1.0 - weight) * prior_mu
+    var = weight * stats.log_var + (1.0 - weight) * config.prior_sigma**2
+    fresh = stats.telemetry_at and now - stats.telemetry_at <= config.telemetry_ttl_s
+    if fresh and stats.telemetry_latency_ms:
+        tw = config.telemetry_weight
+        mu = (1.0 - tw) * mu + tw * math.log(max(stats.telemetry_latency_ms, 0.1))
+    sigma = min(max(math.sqrt(var), config.min_sigma), config.max_sigma)
+    capacity = max(target.capacity, 1)
+    busy = float(stats.in_flight)
+    if fresh and stats.telemetry_utilization is not None:
+        busy = max(busy, stats.telemetry_utilization * capacity)
+    if fresh and stats.telemetry_queue_depth:
+        busy += stats.telemetry_queue_depth
+    ahead = busy + 1.0 - capacity
+    # FIFO with `capacity` slots: each earlier departure frees a slot after mean_service/capacity.
+    wait = ahead * math.exp(mu + sigma * sigma / 2.0) / capacity if ahead > 0 else 0.0
+    # A call still running while none has ended since it began: the target may have stalled.
+    # (If later calls have come back, the old one is a straggler, and they are the evidence.)
+    if config.stall_detection and stats.oldest_in_flight_at and stats.last_call_at <= stats.oldest_in_flight_at:
+        age_ms = (now - stats.oldest_in_flight_at) * 1000.0
+        mu = _stalled_mu(mu, sigma, wait, age_ms, min(stats.in_flight, capacity), config.stall_false_alarm)
+    return Model(mu, sigma, wait)
+
+
+def _stalled_mu(mu: float, sigma: float, wait: float, age_ms: float, in_service: int, false_alarm: float) -> float:
+    """``mu`` raised if the oldest call in flight is older than it should be.
+
+    Of ``n`` healthy calls in service, the oldest outlives the model's
+    ((1 - false_alarm) ** (1/n))-quantile only with probability ``false_alarm``, so one slow
+    call among many is no alarm. If it has, the service time is scaled up until that quantile
+    equals its age (less the queue wait it may have had).
+    """
+    z = _max_of_n_z(max(in_service, 1), false_alarm)
+    if age_ms <= wait + math.exp(mu + z * sigma):
+        return mu
+    return math.log(age_ms - wait) - z * sigma
+
+
+_MAX_OF_N_Z: dict[tuple[int, float], float] = {}
+
+
+def _max_of_n_z(n: int, false_alarm: float) -> float:
+    """z such that the largest of ``n`` standard normals exceeds it with probability ``false_alarm``."""
+    z = _MAX_OF_N_Z.get((n, false_alarm))
+    if z is None:
+        z = _MAX_OF_N_Z[(n, false_alarm)] = NormalDist().inv_cdf((1.0 - false_alarm) ** (1.0 / n))
+    return z
+
+
+def predict_latency(
+    target: Target, stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG
+) -> tuple[float, float]:
+    """Predicted (p50, p95) latency in ms of one more call to ``target`` right now: the learned
+    service time (blended with the prior and fresh telemetry) plus the expected queue wait."""
+    samples = stats.samples * decay_factor(stats, now, config)
+    m = model(target, stats, samples, now, config)
+    return m.wait_ms + math.exp(m.mu), m.wait_ms + math.exp(m.mu + config.p95_z * m.sigma)
+
+
+def p_latency(m: Model, time_left_ms: float) -> float:
+    """P(latency <= time left) under the model."""
+    room = time_left_ms - m.wait_ms
+    if room <= 0.0:
+        return 0.0
+    return 0.5 * math.erfc(-(math.log(room) - m.mu) / (m.sigma * _SQRT2))
