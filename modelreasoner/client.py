@@ -114,6 +114,9 @@ class ModelClient:
             with self._http.stream("POST", url, json=body, timeout=timeout, headers=span.headers) as response:
                 span.response(response.status_code)
                 raw = self._read_capped(response, timeout_s, started)
+        except httpx.ConnectTimeout:
+            # Nothing accepted the connection: the target is unreachable, not slow.
+            raise ModelCallError("connect_error", "could not connect in time (unreachable)") from None
         except httpx.TimeoutException:
             raise ModelCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms") from None
         except httpx.ConnectError:

@@ -12,12 +12,14 @@ over HEDGE_WINDOW_SECONDS)."""
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
 import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -30,7 +32,7 @@ from orchestrator.constants import MIN_CALL_TIMEOUT_SECONDS
 from orchestrator.db import session_scope
 from orchestrator.errors import ModelCallError
 from orchestrator.metrics import FAILOVERS, HEDGES, MODEL_CALL_DURATION, ROUTING_DECISIONS
-from orchestrator.models import Job, JobStatus
+from orchestrator.models import Job, JobKind, JobStatus
 from orchestrator.routing import (
     Candidate,
     Decision,
@@ -66,6 +68,9 @@ class Attempt:
     result: CallResult | None = None
     hedge: bool = False
     """This call was the backup of a hedged job."""
+    ended_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When the call ended (or was abandoned): the time of its audit row, so a timeline lists
+    attempts before the terminal event they led to."""
 
 
 @dataclass
@@ -114,7 +119,11 @@ def call_timeout(rt: Runtime, target: Target, request: RouteRequest, now: float)
 def run(rt: Runtime, job: Job) -> Terminal:
     """Route and execute ``job`` (already claimed by this worker)."""
     targets = targets_for(job.kind, rt.targets())
+    if not targets:  # maybe registered since the cached catalogue was read: look once more
+        targets = targets_for(job.kind, rt.targets(refresh=True))
     if not targets:
+        if job.kind == JobKind.TASK.value:
+            return failed("no_targets", "no runner-contract target (POST /run) is configured for tasks")
         return failed("no_targets", "no model server is configured")
     request = route_request(job)
     decision = rt.router.decide(request, targets, time.time())
@@ -214,16 +223,19 @@ def hedged_call(
             finished.append(future.result())
         winner = next((a for a in finished if a.ok), None)
         if winner is not None:
-            losers = [_abandoned(*running_call) for running_call in running.values()]
+            losers = [_abandoned(*running_call, at=winner.ended_at) for running_call in running.values()]
             return [a for a in finished if a is not winner] + losers + [winner]
     return finished
 
 
-def _abandoned(target: Target, hedge: bool, started: float) -> Attempt:
-    """The audit record of a call still running when the other call of its job won."""
+def _abandoned(target: Target, hedge: bool, started: float, *, at: datetime) -> Attempt:
+    """The audit record of a call still running when the other call of its job won at ``at``
+    (its row takes that time: it was abandoned the moment the winner answered)."""
     elapsed = (time.perf_counter() - started) * 1000.0
     message = "lost the hedge race; left to finish on its own"
-    return Attempt(target.name, False, elapsed, ABANDONED, message, cost_usd=target.cost_per_call_usd, hedge=hedge)
+    return Attempt(
+        target.name, False, elapsed, ABANDONED, message, cost_usd=target.cost_per_call_usd, hedge=hedge, ended_at=at
+    )
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -238,7 +250,8 @@ def _submit(fn, *args) -> Future:
         pool = _pools.get(pid)
         if pool is None:
             pool = _pools[pid] = ThreadPoolExecutor(CALL_POOL_MAX_THREADS, thread_name_prefix="call")
-    return pool.submit(fn, *args)
+    # Run in a copy of the caller's context: the job's trace and its job_id in log lines follow.
+    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 def _budget(rt: Runtime) -> RedisHedgeBudget:
@@ -306,6 +319,7 @@ def attempt_audit(session, job_id, actor: str, attempt: Attempt, number: int, he
         job_id,
         "attempt",
         actor,
+        at=attempt.ended_at,
         target=attempt.target,
         outcome="ok" if attempt.ok else attempt.error_kind,
         latency_ms=round(attempt.latency_ms, 2),

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from orchestrator.errors import StatsContention
 from orchestrator.routing.stats import StatsStore, Update
 from orchestrator.routing.types import TargetStats
 
@@ -51,7 +52,7 @@ class ResilientStatsStore:
     def update(self, name: str, fn: Update) -> TargetStats:
         try:
             return self.inner.update(name, fn)
-        except redis.RedisError as exc:
+        except (redis.RedisError, StatsContention) as exc:  # losing one sample beats failing a job
             self._absorbed("update", exc)
             return TargetStats()
 

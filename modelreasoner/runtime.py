@@ -53,11 +53,12 @@ class Runtime:
     _registered_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def targets(self) -> list[Target]:
-        """Configured targets plus agents registered through the API (cached a few seconds)."""
+    def targets(self, refresh: bool = False) -> list[Target]:
+        """Configured targets plus agents registered through the API (cached a few seconds;
+        ``refresh`` reads the registered ones again now)."""
         now = time.monotonic()
         with self._lock:
-            if now - self._registered_at > REGISTERED_TARGETS_TTL_SECONDS:
+            if refresh or now - self._registered_at > REGISTERED_TARGETS_TTL_SECONDS:
                 self._registered = load_registered_targets(self.sessions)
                 self._registered_at = now
             registered = list(self._registered)

@@ -13,6 +13,7 @@
     │   ├── DatabaseUnavailable       503 database_unavailable
     │   └── QueueUnavailable          503 queue_unavailable
     └── RoutingError                  (worker side)
+        ├── StatsContention           a shared-stats update kept losing races
         ├── NoTargetsConfigured
         └── ModelCallError            one failed model-server call; ``kind`` says how
 
@@ -112,6 +113,12 @@ class RoutingError(OrchestratorError):
     """Routing could not produce a usable decision."""
 
     code = "routing_error"
+
+
+class StatsContention(RoutingError):
+    """A shared-stats update lost too many optimistic-transaction races in a row."""
+
+    code = "stats_contention"
 
 
 class NoTargetsConfigured(RoutingError):

@@ -80,9 +80,10 @@ class Settings(BaseSettings):
     """A running job whose worker stops renewing this lease is recovered by the reconciler."""
     job_max_claims: int = Field(3, ge=1, le=20)
     """A job is claimed (its model call run) at most this many times before it is failed."""
-    db_retry_attempts: int = Field(5, ge=1, le=50)
-    """Tries of a worker's database step (claim, routing, terminal write) during an outage (jittered
-    backoff, up to ~15 s); then the job is failed with the reason, or left to the reconciler."""
+    db_retry_attempts: int = Field(8, ge=1, le=50)
+    """Tries of a worker's database work during an outage, with jittered exponential backoff
+    capped at 5 s: 8 tries wait about 16-20 s in all, longer than a Postgres restart. After the
+    last try the job is failed with reason ``database_unavailable``."""
 
     # --- reliability (docs/reliability.md) -------------------------------------------------------
     reconciler_enabled: bool = True

@@ -16,6 +16,7 @@ from typing import Protocol
 import redis
 
 from orchestrator.constants import INFLIGHT_KEY, INFLIGHT_STALE_SECONDS, STATS_KEY
+from orchestrator.errors import StatsContention
 from orchestrator.routing.types import TargetStats
 
 Update = Callable[[TargetStats], TargetStats]
@@ -131,7 +132,7 @@ class RedisStatsStore:
                     return new
                 except redis.WatchError:
                     continue
-        raise RuntimeError(f"stats update for {name} lost {REDIS_UPDATE_RETRIES} races in a row")
+        raise StatsContention(f"stats update for {name} lost {REDIS_UPDATE_RETRIES} races in a row")
 
     def call_started(self, name: str, call_id: str, now: float) -> None:
         key = INFLIGHT_KEY.format(target=name)

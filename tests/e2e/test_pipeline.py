@@ -44,6 +44,8 @@ def test_a_submitted_case_is_screened_and_audited(stack, pg_url):
     events = trail(pg_url, accepted["job_id"])
     assert [e.event for e in events] == ["submitted", "claimed", "routed", "attempt", "completed"]
     assert events[0].actor == "anonymous" and events[-1].target == done["target"]
+    timeline = [e["event"] for e in api.http.get(f"/api/jobs/{accepted['job_id']}/events").json()]
+    assert timeline == ["submitted", "claimed", "routed", "attempt", "completed"]
     assert [datetime.fromisoformat(done[k]) for k in ("created_at", "started_at", "finished_at")] == sorted(
         datetime.fromisoformat(done[k]) for k in ("created_at", "started_at", "finished_at")
     )

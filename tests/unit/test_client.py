@@ -70,7 +70,7 @@ def test_bad_answers_are_classified(response, kind):
     ("exception", "kind"),
     [
         (httpx.ReadTimeout("slow"), "timeout"),
-        (httpx.ConnectTimeout("slow"), "timeout"),
+        (httpx.ConnectTimeout("unreachable"), "connect_error"),
         (httpx.ConnectError("refused"), "connect_error"),
         (httpx.RemoteProtocolError("peer closed"), "transport_error"),
     ],

@@ -253,3 +253,23 @@ def test_with_hedging_off_a_late_call_is_waited_for(sqlite_engine, fake_redis):
     job, trail = load(sqlite_engine, job_id)
     assert job.target == "edge" and [name for name, _ in client.calls] == ["edge"]
     assert attempts_of(trail) == [("edge", "ok", False)]
+
+
+def test_attempt_rows_come_before_the_terminal_row_in_the_timeline(sqlite_engine, fake_redis):
+    client = ScriptedClient({"edge": [ModelCallError("http_5xx", "HTTP 500")]})
+    job_id = submit(sqlite_engine)
+    execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    with Session(sqlite_engine) as session:
+        by_time = [a.event for a in session.scalars(select(Audit).where(Audit.job_id == job_id).order_by(Audit.at))]
+    assert by_time == ["submitted", "claimed", "routed", "attempt", "attempt", "completed"]
+
+
+def test_a_task_with_no_runner_target_fails_saying_so(sqlite_engine, fake_redis):
+    from orchestrator.schemas import TaskCreate
+
+    with Session(sqlite_engine) as session:
+        body = TaskCreate(task_type="summarize", payload={"n": 1}, consent=True)
+        job_id = jobs.submit_task(session, body, actor="anonymous", default_sla_ms=2000).job.id
+    execute(make_runtime(sqlite_engine, fake_redis, ScriptedClient()), job_id)
+    job, _ = load(sqlite_engine, job_id)
+    assert job.status == "failed" and job.error_kind == "no_targets" and "runner-contract" in job.error
