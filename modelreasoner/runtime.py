@@ -76,7 +76,9 @@ def new_worker_id() -> str:
 
 def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runtime:
     concurrency = concurrency or settings.worker_concurrency
-    engine = make_engine(settings, pool_size=concurrency + 2)
+    # No pre-ping: a stale connection (after a Postgres restart) fails the step, and the
+    # worker's database retry (DB_RETRY_ATTEMPTS) runs it again on a fresh connection.
+    engine = make_engine(settings, pool_size=concurrency + 2, pre_ping=False)
     if settings.database_url.startswith("sqlite"):
         init_db(engine)  # the embedded dev default: a worker may start before the API
     sessions = make_session_factory(engine)

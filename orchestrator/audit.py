@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from orchestrator.models import Audit, utcnow
@@ -28,21 +28,22 @@ def record(
     outcome: str | None = None,
     latency_ms: float | None = None,
     details: dict[str, Any] | None = None,
-) -> Audit:
-    """Add one audit row to ``session`` (the caller commits, in the same transaction as the
-    state change it describes)."""
-    row = Audit(
-        job_id=job_id,
-        event=event,
-        actor=actor,
-        at=at or utcnow(),
-        target=target,
-        outcome=outcome,
-        latency_ms=latency_ms,
-        details=details,
+) -> None:
+    """Insert one audit row in ``session``'s transaction (the caller commits, together with the
+    state change it describes). A plain INSERT, not an ORM object: the trail is append-only and
+    nothing reads the row back in the same transaction, so the unit of work is pure cost."""
+    session.execute(
+        insert(Audit).values(
+            job_id=job_id,
+            event=event,
+            actor=actor,
+            at=at or utcnow(),
+            target=target,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            details=details,
+        )
     )
-    session.add(row)
-    return row
 
 
 def trail(session: Session, job_id: uuid.UUID) -> list[Audit]:

@@ -30,9 +30,10 @@ CONNECT_BACKOFF_CAP_SECONDS = 0.5
 connections again within a second or so; a request must not wait much longer than that."""
 
 
-def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+def make_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True) -> Engine:
     """A new engine for ``settings.database_url``. ``pool_size`` overrides the configured size
-    (the worker sizes its pool to its concurrency)."""
+    (the worker sizes its pool to its concurrency); ``pre_ping=False`` skips the liveness round
+    trip on every checkout, for callers that retry on a dead connection anyway (the worker)."""
     url = settings.database_url
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -53,7 +54,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         url,
         pool_size=size,
         max_overflow=size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_timeout=settings.db_connect_timeout_seconds,
         connect_args=connect_args,
         hide_parameters=HIDE_SQL_PARAMETERS,

@@ -227,7 +227,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 def claim(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, lease_seconds: float) -> Job | None:
     """Atomically move a queued job to running for this worker and commit. Returns the job, or
     None when it is not queued (already claimed, finished, or unknown): a duplicate delivery."""
-    result = session.execute(
+    job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
         .values(
@@ -237,12 +237,12 @@ def claim(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             worker_id=worker_id,
         )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+        .returning(Job)  # one round trip: the claim and the row it claimed
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if job is None:
         session.rollback()
         return None
-    job = session.get(Job, job_id, populate_existing=True)
     audit.record(session, job_id, "claimed", worker_id, at=now, details={"claim": job.claim_count})
     session.commit()
     return job

@@ -245,7 +245,9 @@ APPEND_ONLY_DDL = {
 
 for _dialect, _statements in APPEND_ONLY_DDL.items():
     for _statement in _statements:
-        event.listen(Audit.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+        # DDL() formats its text with %: the plpgsql placeholder must be escaped.
+        ddl = DDL(_statement.replace("%", "%%")).execute_if(dialect=_dialect)
+        event.listen(Audit.__table__, "after_create", ddl)
 event.listen(
     Audit.__table__,
     "before_drop",
