@@ -24,6 +24,7 @@ from modelreasoner.client import ModelClient
 from modelreasoner.lease import LeaseKeeper
 from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.simulated import SimulatedClient, simulated_targets
+from modelreasoner.stats_writer import StatsWriter
 from orchestrator.db import make_engine, make_session_factory
 from orchestrator.models import init_db
 from orchestrator.queue_rq import make_redis
@@ -49,6 +50,8 @@ class Runtime:
     worker_id: str
     static_targets: list[Target]
     simulate: bool = False
+    stats_writer: StatsWriter | None = None
+    """Takes post-call stats updates off the job's path (the threaded worker sets one)."""
     _registered: list[Target] = field(default_factory=list)
     _registered_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)

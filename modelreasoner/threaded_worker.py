@@ -37,6 +37,7 @@ class BoundedByTheJob(BaseDeathPenalty):
     def cancel_death_penalty(self) -> None:
         return None
 
+
 SLOT_WAIT_SECONDS = 5.0
 """While every slot is busy the main loop wakes this often (s) to heartbeat and check for stop."""
 HEARTBEAT_EVERY_SECONDS = 5.0

@@ -30,6 +30,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from modelreasoner import dispatch
 from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
+from modelreasoner.stats_writer import StatsWriter
 from modelreasoner.threaded_worker import ThreadedWorker
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
@@ -100,17 +101,36 @@ def _with_db_retry(rt: Runtime, fn):
 
 
 def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
-    def claim() -> Job | None:
+    def claim_and_route() -> tuple[Job | None, dispatch.Plan | dispatch.Terminal | None]:
+        # One transaction: the claim, the routing decision and their audit rows. The decision is
+        # committed before any model call, so a crash still leaves an honest trail. The target
+        # catalogue is read first: nothing else may touch the database inside the transaction.
+        catalogue = rt.targets()
         with session_scope(rt.sessions) as session:
-            return jobs.claim(
-                session,
-                job_id,
-                worker_id=rt.worker_id,
-                now=datetime.now(UTC),
-                lease_seconds=rt.settings.job_lease_seconds,
-            )
+            now = datetime.now(UTC)
+            lease = rt.settings.job_lease_seconds
+            job = jobs.claim(session, job_id, worker_id=rt.worker_id, now=now, lease_seconds=lease, commit=False)
+            if job is None:
+                return None, None
+            try:
+                planned = dispatch.plan(rt, job, catalogue, refresh=False)
+            except Exception as exc:  # a routing bug must not undo the claim
+                planned = _crashed(rt, exc)
+            if isinstance(planned, dispatch.Plan):
+                dispatch.record_decision(session, rt, job, planned.decision)
+            return job, planned
 
-    job = _with_db_retry(rt, claim)
+    def route_again(job: Job) -> dispatch.Plan | dispatch.Terminal:
+        # Nothing in the cached catalogue could take the job: one may have been registered since.
+        planned = dispatch.plan(rt, job, rt.targets(refresh=True), refresh=False)
+        if isinstance(planned, dispatch.Plan):
+            with session_scope(rt.sessions) as session:
+                dispatch.record_decision(session, rt, job, planned.decision)
+        return planned
+
+    job, planned = _with_db_retry(rt, claim_and_route)
+    if isinstance(planned, dispatch.Terminal) and planned.fields.get("error_kind") == "no_targets":
+        planned = _with_db_retry(rt, lambda: route_again(job))
     if job is None:
         log.info("job not claimable (duplicate delivery or already finished); skipped")
         return {"status": "skipped", "target": None}
@@ -118,10 +138,13 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
         JOB_QUEUE_WAIT.observe((job.started_at - job.created_at).total_seconds())
     rt.leases.add(job_id)
     try:
-        try:
-            terminal = _with_db_retry(rt, lambda: dispatch.run(rt, job))
-        except Exception as exc:
-            terminal = _crashed(rt, exc)
+        if isinstance(planned, dispatch.Terminal):
+            terminal = planned
+        else:
+            try:
+                terminal = _with_db_retry(rt, lambda: dispatch.execute_plan(rt, job, planned))
+            except Exception as exc:
+                terminal = _crashed(rt, exc)
         persist(rt, job, terminal)
     finally:
         rt.leases.discard(job_id)
@@ -241,6 +264,7 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
     except ConfigError as exc:
         click.echo(f"worker: {exc.message}", err=True)
         sys.exit(2)
+    rt.stats_writer = StatsWriter()
     install_runtime(rt)
     serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency

@@ -120,28 +120,30 @@ def register(session: Session, body: TargetRegister, *, actor: str, now: datetim
         "registered_by": actor,
         "updated_at": now,
     }
-    if created:
-        session.add(RegisteredTarget(name=body.name, created_at=now, **values))
-    else:
-        for key, value in values.items():
-            setattr(row, key, value)
-    audit.record(
-        session,
-        None,
-        "registered",
-        actor,
-        at=now,
-        target=body.name,
-        outcome="created" if created else "updated",
-        details={
-            "tier": target.tier,
-            "contract": target.contract,
-            "url": target.url,
-            "cost_per_call_usd": target.cost_per_call_usd,
-            "enabled": target.enabled,
-        },
-    )
     try:
+        if created:
+            session.add(RegisteredTarget(name=body.name, created_at=now, **values))
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+        # The audit INSERT flushes the new row: a racing registration's IntegrityError can
+        # surface here as well as at commit.
+        audit.record(
+            session,
+            None,
+            "registered",
+            actor,
+            at=now,
+            target=body.name,
+            outcome="created" if created else "updated",
+            details={
+                "tier": target.tier,
+                "contract": target.contract,
+                "url": target.url,
+                "cost_per_call_usd": target.cost_per_call_usd,
+                "enabled": target.enabled,
+            },
+        )
         session.commit()
     except IntegrityError:
         session.rollback()

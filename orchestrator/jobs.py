@@ -224,9 +224,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 # --- worker side -----------------------------------------------------------------------------
 
 
-def claim(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, lease_seconds: float) -> Job | None:
-    """Atomically move a queued job to running for this worker and commit. Returns the job, or
-    None when it is not queued (already claimed, finished, or unknown): a duplicate delivery."""
+def claim(
+    session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, lease_seconds: float, commit: bool = True
+) -> Job | None:
+    """Atomically move a queued job to running for this worker (and commit, unless ``commit``
+    is False: the caller adds to the transaction). Returns the job, or None when it is not
+    queued (already claimed, finished, or unknown): a duplicate delivery."""
     job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
@@ -244,7 +247,8 @@ def claim(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime,
         session.rollback()
         return None
     audit.record(session, job_id, "claimed", worker_id, at=now, details={"claim": job.claim_count})
-    session.commit()
+    if commit:
+        session.commit()
     return job
 
 

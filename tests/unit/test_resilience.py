@@ -130,15 +130,15 @@ def connection_dropped() -> OperationalError:
 
 
 def test_a_database_blip_mid_job_is_retried_and_the_job_completes(sqlite_engine, monkeypatch):
-    real_run, runs = dispatch.run, []
+    real_run, runs = dispatch.execute_plan, []
 
-    def flaky_run(rt, job):
+    def flaky_run(rt, job, planned):
         runs.append(1)
         if len(runs) == 1:
             raise DatabaseUnavailable()
-        return real_run(rt, job)
+        return real_run(rt, job, planned)
 
-    monkeypatch.setattr(dispatch, "run", flaky_run)
+    monkeypatch.setattr(dispatch, "execute_plan", flaky_run)
     job_id = submit(sqlite_engine)
     execute(runtime(sqlite_engine, InMemoryStatsStore(), CountingClient(), db_retry_attempts=3), job_id)
     job, events = load(sqlite_engine, job_id)
@@ -148,11 +148,11 @@ def test_a_database_blip_mid_job_is_retried_and_the_job_completes(sqlite_engine,
 def test_after_the_last_attempt_the_job_fails_with_the_reason(sqlite_engine, monkeypatch):
     runs = []
 
-    def always_down(rt, job):
+    def always_down(rt, job, planned):
         runs.append(1)
         raise connection_dropped()
 
-    monkeypatch.setattr(dispatch, "run", always_down)
+    monkeypatch.setattr(dispatch, "execute_plan", always_down)
     job_id = submit(sqlite_engine)
     execute(runtime(sqlite_engine, InMemoryStatsStore(), CountingClient(), db_retry_attempts=2), job_id)
     job, events = load(sqlite_engine, job_id)
@@ -165,11 +165,11 @@ def test_after_the_last_attempt_the_job_fails_with_the_reason(sqlite_engine, mon
 def test_a_bug_is_not_retried(sqlite_engine, monkeypatch):
     runs = []
 
-    def bug(rt, job):
+    def bug(rt, job, planned):
         runs.append(1)
         raise KeyError("observations")
 
-    monkeypatch.setattr(dispatch, "run", bug)
+    monkeypatch.setattr(dispatch, "execute_plan", bug)
     job_id = submit(sqlite_engine)
     execute(runtime(sqlite_engine, InMemoryStatsStore(), CountingClient(), db_retry_attempts=3), job_id)
     job, _ = load(sqlite_engine, job_id)
