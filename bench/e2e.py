@@ -237,6 +237,20 @@ def report(args: dict, a: float, b: dict, c: float) -> str:
     return "\n".join(header + lines) + "\n"
 
 
+BEGIN, END = "<!-- bench.e2e:begin -->", "<!-- bench.e2e:end -->"
+
+
+def write_report(out: Path, table: str) -> None:
+    """Put the table between the markers of ``out``, keeping the hand-written reading around it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    current = out.read_text() if out.exists() else f"# End-to-end benchmark\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in current:
+        current = f"{current.rstrip()}\n\n{BEGIN}\n{END}\n"
+    head, _, rest = current.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    out.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+
+
 @click.command()
 @click.option("--jobs", default=2000, show_default=True, help="Jobs in (a) and (b).")
 @click.option("--concurrency", default=32, show_default=True, help="Concurrent HTTP submitters in (b).")
@@ -275,8 +289,7 @@ def main(jobs: int, concurrency: int, slow_jobs: int, pg_url: str, out: Path | N
     table = report({"jobs": jobs, "concurrency": concurrency}, a, b, c)
     click.echo(table)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# End-to-end benchmark\n\n" + table)
+        write_report(out, table)
         say(f"wrote {out}")
     say(f"logs: {workdir}")
 
