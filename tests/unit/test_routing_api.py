@@ -12,13 +12,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from orchestrator.app.deps import Services
-from orchestrator.app.main import create_app
-from orchestrator.db import make_session_factory
 from orchestrator.models import Audit, Job, RegisteredTarget
-from orchestrator.queue_rq import get_queue
 from orchestrator.routing import Outcome, RedisStatsStore, Router
-from orchestrator.settings import load_settings
+from tests.support.app import in_process_app
 
 MARKER = "PHI-MARKER-2c9d"
 KEY = "routing-key-0001"
@@ -28,18 +24,7 @@ TASK = {"task_type": "summarize", "payload": {"text": MARKER}, "consent": True}
 
 
 def make_client(sqlite_engine, fake_redis, monkeypatch, **env: str) -> TestClient:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings()
-    services = Services(
-        settings=settings,
-        engine=sqlite_engine,
-        sessions=make_session_factory(sqlite_engine),
-        redis=fake_redis,
-        queue=get_queue(fake_redis),
-        api_key_digests=settings.api_key_hashes,
-    )
-    return TestClient(create_app(services=services))
+    return TestClient(in_process_app(sqlite_engine, fake_redis, monkeypatch, **env))
 
 
 @pytest.fixture

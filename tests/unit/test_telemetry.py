@@ -15,32 +15,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.app.deps import Services
-from orchestrator.app.main import create_app
-from orchestrator.db import make_session_factory
 from orchestrator.models import TelemetrySample
-from orchestrator.queue_rq import get_queue
 from orchestrator.routing import RedisStatsStore
-from orchestrator.settings import load_settings
 from orchestrator.telemetry import MAX_SAMPLES_PER_BATCH, normalize, parse_body, prune
+from tests.support.app import in_process_app
 from tests.support.env import ROOT
 
 TARGET_ENV = {"EDGE_MODEL_URL": "http://127.0.0.1:18001", "GPU_MODEL_URL": "http://127.0.0.1:18002"}
 
 
 def make_client(sqlite_engine, fake_redis, monkeypatch, **env: str) -> TestClient:
-    for name, value in {**TARGET_ENV, **env}.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings()
-    services = Services(
-        settings=settings,
-        engine=sqlite_engine,
-        sessions=make_session_factory(sqlite_engine),
-        redis=fake_redis,
-        queue=get_queue(fake_redis),
-        api_key_digests=settings.api_key_hashes,
-    )
-    return TestClient(create_app(services=services))
+    return TestClient(in_process_app(sqlite_engine, fake_redis, monkeypatch, **{**TARGET_ENV, **env}))
 
 
 @pytest.fixture
