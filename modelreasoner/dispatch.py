@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from modelreasoner.calls import ABANDONED, Attempt, call_input, call_once, call_timeout, hedged_call
@@ -29,6 +29,10 @@ from orchestrator.routing import Candidate, Decision, RouteRequest, Target, hedg
 from orchestrator.targets import targets_for
 
 log = logging.getLogger(__name__)
+
+_STORE_DECISION = update(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
+"""Built once; its SET clause comes from the columns named in the parameters (decision,
+predicted_ms, predicted_p95_ms)."""
 
 
 @dataclass
@@ -113,8 +117,8 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
                 _record_failover(rt, job, attempt, len(attempts))
         if winner is not None:
             attempts.append(winner)
-            return completed(job, decision, winner, attempts)
-    return all_failed(decision, attempts)
+            return completed(winner, attempts)
+    return all_failed(attempts)
 
 
 def record_decision(session: Session, rt: Runtime, job: Job, decision: Decision) -> None:
@@ -122,15 +126,14 @@ def record_decision(session: Session, rt: Runtime, job: Job, decision: Decision)
     first = decision.candidates[0].target if decision.candidates else "none"
     ROUTING_DECISIONS.labels(first, str(decision.sla_unmeetable).lower()).inc()
     chosen: Candidate | None = decision.chosen
-    session.execute(
-        update(Job)
-        .where(Job.id == job.id)
-        .values(
-            decision=decision.to_dict(),
-            predicted_ms=chosen.predicted_p50_ms if chosen else None,
-            predicted_p95_ms=chosen.predicted_p95_ms if chosen else None,
-        )
-        .execution_options(synchronize_session=False)
+    session.execute(  # Core, not ORM: the claimed Job object is not refreshed from this row
+        _STORE_DECISION,
+        {
+            "job_id": job.id,
+            "decision": decision.to_dict(),
+            "predicted_ms": chosen.predicted_p50_ms if chosen else None,
+            "predicted_p95_ms": chosen.predicted_p95_ms if chosen else None,
+        },
     )
     audit.record(
         session,
@@ -188,7 +191,9 @@ def attempt_audit(session, job_id, actor: str, attempt: Attempt, number: int, he
     )
 
 
-def completed(job: Job, decision: Decision, winner: Attempt, attempts: list[Attempt]) -> Terminal:
+def completed(winner: Attempt, attempts: list[Attempt]) -> Terminal:
+    """The terminal fields of a served job. The decision is not among them: ``record_decision``
+    stored it with the claim, before any call."""
     return Terminal(
         JobStatus.COMPLETED,
         {
@@ -197,7 +202,6 @@ def completed(job: Job, decision: Decision, winner: Attempt, attempts: list[Atte
             "latency_ms": round(winner.latency_ms, 3),
             "cost_usd": sum(a.cost_usd for a in attempts),
             "attempts": len(attempts),
-            "decision": decision.to_dict(),
         },
         winner=winner,
     )
@@ -207,7 +211,7 @@ def failed(kind: str, message: str, **extra: Any) -> Terminal:
     return Terminal(JobStatus.FAILED, {"error_kind": kind, "error": message, **extra})
 
 
-def all_failed(decision: Decision, attempts: list[Attempt]) -> Terminal:
+def all_failed(attempts: list[Attempt]) -> Terminal:
     reasons = "; ".join(f"{a.target}: {a.error_kind} ({a.message})" for a in attempts)
     last = attempts[-1].target if attempts else None
     return Terminal(
@@ -218,6 +222,5 @@ def all_failed(decision: Decision, attempts: list[Attempt]) -> Terminal:
             "target": last,
             "attempts": len(attempts),
             "cost_usd": sum(a.cost_usd for a in attempts),
-            "decision": decision.to_dict(),
         },
     )

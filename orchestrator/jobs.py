@@ -26,6 +26,8 @@ from orchestrator.errors import BadRequest, IdempotencyConflict, NotFound
 from orchestrator.models import ACTIVE_STATUSES, Case, Job, JobKind, JobStatus, utcnow
 from orchestrator.schemas import JobCreate, TaskCreate, decode_embedding
 
+_ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
+
 
 @dataclass(frozen=True)
 class Submitted:
@@ -273,11 +275,11 @@ def finish(session: Session, job_id: uuid.UUID, status: JobStatus, *, actor: str
     """
     if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         raise ValueError(f"{status} is not a terminal status")
+    table = Job.__table__  # Core, not ORM: nothing reads the row back, so the ORM's bulk path is pure cost
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+        update(table)
+        .where(table.c.id == job_id, table.c.status.in_(_ACTIVE_VALUES))
         .values(status=status.value, finished_at=now, lease_expires_at=None, **fields)
-        .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         session.rollback()
