@@ -35,6 +35,9 @@ HEDGE_HEDGES_KEY = REDIS_PREFIX + "hedge:hedges"
 """Hash of hedged (backup) calls started per epoch second: at most HEDGE_MAX_SHARE of the calls."""
 RECONCILER_LOCK_KEY = REDIS_PREFIX + "reconciler:lock"
 """Held by whichever process runs a reconciliation pass, so passes never overlap."""
+RECONCILER_LAST_PASS_KEY = REDIS_PREFIX + "reconciler:last_pass"
+"""Epoch seconds at which the last reconciliation pass (any process) finished: its liveness,
+exported by the API as pedi_reconciler_last_pass_age_seconds."""
 
 # --- job lifecycle -------------------------------------------------------------------------
 MIN_CALL_TIMEOUT_SECONDS = 0.5

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -10,7 +12,7 @@ from rq import Queue, Worker
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from orchestrator.constants import REDIS_PREFIX
+from orchestrator.constants import RECONCILER_LAST_PASS_KEY, REDIS_PREFIX
 from orchestrator.models import ACTIVE_STATUSES, Job, JobStatus
 from orchestrator.routing.learning import at_time
 from orchestrator.routing.types import CircuitState, TargetStats
@@ -48,6 +50,15 @@ def jobs_by_status(engine: Engine) -> dict[str, int]:
 def workers_alive(connection: redis.Redis, queue: Queue) -> int:
     """RQ workers registered (heartbeating) on the queue."""
     return Worker.count(connection=connection, queue=queue)
+
+
+def reconciler_last_pass_age_seconds(connection: redis.Redis, now: float | None = None) -> float:
+    """Seconds since any process last finished a reconciliation pass; +Inf when none is recorded
+    (no reconciler runs anywhere, or Redis lost the key and no pass has run since)."""
+    value = connection.get(RECONCILER_LAST_PASS_KEY)
+    if value is None:
+        return math.inf
+    return max((time.time() if now is None else now) - float(value), 0.0)
 
 
 def circuit_states(connection: redis.Redis) -> dict[str, int]:

@@ -121,12 +121,14 @@ class StateCollector(Collector):
         jobs_by_status: Callable[[], dict[str, int]],
         workers_alive: Callable[[], int],
         circuit_states: Callable[[], dict[str, int]],
+        reconciler_last_pass_age: Callable[[], float],
     ) -> None:
         self._queue_depth = queue_depth
         self._oldest = oldest_queued_age
         self._by_status = jobs_by_status
         self._workers = workers_alive
         self._circuits = circuit_states
+        self._reconciler_age = reconciler_last_pass_age
 
     def describe(self) -> Iterable:
         return []
@@ -160,6 +162,13 @@ class StateCollector(Collector):
             for target, state in sorted(circuits.items()):
                 family.add_metric([target], state)
             yield family
+        age = self._probe("redis", self._reconciler_age)
+        if age is not None:
+            yield GaugeMetricFamily(
+                "pedi_reconciler_last_pass_age_seconds",
+                "Seconds since any process finished a reconciliation pass (+Inf: none recorded).",
+                value=age,
+            )
         yield GaugeMetricFamily(
             "pedi_state_scrape_duration_seconds",
             "Time spent reading backlog and fleet state for this scrape.",

@@ -39,7 +39,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import audit
-from orchestrator.constants import RECONCILER_LOCK_KEY
+from orchestrator.constants import RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
@@ -219,6 +219,12 @@ class _Pass:
             raise failure
 
 
+def record_pass(connection: redis.Redis) -> None:
+    """Note that a pass finished: the fleet-wide liveness the API exports as
+    pedi_reconciler_last_pass_age_seconds (docs/runbooks/pedi-reconciler-stalled.md)."""
+    connection.set(RECONCILER_LAST_PASS_KEY, f"{time.time():.3f}")
+
+
 def _lease_expired(cutoff: datetime):
     running = Job.status == JobStatus.RUNNING.value
     return and_(running, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < cutoff))
@@ -341,6 +347,7 @@ class Reconciler:
         report = reconcile_once(
             self.sessions, self.queue, now=now or datetime.now(UTC), settings=self.settings, actor=self.actor
         )
+        record_pass(self.queue.connection)
         if report.total:
             log.info("reconciliation pass repaired jobs", extra=report.counts())
         return report
@@ -395,6 +402,10 @@ def main(once: bool, interval: float | None) -> None:
     try:
         if once:
             report = reconcile_once(sessions, queue, now=datetime.now(UTC), settings=settings, actor=actor_name("cli"))
+            try:
+                record_pass(connection)
+            except redis.RedisError as exc:  # the pass itself may not have needed Redis
+                log.warning("could not record the pass in Redis", extra={"error": type(exc).__name__})
             click.echo(json.dumps({**report.counts(), "job_ids": report.to_dict()}))
             return
         reconciler = Reconciler(sessions, queue, settings, actor=actor_name("standalone"), interval=interval)

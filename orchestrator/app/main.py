@@ -62,6 +62,7 @@ def state_collector(services: Services) -> StateCollector:
         jobs_by_status=partial(fleet.jobs_by_status, services.engine),
         workers_alive=partial(fleet.workers_alive, services.redis, services.queue),
         circuit_states=partial(fleet.circuit_states, services.redis),
+        reconciler_last_pass_age=partial(fleet.reconciler_last_pass_age_seconds, services.redis),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import fakeredis
 import httpx
@@ -15,7 +16,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 
 from modelreasoner.client import CallInput, ModelClient
-from orchestrator import tracing
+from orchestrator import fleet, tracing
+from orchestrator.constants import RECONCILER_LAST_PASS_KEY
 from orchestrator.db import make_engine
 from orchestrator.errors import ModelCallError
 from orchestrator.logs import configure_logging, job_context
@@ -165,11 +167,31 @@ def test_a_failed_redis_probe_is_counted_and_the_scrape_goes_on():
         jobs_by_status=lambda: {"queued": 1},
         workers_alive=down,
         circuit_states=lambda: {},
+        reconciler_last_pass_age=down,
     )
     before = redis_errors("metrics")
     names = [family.name for family in collector.collect()]
     assert "pedi_queue_depth" not in names and "pedi_oldest_queued_job_age_seconds" in names
-    assert redis_errors("metrics") == before + 2
+    assert "pedi_reconciler_last_pass_age_seconds" not in names
+    assert redis_errors("metrics") == before + 3
+
+
+def test_the_reconciler_liveness_gauge_is_the_age_of_the_last_pass_or_inf():
+    connection = fakeredis.FakeRedis()
+    assert fleet.reconciler_last_pass_age_seconds(connection) == math.inf
+    connection.set(RECONCILER_LAST_PASS_KEY, "1000.5")
+    assert fleet.reconciler_last_pass_age_seconds(connection, now=1012.0) == pytest.approx(11.5)
+    assert fleet.reconciler_last_pass_age_seconds(connection, now=999.0) == 0.0  # clock skew between hosts
+    collector = StateCollector(
+        queue_depth=lambda: 0,
+        oldest_queued_age=lambda: 0.0,
+        jobs_by_status=lambda: {},
+        workers_alive=lambda: 1,
+        circuit_states=lambda: {},
+        reconciler_last_pass_age=lambda: 7.0,
+    )
+    (family,) = [f for f in collector.collect() if f.name == "pedi_reconciler_last_pass_age_seconds"]
+    assert family.samples[0].value == 7.0
 
 
 # --- logs -------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, select
 
 from orchestrator import jobs
 from orchestrator import reconciler as reconciler_module
-from orchestrator.constants import RECONCILER_LOCK_KEY
+from orchestrator.constants import RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY
 from orchestrator.db import make_session_factory
 from orchestrator.metrics import JOBS_RECOVERED
 from orchestrator.models import Audit, Job, init_db
@@ -238,6 +238,23 @@ def test_only_one_process_reconciles_per_interval(sessions, queue, settings):
     assert 0 < queue.connection.pttl(RECONCILER_LOCK_KEY) <= 30_000 * 0.8
     queue.connection.delete(RECONCILER_LOCK_KEY)
     assert second.run_pass() is not None
+
+
+def test_a_finished_pass_records_its_time_for_the_liveness_gauge(sessions, queue, settings, monkeypatch):
+    queue.connection.delete(RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY)
+    before = time.time()
+    assert Reconciler(sessions, queue, settings, actor="a", interval=30).run_pass() is not None
+    assert before - 0.001 <= float(queue.connection.get(RECONCILER_LAST_PASS_KEY)) <= time.time() + 0.001  # ms
+
+    def failing(*args, **kwargs):
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(reconciler_module, "reconcile_once", failing)
+    queue.connection.set(RECONCILER_LAST_PASS_KEY, "5.0")
+    queue.connection.delete(RECONCILER_LOCK_KEY)
+    with pytest.raises(redis.ConnectionError):
+        Reconciler(sessions, queue, settings, actor="b", interval=30).run_pass()
+    assert queue.connection.get(RECONCILER_LAST_PASS_KEY) == b"5.0"  # a failed pass is not a sign of life
 
 
 def test_the_runner_thread_repairs_and_survives_a_store_outage(sessions, queue, settings, monkeypatch):
