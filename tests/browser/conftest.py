@@ -21,11 +21,10 @@ from tests.browser.support import (
     VIEWPORT,
     Console,
     ConsoleStack,
+    empty_stack,
     require_browser,
 )
-from tests.support import postgres
-from tests.support.env import artifacts_dir, require
-from tests.support.stack import Stack
+from tests.support.env import artifacts_dir
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +43,8 @@ def browser() -> Iterator:
 def console_stack(request, pg_database, redis_server) -> Iterator[ConsoleStack]:
     """Two model servers (edge also as the runner edge-agent), the API with API_KEY serving the
     console, and one worker."""
-    require(pg_database, "PostgreSQL not available (set TEST_DATABASE_URL, or install postgresql for initdb)")
-    require(redis_server, "redis-server not found")
-    postgres.truncate_all(pg_database)
-    if not redis_server.process or redis_server.process.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
     artifacts = artifacts_dir(request)
-    stack = Stack(pg_database, redis_server.url, artifacts)
+    stack = empty_stack(pg_database, redis_server, artifacts)
     try:
         edge = stack.model_server("edge", tier="edge", latency_ms=25, jitter=0.2)
         stack.model_server("gpu", tier="gpu", latency_ms=10, jitter=0.2)

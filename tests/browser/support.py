@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import postgres
 from tests.support.env import require
 from tests.support.stack import Api, Stack
 
@@ -41,6 +42,20 @@ document.addEventListener('securitypolicyviolation',
 def require_browser() -> None:
     require(CHROMIUM.exists(), f"{CHROMIUM} not found (apt-get install chromium, or scripts/install-tools)")
     require(importlib.util.find_spec("playwright"), "playwright is not installed (pip install -r requirements-dev.txt)")
+
+
+def empty_stack(pg_database: str | None, redis_server, artifacts: Path) -> Stack:
+    """A Stack over an emptied database and a running, flushed Redis, for one module's browser
+    tests; skips (fails under CI=true) when either store is missing."""
+    require(pg_database, "PostgreSQL not available (set TEST_DATABASE_URL, or install postgresql for initdb)")
+    require(redis_server, "redis-server not found")
+    postgres.truncate_all(pg_database)
+    if not redis_server.process or redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return Stack(pg_database, redis_server.url, artifacts)
 
 
 @dataclass

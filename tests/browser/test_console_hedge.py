@@ -9,10 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.support import API_KEY, ConsoleStack
-from tests.support import postgres
-from tests.support.env import artifacts_dir, require
-from tests.support.stack import Stack
+from tests.browser.support import API_KEY, ConsoleStack, empty_stack
+from tests.support.env import artifacts_dir
 
 try:
     from playwright.sync_api import expect
@@ -27,16 +25,8 @@ SLOW_MS = 4000
 @pytest.fixture(scope="module")
 def console_stack(request, pg_database, redis_server) -> Iterator[ConsoleStack]:
     """Overrides the shared stack: a slow edge server, a fast GPU server, hedging allowed."""
-    require(pg_database, "PostgreSQL not available (set TEST_DATABASE_URL, or install postgresql for initdb)")
-    require(redis_server, "redis-server not found")
-    postgres.truncate_all(pg_database)
-    if not redis_server.process or redis_server.process.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
     artifacts = artifacts_dir(request)
-    stack = Stack(pg_database, redis_server.url, artifacts)
+    stack = empty_stack(pg_database, redis_server, artifacts)
     try:
         stack.model_server("edge", tier="edge", latency_ms=SLOW_MS, jitter=0, capacity=16)
         stack.model_server("gpu", tier="gpu", latency_ms=5, jitter=0)
