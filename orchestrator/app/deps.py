@@ -12,7 +12,8 @@ from rq import Queue
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db import session_scope
+from orchestrator.db import make_session_factory, session_scope
+from orchestrator.queue_rq import get_queue
 from orchestrator.routing import RedisStatsStore, Router
 from orchestrator.settings import Settings
 
@@ -27,6 +28,18 @@ class Services:
     redis: redis.Redis
     queue: Queue
     api_key_digests: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def over(cls, settings: Settings, engine: Engine, connection: redis.Redis) -> Services:
+        """The services on an engine and a Redis connection; the rest derives from them."""
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            redis=connection,
+            queue=get_queue(connection),
+            api_key_digests=settings.api_key_hashes,
+        )
 
 
 def get_services(request: Request) -> Services:

@@ -20,12 +20,12 @@ from orchestrator.api_router import api_router
 from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
 from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware
-from orchestrator.db import make_engine, make_session_factory
+from orchestrator.db import make_engine
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
 from orchestrator.metrics import StateCollector, register_state_collector
 from orchestrator.models import init_db
-from orchestrator.queue_rq import get_queue, make_redis
+from orchestrator.queue_rq import make_redis
 from orchestrator.reconciler import Reconciler, actor_name
 from orchestrator.settings import Settings, get_settings
 from orchestrator.targets import configured_targets
@@ -43,16 +43,7 @@ Every /api route needs an `x-api-key` header when the server has `API_KEY` set."
 
 
 def build_services(settings: Settings) -> Services:
-    engine = make_engine(settings)
-    connection = make_redis(settings)
-    return Services(
-        settings=settings,
-        engine=engine,
-        sessions=make_session_factory(engine),
-        redis=connection,
-        queue=get_queue(connection),
-        api_key_digests=settings.api_key_hashes,
-    )
+    return Services.over(settings, make_engine(settings), make_redis(settings))
 
 
 def state_collector(services: Services) -> StateCollector:

@@ -27,16 +27,6 @@ def list_targets(session: SessionDep, settings: SettingsDep, routing: RouterDep,
     return TargetList(targets=[catalogue.describe(e, stats[e.target.name], now) for e in entries])
 
 
-def _register(
-    body: TargetRegister, response: Response, session: SessionDep, settings: SettingsDep, routing: RouterDep, actor: str
-) -> TargetPublic:
-    target, created = catalogue.register(session, body, actor=actor, now=utcnow())
-    response.status_code = 201 if created else 200
-    entry = catalogue.find(catalogue.entries(session, settings), target.name)
-    now = time.time()
-    return catalogue.describe(entry, routing.stats([entry.target], now)[target.name], now)
-
-
 REGISTER = {
     "response_model": TargetPublic,
     "status_code": 201,
@@ -45,6 +35,7 @@ REGISTER = {
 
 
 @router.post("/register_agent", summary="Register a model server or agent", **REGISTER)
+@router.post("/api/agents", summary="Register a model server or agent (same as /register_agent)", **REGISTER)
 def register_agent(
     body: TargetRegister,
     response: Response,
@@ -54,18 +45,10 @@ def register_agent(
     actor: ActorDep,
 ) -> TargetPublic:
     """Add a target (201) or replace the one of the same name (200). Persisted; every worker
-    routes to it within a few seconds, without a restart. Audited as ``registered``."""
-    return _register(body, response, session, settings, routing, actor)
-
-
-@router.post("/api/agents", summary="Register a model server or agent (same as /register_agent)", **REGISTER)
-def register_agent_api(
-    body: TargetRegister,
-    response: Response,
-    session: SessionDep,
-    settings: SettingsDep,
-    routing: RouterDep,
-    actor: ActorDep,
-) -> TargetPublic:
-    """The same as POST /register_agent, under /api."""
-    return _register(body, response, session, settings, routing, actor)
+    routes to it within a few seconds, without a restart. Audited as ``registered``. Served as
+    POST /register_agent and, the same, as POST /api/agents."""
+    target, created = catalogue.register(session, body, actor=actor, now=utcnow())
+    response.status_code = 201 if created else 200
+    entry = catalogue.find(catalogue.entries(session, settings), target.name)
+    now = time.time()
+    return catalogue.describe(entry, routing.stats([entry.target], now)[target.name], now)

@@ -22,10 +22,7 @@ from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
-from orchestrator.app.deps import Services
-from orchestrator.app.main import create_app
-from orchestrator.db import make_engine, make_session_factory
-from orchestrator.queue_rq import get_queue, make_redis
+from orchestrator.app.main import build_services, create_app
 from orchestrator.settings import load_settings
 
 pytestmark = [pytest.mark.security, pytest.mark.postgres, pytest.mark.redis]
@@ -47,20 +44,12 @@ def app(pg_url, redis_url, monkeypatch):
     for name in ("EDGE_MODEL_URL", "CLOUD_MODEL_URL", "GPU_MODEL_URL", "EDGE_AGENT_URL", "CLOUD_RUNNER_URL"):
         monkeypatch.setenv(name, UNREACHABLE_TARGET)
     settings = load_settings()
-    engine, connection = make_engine(settings), make_redis(settings)
-    services = Services(
-        settings=settings,
-        engine=engine,
-        sessions=make_session_factory(engine),
-        redis=connection,
-        queue=get_queue(connection),
-        api_key_digests=settings.api_key_hashes,
-    )
+    services = build_services(settings)
     application = create_app(services=services)
     with TestClient(application):  # runs the lifespan, as uvicorn would
         yield application
-    connection.close()
-    engine.dispose()
+    services.redis.close()
+    services.engine.dispose()
 
 
 def problem_with(response) -> str | None:

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from orchestrator.app.deps import Services, SessionDep
 from orchestrator.app.main import create_app
 from orchestrator.constants import EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
-from orchestrator.db import make_engine, make_session_factory
+from orchestrator.db import make_engine
 from orchestrator.models import Job
-from orchestrator.queue_rq import get_queue, make_redis
+from orchestrator.queue_rq import make_redis
 from orchestrator.settings import load_settings
 
 pytestmark = pytest.mark.security
@@ -35,7 +35,7 @@ def embedding(count: int) -> str:
 def in_process(sqlite_engine, fake_redis, monkeypatch, max_body_bytes: int) -> TestClient:
     monkeypatch.setenv("MAX_BODY_BYTES", str(max_body_bytes))
     settings = load_settings()
-    services = Services(settings, sqlite_engine, make_session_factory(sqlite_engine), fake_redis, get_queue(fake_redis))
+    services = Services.over(settings, sqlite_engine, fake_redis)
     return TestClient(create_app(services=services))
 
 
@@ -107,7 +107,7 @@ def test_nul_characters_are_a_422_on_postgres_too(pg_url, redis_url, monkeypatch
     monkeypatch.setenv("REDIS_URL", redis_url)
     settings = load_settings()
     engine, connection = make_engine(settings), make_redis(settings)
-    services = Services(settings, engine, make_session_factory(engine), connection, get_queue(connection))
+    services = Services.over(settings, engine, connection)
     with TestClient(create_app(services=services), raise_server_exceptions=False) as test_client:
         body = test_client.post("/api/submit", json={"age_months": 3, "observations": MARKER + "\x00"})
         query = test_client.get("/api/jobs", params={"target": MARKER + "\x00"})
@@ -126,7 +126,7 @@ def test_a_value_postgres_refuses_is_a_422_never_a_500(pg_url, redis_url, monkey
     monkeypatch.setenv("REDIS_URL", redis_url)
     settings = load_settings()
     engine, connection = make_engine(settings), make_redis(settings)
-    services = Services(settings, engine, make_session_factory(engine), connection, get_queue(connection))
+    services = Services.over(settings, engine, connection)
     router = APIRouter()
 
     @router.post("/api/store-probe")

@@ -8,8 +8,6 @@ from sqlalchemy.engine import Engine
 
 from orchestrator.app.deps import Services
 from orchestrator.app.main import create_app
-from orchestrator.db import make_session_factory
-from orchestrator.queue_rq import get_queue
 from orchestrator.settings import load_settings
 
 
@@ -18,12 +16,4 @@ def in_process_app(engine: Engine, redis, monkeypatch: pytest.MonkeyPatch, **env
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
-    services = Services(
-        settings=settings,
-        engine=engine,
-        sessions=make_session_factory(engine),
-        redis=redis,
-        queue=get_queue(redis),
-        api_key_digests=settings.api_key_hashes,
-    )
-    return create_app(services=services)
+    return create_app(services=Services.over(settings, engine, redis))
