@@ -36,6 +36,7 @@ import httpx
 import redis
 from sqlalchemy import create_engine, func, select
 
+from modelreasoner.emulation import TIER_DEFAULTS
 from orchestrator.models import Audit, Job
 from tests.conftest import migrate
 from tests.support import postgres
@@ -313,8 +314,8 @@ def main(minutes: float, rate: float | None, peak_seconds: float, pg_url: str, o
     books = Books(database, redis_server.url)
     start_load = load_conditions()
     try:
-        stack.model_server("cloud", tier="cloud")
-        stack.model_server("gpu", tier="gpu")
+        for tier in ("cloud", "gpu"):  # with each tier's transient failures, as in production
+            stack.model_server(tier, tier=tier, fail_rate=TIER_DEFAULTS[tier]["fail_rate"])
         api = stack.api()
         worker = stack.worker(concurrency=WORKER_CONCURRENCY, name="soak-worker")
         peak = None

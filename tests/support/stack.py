@@ -114,7 +114,9 @@ class Stack:
 
     def model_server(self, name: str, *, tier: str = "none", admin: bool = True, **options: Any) -> ModelServer:
         """Start ``python -m modelreasoner.server``; ``options`` become --flags (latency_ms=5 ->
-        --latency-ms 5)."""
+        --latency-ms 5). A tier's random transient failures (its default ``fail_rate``) stay off
+        unless ``fail_rate`` is given: a test's server fails only when the test says so."""
+        options.setdefault("fail_rate", 0)
         port = free_port()
         argv = python("-m", "modelreasoner.server", "--port", str(port), "--tier", tier)
         for key, value in options.items():
