@@ -10,21 +10,21 @@ first use and caches it; nothing is read at import time. A malformed value raise
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
+from orchestrator.principals import Principal, PrincipalSpec, legacy_principals, merge, principals_from_specs
 
 OWN_PREFIXES = ("ROUTING_", "WORKER_", "RECONCILER_", "JOB_", "HEDGE_", "CIRCUIT_", "PEDI_")
 """Environment prefixes that belong to this project alone; unknown names under them are typos."""
 
-SECRET_FIELDS = frozenset({"api_key", "database_url", "redis_url"})
+SECRET_FIELDS = frozenset({"api_key", "api_keys_json", "database_url", "redis_url"})
 """Fields whose value must never be echoed back in an error message (keys, passwords in URLs)."""
 
 
@@ -107,7 +107,12 @@ class Settings(BaseSettings):
 
     # --- API -----------------------------------------------------------------------------------
     api_key: SecretStr | None = None
-    """Comma-separated list of accepted API keys (several, for rotation). Unset: no auth."""
+    """Comma-separated list of accepted API keys (several, for rotation). Each is a principal of
+    tenant ``default`` with scopes ``submit`` and ``read``. Unset (and no API_KEYS_JSON): dev mode."""
+    api_keys_json: tuple[PrincipalSpec, ...] | None = None
+    """Principals as JSON: ``[{"sha256": "<hex digest of the key>", "tenant": "clinic-a",
+    "scopes": ["submit"], "name": "intake app"}]``. Scopes: submit, read, operate, admin. Keys are
+    given only as sha256 digests; unknown fields and a digest listed twice are refused."""
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     """Largest request body the API reads (bytes); more is answered 413 before parsing."""
     public_url: str = ""
@@ -173,25 +178,28 @@ class Settings(BaseSettings):
             raise ValueError("every key must be at least 8 characters long")
         return value
 
+    @model_validator(mode="after")
+    def _one_principal_per_key(self) -> Settings:
+        try:
+            self._build_principals()  # so that a key configured twice stops the start
+        except ValueError as exc:
+            raise ValueError(f"API_KEY / API_KEYS_JSON: {exc}") from None
+        return self
+
     @property
-    def api_key_hashes(self) -> dict[str, str]:
-        """sha256 hex digest -> key id, for every accepted key. The keys themselves are not kept."""
-        if self.api_key is None:
-            return {}
-        hashes = {}
-        for key in self.api_key.get_secret_value().split(","):
-            digest = hashlib.sha256(key.strip().encode()).hexdigest()
-            hashes[digest] = key_id_for_digest(digest)
-        return hashes
+    def principals(self) -> dict[str, Principal]:
+        """sha256 hex digest -> principal, for every accepted key. The keys themselves are not kept."""
+        return self._build_principals()
+
+    def _build_principals(self) -> dict[str, Principal]:
+        legacy = {}
+        if self.api_key is not None:
+            legacy = legacy_principals([key.strip() for key in self.api_key.get_secret_value().split(",")])
+        return merge(legacy, principals_from_specs(self.api_keys_json or ()))
 
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith("postgresql")
-
-
-def key_id_for_digest(digest: str) -> str:
-    """The printable id of an API key: safe for audits and logs, useless to an attacker."""
-    return "key-" + digest[:10]
 
 
 def _known_env_names() -> set[str]:
@@ -211,8 +219,11 @@ def _check_unknown_variables(environ: dict[str, str]) -> None:
 def _format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
         message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check across settings names its variables itself
+            lines.append(f"  {message}")
+            continue
+        field = str(item["loc"][0])
         if field not in SECRET_FIELDS and "input" in item and not isinstance(item["input"], dict):
             message += f" (got {item['input']!r})"
         lines.append(f"  {field.upper()}: {message}")

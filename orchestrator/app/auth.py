@@ -1,10 +1,10 @@
-"""API-key authentication for every /api route.
+"""Authentication and authorisation of every /api route.
 
-Keys come from ``API_KEY`` (comma-separated, for rotation) and are kept only as sha256 digests.
-A presented key is hashed and compared with every digest in constant time. The caller is known
-from then on by a key id (``key-<10 hex>``), never by the key: that id goes into audits and logs.
-With no ``API_KEY`` configured, every caller is ``anonymous`` (dev mode; a warning is logged at
-start).
+A presented ``x-api-key`` is hashed and compared with every configured digest in constant time;
+the match is a :class:`~orchestrator.principals.Principal` (key id, tenant, scopes). Each route
+declares the scope it needs with one of the dependency aliases below (``SubmitDep``, ``ReadDep``,
+``OperateDep``, ``AdminDep``): no key or an unknown key is 401, a key without the scope is 403.
+With no keys configured (dev mode) every caller is the anonymous dev principal.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from orchestrator.constants import API_KEY_HEADER
-from orchestrator.errors import Unauthorized
+from orchestrator.errors import Forbidden, Unauthorized
+from orchestrator.principals import DEV_PRINCIPAL, Principal, Scope
 
-ANONYMOUS = "anonymous"
-
-api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="One of the keys in API_KEY")
+api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="An API key of a principal")
 
 
-def match_key(presented: str | None, digests: dict[str, str]) -> str | None:
-    """The key id of ``presented`` if it is one of ``digests`` (sha256 hex -> key id), else None.
+def match_key(presented: str | None, principals: dict[str, Principal]) -> Principal | None:
+    """The principal whose key is ``presented``, else None.
 
     Every digest is compared, whatever matches first, so timing says nothing about which key
     (or how much of one) was right.
@@ -34,23 +33,40 @@ def match_key(presented: str | None, digests: dict[str, str]) -> str | None:
         return None
     candidate = hashlib.sha256(presented.encode()).hexdigest().encode()
     found = None
-    for digest, key_id in digests.items():
+    for digest, principal in principals.items():
         if hmac.compare_digest(candidate, digest.encode()):
-            found = key_id
+            found = principal
     return found
 
 
-def require_api_key(request: Request, presented: Annotated[str | None, Security(api_key_header)] = None) -> str:
-    """FastAPI dependency: the caller's key id, ``anonymous`` in dev mode; 401 otherwise."""
-    digests: dict[str, str] = request.app.state.services.api_key_digests
-    if not digests:
-        actor = ANONYMOUS
+def authenticate(request: Request, presented: str | None) -> Principal:
+    principals: dict[str, Principal] = request.app.state.services.principals
+    if not principals:
+        principal = DEV_PRINCIPAL
     else:
-        actor = match_key(presented, digests)
-        if actor is None:
+        principal = match_key(presented, principals)
+        if principal is None:
             raise Unauthorized("Missing or invalid API key (header x-api-key)")
-    request.state.actor = actor
-    return actor
+    request.state.actor = principal.key_id
+    return principal
 
 
-ActorDep = Annotated[str, Depends(require_api_key)]
+class Authorize:
+    """FastAPI dependency: the caller's principal if it holds ``scope``; 401 / 403 otherwise."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    def __call__(
+        self, request: Request, presented: Annotated[str | None, Security(api_key_header)] = None
+    ) -> Principal:
+        principal = authenticate(request, presented)
+        if not principal.allows(self.scope):
+            raise Forbidden(f"This key lacks the '{self.scope.value}' scope")
+        return principal
+
+
+SubmitDep = Annotated[Principal, Depends(Authorize(Scope.SUBMIT))]
+ReadDep = Annotated[Principal, Depends(Authorize(Scope.READ))]
+OperateDep = Annotated[Principal, Depends(Authorize(Scope.OPERATE))]
+AdminDep = Annotated[Principal, Depends(Authorize(Scope.ADMIN))]

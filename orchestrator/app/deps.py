@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import make_session_factory, session_scope
+from orchestrator.principals import Principal
 from orchestrator.queue_rq import get_queue
 from orchestrator.routing import RedisStatsStore, Router
 from orchestrator.settings import Settings
@@ -27,7 +28,8 @@ class Services:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     queue: Queue
-    api_key_digests: dict[str, str] = field(default_factory=dict)
+    principals: dict[str, Principal] = field(default_factory=dict)
+    """sha256 digest of each accepted key -> its principal; empty in dev mode."""
 
     @classmethod
     def over(cls, settings: Settings, engine: Engine, connection: redis.Redis) -> Services:
@@ -38,7 +40,7 @@ class Services:
             sessions=make_session_factory(engine),
             redis=connection,
             queue=get_queue(connection),
-            api_key_digests=settings.api_key_hashes,
+            principals=settings.principals,
         )
 
 

@@ -63,13 +63,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = services.settings
     if not settings.is_postgres and settings.database_url.startswith("sqlite"):
         init_db(services.engine)
-    if not services.api_key_digests:
+    if not services.principals:
         log.warning("API_KEY is not set: /api routes accept requests without a key (dev mode only)")
     unregister = register_state_collector(state_collector(services))
     reconciler = None
     if settings.reconciler_enabled and app.state.owns_services:  # injected services: the owner decides
         reconciler = Reconciler(services.sessions, services.queue, settings, actor=actor_name("api")).start()
-    log.info("api started", extra={"version": __version__, "auth": bool(services.api_key_digests)})
+    log.info("api started", extra={"version": __version__, "auth": bool(services.principals)})
     try:
         yield
     finally:

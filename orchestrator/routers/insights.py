@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from orchestrator import insights
-from orchestrator.app.auth import ActorDep
+from orchestrator.app.auth import OperateDep
 from orchestrator.app.deps import SessionDep
 from orchestrator.models import utcnow
 from orchestrator.schemas import ErrorBody, ModelMetrics, SlaEvents
@@ -32,7 +32,7 @@ def _since(value: datetime | None) -> datetime:
 @router.get("/sla-events", response_model=SlaEvents, summary="Jobs that finished after their SLA")
 def sla_events(
     session: SessionDep,
-    _: ActorDep,
+    _: OperateDep,
     limit: Annotated[int, Query(ge=1, le=SLA_EVENTS_MAX)] = 50,
     since: Annotated[datetime | None, Query(description="Default: 24 h ago; no zone means UTC")] = None,
     target: Annotated[str | None, Query(max_length=64)] = None,
@@ -47,7 +47,7 @@ def sla_events(
 @router.get("/model-metrics", response_model=ModelMetrics, summary="Predicted vs actual latency per target")
 def model_metrics(
     session: SessionDep,
-    _: ActorDep,
+    _: OperateDep,
     since: Annotated[datetime | None, Query(description="Default: 24 h ago; no zone means UTC")] = None,
     points: Annotated[int, Query(ge=1, le=MODEL_POINTS_MAX)] = 200,
 ) -> ModelMetrics:

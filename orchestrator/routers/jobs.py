@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from orchestrator import audit, catalogue, jobs
-from orchestrator.app.auth import ActorDep
+from orchestrator.app.auth import ReadDep, SubmitDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
 from orchestrator.metrics import JOBS_SUBMITTED
@@ -49,7 +49,7 @@ def submit(
     response: Response,
     session: SessionDep,
     services: ServicesDep,
-    actor: ActorDep,
+    principal: SubmitDep,
     idempotency_key: Annotated[
         str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     ] = None,
@@ -65,7 +65,7 @@ def submit(
     submitted = jobs.submit_screening(
         session,
         body,
-        actor=actor,
+        actor=principal.key_id,
         default_sla_ms=services.settings.default_sla_ms,
         idempotency_key=idempotency_key,
     )
@@ -86,7 +86,7 @@ def accept(submitted: jobs.Submitted, services, response: Response) -> Job:
 
 
 @router.get("/status/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorBody}})
-def status(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> JobPublic:
+def status(job_id: uuid.UUID, session: SessionDep, _: ReadDep) -> JobPublic:
     """Status, result, routing explanation, error, times and measured latency of one job."""
     job = jobs.get_job(session, job_id)
     return to_public(job, audit.trail(session, job_id))
@@ -95,7 +95,7 @@ def status(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> JobPublic:
 @router.get("/jobs", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
-    _: ActorDep,
+    _: ReadDep,
     limit: Annotated[int, Query(ge=1, le=JOBS_PAGE_MAX)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: StatusName | None = None,
@@ -112,7 +112,7 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[AuditPublic], responses={404: {"model": ErrorBody}})
-def job_events(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> list[AuditPublic]:
+def job_events(job_id: uuid.UUID, session: SessionDep, _: ReadDep) -> list[AuditPublic]:
     """The audit trail of one job, oldest first: its timeline."""
     jobs.get_job(session, job_id)
     return [to_event(row) for row in audit.trail(session, job_id)]

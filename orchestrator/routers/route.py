@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter
 
 from orchestrator import catalogue
-from orchestrator.app.auth import ActorDep
+from orchestrator.app.auth import OperateDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.routing import RedisStatsStore, Router, RouteRequest
 from orchestrator.schemas import ErrorBody, RouteDryRun, RouteDryRunResult
@@ -31,7 +31,7 @@ class NoExploration(random.Random):
 
 
 @router.post("/api/route", response_model=RouteDryRunResult, summary="Routing decision for a hypothetical job")
-def dry_run(body: RouteDryRun, session: SessionDep, services: ServicesDep, _: ActorDep) -> RouteDryRunResult:
+def dry_run(body: RouteDryRun, session: SessionDep, services: ServicesDep, _: OperateDep) -> RouteDryRunResult:
     """The ranked decision, with every candidate's score components and reason, from the live
     shared stats. Nothing is stored or queued, and no stats change."""
     targets = catalogue.routable(catalogue.entries(session, services.settings), body.kind)

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Response
 
 from orchestrator import catalogue
-from orchestrator.app.auth import ActorDep
+from orchestrator.app.auth import AdminDep, OperateDep
 from orchestrator.app.deps import RouterDep, SessionDep, SettingsDep
 from orchestrator.models import utcnow
 from orchestrator.schemas import ErrorBody, TargetList, TargetPublic, TargetRegister
@@ -18,7 +18,7 @@ router = APIRouter(tags=["targets"], responses=ERRORS)
 
 
 @router.get("/api/targets", response_model=TargetList, summary="Targets with live stats and circuit state")
-def list_targets(session: SessionDep, settings: SettingsDep, routing: RouterDep, _: ActorDep) -> TargetList:
+def list_targets(session: SessionDep, settings: SettingsDep, routing: RouterDep, _: OperateDep) -> TargetList:
     """Every target routing may use (configured and registered), its predicted latency, error
     rate, calls in flight, circuit state and latest pushed telemetry."""
     entries = catalogue.entries(session, settings)
@@ -42,12 +42,12 @@ def register_agent(
     session: SessionDep,
     settings: SettingsDep,
     routing: RouterDep,
-    actor: ActorDep,
+    principal: AdminDep,
 ) -> TargetPublic:
     """Add a target (201) or replace the one of the same name (200). Persisted; every worker
     routes to it within a few seconds, without a restart. Audited as ``registered``. Served as
     POST /register_agent and, the same, as POST /api/agents."""
-    target, created = catalogue.register(session, body, actor=actor, now=utcnow())
+    target, created = catalogue.register(session, body, actor=principal.key_id, now=utcnow())
     response.status_code = 201 if created else 200
     entry = catalogue.find(catalogue.entries(session, settings), target.name)
     now = time.time()

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from orchestrator import audit, catalogue, jobs
-from orchestrator.app.auth import ActorDep
+from orchestrator.app.auth import ReadDep, SubmitDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from orchestrator.errors import Forbidden, NotFound
@@ -43,7 +43,7 @@ def route_task(
     response: Response,
     session: SessionDep,
     services: ServicesDep,
-    actor: ActorDep,
+    principal: SubmitDep,
     idempotency_key: Annotated[
         str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     ] = None,
@@ -63,7 +63,7 @@ def route_task(
     submitted = jobs.submit_task(
         session,
         body,
-        actor=actor,
+        actor=principal.key_id,
         default_sla_ms=services.settings.default_sla_ms,
         idempotency_key=idempotency_key,
     )
@@ -72,7 +72,7 @@ def route_task(
 
 
 @router.get("/task/{task_id}", response_model=TaskPublic, responses={404: {"model": ErrorBody}})
-def task_status(task_id: uuid.UUID, session: SessionDep, _: ActorDep) -> TaskPublic:
+def task_status(task_id: uuid.UUID, session: SessionDep, _: ReadDep) -> TaskPublic:
     """Status, result, routing explanation, attempts, times and cost of one task."""
     try:
         job = jobs.get_job(session, task_id)

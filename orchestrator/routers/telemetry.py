@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from orchestrator import catalogue, telemetry
-from orchestrator.app.auth import ActorDep
+from orchestrator.app.auth import OperateDep
 from orchestrator.app.deps import RouterDep, SessionDep, SettingsDep
 from orchestrator.models import utcnow
 from orchestrator.schemas import ErrorBody, TelemetryAccepted
@@ -44,7 +44,7 @@ def ingest(
     session: SessionDep,
     settings: SettingsDep,
     routing: RouterDep,
-    actor: ActorDep,
+    principal: OperateDep,
 ) -> TelemetryAccepted:
     """Normalize units (ms, 0-1, UTC), blend the samples into the routers' shared stats and
     store them in ``telemetry_samples`` (kept TELEMETRY_RETENTION_HOURS). The whole batch is
@@ -57,7 +57,8 @@ def ingest(
     retention = timedelta(hours=settings.telemetry_retention_hours)
     known = {entry.target.name for entry in catalogue.entries(session, settings)}
     normalized = [
-        telemetry.normalize(raw, prefix, known, actor=actor, now=now, retention=retention) for prefix, raw in parsed
+        telemetry.normalize(raw, prefix, known, actor=principal.key_id, now=now, retention=retention)
+        for prefix, raw in parsed
     ]
     kept = [sample for sample in normalized if sample is not None]
     if kept:

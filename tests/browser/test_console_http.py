@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator.routers.ui import UI_DIR, asset_path
 from tests.support.app import in_process_app
+from tests.support.keys import admin_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.security]
 
@@ -25,7 +26,7 @@ REQUIRED_CSP = {
 
 @pytest.fixture
 def client(sqlite_engine, fake_redis, monkeypatch):
-    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, API_KEY="console-http-key-1")
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, **admin_env("console-http-key-1"))
     with TestClient(app, follow_redirects=False) as test_client:
         yield test_client
 

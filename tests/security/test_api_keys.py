@@ -16,10 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.app import auth
-from orchestrator.app.auth import ActorDep, match_key
+from orchestrator.app.auth import ReadDep, match_key
 from orchestrator.errors import ConfigError, Forbidden
 from orchestrator.models import Audit, Job
-from orchestrator.settings import key_id_for_digest, load_settings
+from orchestrator.principals import key_id_for_digest, legacy_principals
+from orchestrator.settings import load_settings
 from tests.support.app import in_process_app
 
 pytestmark = pytest.mark.security
@@ -47,10 +48,10 @@ def digest(key: str) -> str:
 
 def test_the_process_keeps_digests_and_ids_never_the_keys(client):
     services = client.app.state.services
-    kept = repr(services.api_key_digests) + repr(services.settings.api_key_hashes)
+    kept = repr(services.principals) + repr(services.settings.principals)
     assert KEY_OLD not in kept and KEY_NEW not in kept
     expected = {digest(k): key_id_for_digest(digest(k)) for k in (KEY_OLD, KEY_NEW)}
-    assert services.api_key_digests == expected
+    assert {d: p.key_id for d, p in services.principals.items()} == expected
     assert KEY_OLD not in repr(services.settings) and "**********" in repr(services.settings.api_key)
 
 
@@ -68,7 +69,7 @@ def test_every_digest_is_compared_in_constant_time_whichever_matches(monkeypatch
         return real_compare(a, b)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", counting)
-    digests = {digest(k): key_id_for_digest(digest(k)) for k in (KEY_OLD, KEY_NEW, "third-key-0003")}
+    digests = legacy_principals([KEY_OLD, KEY_NEW, "third-key-0003"])
     for presented, expected in ((KEY_OLD, digests[digest(KEY_OLD)]), ("not-a-key-at-all", None), ("x", None)):
         calls.clear()
         assert match_key(presented, digests) == expected
@@ -123,8 +124,8 @@ def test_a_valid_key_doing_a_forbidden_action_is_a_403_json_error(sqlite_engine,
     router = APIRouter()
 
     @router.post("/api/forbidden-probe")
-    def probe(actor: ActorDep) -> dict:
-        raise Forbidden(f"{actor} may not do this")
+    def probe(principal: ReadDep) -> dict:
+        raise Forbidden(f"{principal.key_id} may not do this")
 
     app = build_app(sqlite_engine, fake_redis, monkeypatch, KEY_OLD, extra_router=router)
     with TestClient(app) as test_client:

@@ -21,6 +21,7 @@ import httpx
 import redis
 
 from tests.support.env import ROOT, free_port
+from tests.support.keys import keys_env, principal
 from tests.support.procs import ManagedProcess, python
 
 TARGET_URL_VARS = {"edge": "EDGE_MODEL_URL", "cloud": "CLOUD_MODEL_URL", "gpu": "GPU_MODEL_URL"}
@@ -133,8 +134,9 @@ class Stack:
         """Start the API under uvicorn on a free port."""
         port = free_port()
         overrides = {**self.target_env(), **env}
-        if api_key:
-            overrides["API_KEY"] = api_key
+        keys = api_key.split(",") if api_key else []
+        if keys:  # administrators' keys (a list: rotation): the stack's tests drive every route
+            overrides = {**keys_env(*(principal(key, "admin") for key in keys)), **overrides}
         argv = python(
             "-m",
             "uvicorn",
@@ -149,7 +151,7 @@ class Stack:
         )
         url = f"http://127.0.0.1:{port}"
         process = self._spawn(f"api-{port}", argv, self.base_env(**overrides), ready_url=f"{url}/healthz")
-        api = Api(process, url, api_key.split(",")[0] if api_key else None)
+        api = Api(process, url, keys[0] if keys else None)
         self.apis.append(api)
         return api
 

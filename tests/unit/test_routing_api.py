@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from orchestrator.models import Audit, Job, RegisteredTarget
 from orchestrator.routing import Outcome, RedisStatsStore, Router
 from tests.support.app import in_process_app
+from tests.support.keys import admin_env
 
 MARKER = "PHI-MARKER-2c9d"
 KEY = "routing-key-0001"
@@ -75,7 +76,7 @@ ENDPOINTS = [
 def test_every_routing_endpoint_needs_the_key_when_one_is_set(
     sqlite_engine, fake_redis, monkeypatch, method, path, body
 ):
-    with make_client(sqlite_engine, fake_redis, monkeypatch, API_KEY=KEY, **INFER_ENV) as client:
+    with make_client(sqlite_engine, fake_redis, monkeypatch, **admin_env(KEY), **INFER_ENV) as client:
         denied = client.request(method, path, json=body)
         wrong = client.request(method, path, json=body, headers={"x-api-key": "not-the-key-123"})
         allowed = client.request(method, path, json=body, headers={"x-api-key": KEY})
@@ -142,7 +143,7 @@ def test_registering_creates_then_updates_and_audits_with_the_key_id(sqlite_engi
     body = {"name": "edge-2", "tier": "edge", "url": "http://10.0.0.7:8001/", "contract": "run",
             "cost_per_call_usd": 0.0001, "capacity": 4, "prior_latency_ms": 90}  # fmt: skip
     headers = {"x-api-key": KEY}
-    with make_client(sqlite_engine, fake_redis, monkeypatch, API_KEY=KEY, **INFER_ENV) as client:
+    with make_client(sqlite_engine, fake_redis, monkeypatch, **admin_env(KEY), **INFER_ENV) as client:
         created = client.post("/register_agent", json=body, headers=headers)
         updated = client.post("/api/agents", json={**body, "capacity": 6, "enabled": False}, headers=headers)
         listed = {t["name"]: t for t in client.get("/api/targets", headers=headers).json()["targets"]}

@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.settings import get_settings, key_id_for_digest, load_settings
+from orchestrator.principals import DEFAULT_TENANT, Scope, key_id_for_digest
+from orchestrator.settings import get_settings, load_settings
 
 
 def test_defaults_give_an_embedded_dev_setup():
@@ -16,7 +17,7 @@ def test_defaults_give_an_embedded_dev_setup():
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.routing_timeout_seconds == 10
     assert settings.log_level == "INFO"
-    assert settings.api_key is None and settings.api_key_hashes == {}
+    assert settings.api_key is None and settings.principals == {}
 
 
 def test_settings_are_read_once_and_cached(monkeypatch):
@@ -69,11 +70,15 @@ def test_secrets_are_never_echoed_in_errors(monkeypatch):
 
 def test_api_keys_are_kept_as_digests_with_printable_ids(monkeypatch):
     monkeypatch.setenv("API_KEY", "first-key-123, second-key-456")
-    hashes = load_settings().api_key_hashes
+    principals = load_settings().principals
     digest = hashlib.sha256(b"second-key-456").hexdigest()
-    assert digest in hashes and hashes[digest] == key_id_for_digest(digest)
-    assert len(hashes) == 2
-    assert all("key-123" not in key_id and "key-456" not in key_id for key_id in hashes.values())
+    assert digest in principals and principals[digest].key_id == key_id_for_digest(digest)
+    assert len(principals) == 2
+    assert all("key-123" not in p.key_id and "key-456" not in p.key_id for p in principals.values())
+    # API_KEY keeps its meaning: each key is an intake principal of the default tenant
+    assert {(p.tenant, p.scopes) for p in principals.values()} == {
+        (DEFAULT_TENANT, frozenset({Scope.SUBMIT, Scope.READ}))
+    }
 
 
 def test_empty_key_between_commas_is_refused(monkeypatch):

@@ -20,6 +20,7 @@ from orchestrator.routing import RedisStatsStore
 from orchestrator.telemetry import MAX_SAMPLES_PER_BATCH, normalize, parse_body, prune
 from tests.support.app import in_process_app
 from tests.support.env import ROOT
+from tests.support.keys import keys_env, principal
 
 TARGET_ENV = {"EDGE_MODEL_URL": "http://127.0.0.1:18001", "GPU_MODEL_URL": "http://127.0.0.1:18002"}
 
@@ -103,7 +104,9 @@ def test_every_timestamp_form_is_stored_as_the_same_utc_instant(client, sqlite_e
 def test_a_sample_without_timestamp_is_taken_now_and_source_defaults_to_the_caller(
     sqlite_engine, fake_redis, monkeypatch
 ):
-    with make_client(sqlite_engine, fake_redis, monkeypatch, API_KEY="telemetry-key-1") as client:
+    with make_client(
+        sqlite_engine, fake_redis, monkeypatch, **keys_env(principal("telemetry-key-1", "operate"))
+    ) as client:
         response = client.post(
             "/api/telemetry", json={"target": "gpu", "up": True}, headers={"x-api-key": "telemetry-key-1"}
         )
@@ -299,7 +302,9 @@ def test_pruning_is_bounded_per_call(sqlite_engine):
 
 
 def test_telemetry_needs_the_api_key_when_one_is_set(sqlite_engine, fake_redis, monkeypatch):
-    with make_client(sqlite_engine, fake_redis, monkeypatch, API_KEY="telemetry-key-1") as client:
+    with make_client(
+        sqlite_engine, fake_redis, monkeypatch, **keys_env(principal("telemetry-key-1", "operate"))
+    ) as client:
         response = post_one(client, up=True)
     assert response.status_code == 401
     assert rows(sqlite_engine) == []

@@ -1,0 +1,119 @@
+"""Principals: who a caller is (key id), which clinic or app it belongs to (tenant), and what it
+may do (scopes).
+
+Scopes, and what each allows:
+
+* ``submit``  submit jobs and tasks; read its own tenant's jobs (implies ``read``);
+* ``read``    read-only, its own tenant;
+* ``operate`` targets, telemetry, SLA events, model metrics, route dry run; read across tenants
+  (without observations) (implies ``read``);
+* ``admin``   register, change and remove targets, plus everything else.
+
+Keys are known only by their sha256 digest; a principal's printable id is ``key-<10 hex>`` of that
+digest, which is what audits and logs record.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_TENANT = "default"
+"""The tenant of every key given by ``API_KEY`` and of rows created before tenants existed."""
+
+ANONYMOUS = "anonymous"
+"""The key id of every caller in dev mode (no keys configured)."""
+
+
+class Scope(enum.StrEnum):
+    SUBMIT = "submit"
+    READ = "read"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+
+IMPLIED: dict[Scope, frozenset[Scope]] = {
+    Scope.SUBMIT: frozenset({Scope.SUBMIT, Scope.READ}),
+    Scope.READ: frozenset({Scope.READ}),
+    Scope.OPERATE: frozenset({Scope.OPERATE, Scope.READ}),
+    Scope.ADMIN: frozenset(Scope),
+}
+"""What holding a scope grants, itself included."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: str
+    scopes: frozenset[Scope]
+
+    def allows(self, scope: Scope) -> bool:
+        return any(scope in IMPLIED[held] for held in self.scopes)
+
+    @property
+    def cross_tenant(self) -> bool:
+        """Operators and admins see every tenant's jobs."""
+        return self.allows(Scope.OPERATE)
+
+
+DEV_PRINCIPAL = Principal(ANONYMOUS, DEFAULT_TENANT, frozenset({Scope.ADMIN}))
+"""Every caller in dev mode (no keys configured): allowed everything, loudly."""
+
+LEGACY_SCOPES = frozenset({Scope.SUBMIT, Scope.READ})
+"""The scopes of a key given by ``API_KEY`` (the comma-separated rotation list)."""
+
+
+def digest_of(key: str) -> str:
+    """The sha256 hex digest under which a key is stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_for_digest(digest: str) -> str:
+    """The printable id of an API key: safe for audits and logs, useless to an attacker."""
+    return "key-" + digest[:10]
+
+
+def legacy_principals(keys: list[str]) -> dict[str, Principal]:
+    """digest -> principal for each key of ``API_KEY``: tenant ``default``, submit + read."""
+    principals = {}
+    for key in keys:
+        digest = digest_of(key)
+        principals[digest] = Principal(key_id_for_digest(digest), DEFAULT_TENANT, LEGACY_SCOPES)
+    return principals
+
+
+class PrincipalSpec(BaseModel):
+    """One principal as configured (``API_KEYS_JSON`` / ``API_KEYS_FILE``): the key only as its
+    sha256 hex digest (``python -m orchestrator.keys digest`` prints it for a new key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    scopes: tuple[Scope, ...] = Field(min_length=1)
+    name: str | None = Field(None, max_length=64)
+    """A label for people (never used for authorisation)."""
+
+
+def principals_from_specs(specs: tuple[PrincipalSpec, ...]) -> dict[str, Principal]:
+    """digest -> principal; a digest listed twice is refused (ValueError)."""
+    principals: dict[str, Principal] = {}
+    for spec in specs:
+        if spec.sha256 in principals:
+            raise ValueError(f"the key {key_id_for_digest(spec.sha256)} is listed twice")
+        principals[spec.sha256] = Principal(key_id_for_digest(spec.sha256), spec.tenant, frozenset(spec.scopes))
+    return principals
+
+
+def merge(*groups: dict[str, Principal]) -> dict[str, Principal]:
+    """One digest -> principal map from several sources; a key in two sources is refused."""
+    merged: dict[str, Principal] = {}
+    for group in groups:
+        for digest, principal in group.items():
+            if digest in merged:
+                raise ValueError(f"the key {principal.key_id} is configured twice")
+            merged[digest] = principal
+    return merged
