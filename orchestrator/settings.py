@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
@@ -24,7 +24,7 @@ from orchestrator.principals import Principal, PrincipalSpec, legacy_principals,
 OWN_PREFIXES = ("ROUTING_", "WORKER_", "RECONCILER_", "JOB_", "HEDGE_", "CIRCUIT_", "PEDI_")
 """Environment prefixes that belong to this project alone; unknown names under them are typos."""
 
-SECRET_FIELDS = frozenset({"api_key", "api_keys_json", "database_url", "redis_url"})
+SECRET_FIELDS = frozenset({"api_key", "api_keys_json", "database_url", "migration_database_url", "redis_url"})
 """Fields whose value must never be echoed back in an error message (keys, passwords in URLs)."""
 
 
@@ -35,7 +35,12 @@ class Settings(BaseSettings):
 
     # --- stores ----------------------------------------------------------------------------
     database_url: str = "sqlite:///./orchestrator_dev.db"
-    """Where jobs live: ``postgresql://user:pass@host:5432/db`` in production, SQLite for dev."""
+    """Where jobs live: ``postgresql://user:pass@host:5432/db`` in production, SQLite for dev. The
+    API, worker and reconciler connect with it: in production, as the least-privilege runtime role
+    of migrations/roles.sql (rows only; the audit trail append-only), never as the schema owner."""
+    migration_database_url: str | None = None
+    """Alembic's connection (``alembic upgrade head``): the schema owner role of
+    migrations/roles.sql. Only the migration step needs it; unset: DATABASE_URL."""
     redis_url: str = "redis://localhost:6379/0"
     """The RQ transport and the routers' shared stats. Carries job ids only, never PHI."""
     db_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
@@ -155,9 +160,11 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
-    @field_validator("database_url", mode="after")
+    @field_validator("database_url", "migration_database_url", mode="after")
     @classmethod
-    def _postgres_driver(cls, value: str) -> str:
+    def _postgres_driver(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value and info.field_name == "migration_database_url":  # unset or empty: DATABASE_URL
+            return None
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the pinned driver is psycopg2.
         for bare in ("postgresql://", "postgres://"):
             if value.startswith(bare):

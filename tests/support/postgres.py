@@ -137,3 +137,44 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError("postgres did not come up")
+
+
+# --- least-privilege roles (migrations/roles.sql) ---------------------------------------------
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as psql and libpq take it (no SQLAlchemy driver suffix)."""
+    return make_url(normalize(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def as_role(database_url: str, role: str, password: str) -> str:
+    """The URL of the same database, logged in as ``role``."""
+    return make_url(normalize(database_url)).set(username=role, password=password).render_as_string(hide_password=False)
+
+
+def unique_role_names(label: str = "") -> tuple[str, str]:
+    """(owner, app) role names for one test session: roles are cluster-wide, databases are not."""
+    suffix = f"{label}{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    return f"pedi_owner_{suffix}", f"pedi_app_{suffix}"
+
+
+def apply_roles_sql(database_url: str, owner: str, app: str, *, timeout: float = 60, **variables: str) -> str:
+    """Run migrations/roles.sql with psql, as the (superuser) user of ``database_url``; return its
+    output. Raises CalledProcessError (with psql's stderr) on failure."""
+    from tests.support.env import ROOT
+
+    argv = [shutil.which("psql") or "psql", libpq_url(database_url), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    for name, value in {"owner_role": owner, "app_role": app, **variables}.items():
+        argv += ["-v", f"{name}={value}"]
+    argv += ["-f", str(ROOT / "migrations" / "roles.sql")]
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout)
+    return done.stdout
+
+
+def drop_roles(server_url: str, *roles: str) -> None:
+    """Drop ``roles`` (after the databases holding their objects and grants are dropped)."""
+    admin = create_engine(normalize(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for role in roles:
+            connection.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    admin.dispose()
