@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from orchestrator.settings import load_settings
 from tests.deploy.test_dockerfiles import command, parse_dockerfile, runtime_env
@@ -38,6 +39,13 @@ NO_PROBE = {"otel-collector": "distroless image: no shell or HTTP client to run 
 RQ_JOB_TIMEOUT_SECONDS = 300  # orchestrator.constants.RQ_JOB_TIMEOUT_SECONDS, restated on purpose
 MODEL_TIERS = {"modelserver-edge": "edge", "modelserver-cloud": "cloud", "modelserver-gpu": "gpu"}
 TEST_API_KEY = "compose-e2e-key-0001"
+OWNER_ROLE, APP_ROLE = "pedi_owner", "pedi_app"
+PASSWORDS = {
+    "POSTGRES_PASSWORD": {"postgres"},
+    "DB_OWNER_PASSWORD": {"postgres", "migrate"},
+    "DB_APP_PASSWORD": {"postgres", "orchestrator", "worker"},
+}
+"""Each password variable -> the only services whose configuration may hold it."""
 
 
 def docker_compose() -> str:
@@ -124,7 +132,58 @@ def test_migrate_runs_alembic_before_the_api_and_the_worker(services):
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("orchestrator", "worker"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert migrate["environment"]["DATABASE_URL"] == services["orchestrator"]["environment"]["DATABASE_URL"]
+
+
+def database_urls(services: dict) -> dict[str, make_url]:
+    """service -> the database URL it connects with (resolved against the defaults)."""
+    out = {}
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        for key in ("MIGRATION_DATABASE_URL", "DATABASE_URL"):
+            if key in env:
+                out[name] = make_url(interpolate(str(env[key]), {}))
+    return out
+
+
+def test_migrations_run_as_the_owner_and_the_app_as_the_runtime_role(services):
+    env = {name: service.get("environment") or {} for name, service in services.items()}
+    assert "DATABASE_URL" not in env["migrate"], "migrate needs only the owner's URL"
+    urls = database_urls(services)
+    assert set(urls) == {"migrate", "orchestrator", "worker"}
+    assert urls["migrate"].username == OWNER_ROLE
+    assert "MIGRATION_DATABASE_URL" in env["migrate"]
+    for name in ("orchestrator", "worker"):
+        assert "MIGRATION_DATABASE_URL" not in env[name]
+        assert urls[name].username == APP_ROLE, f"{name} connects as the runtime role"
+    assert {(u.host, u.port, u.database) for u in urls.values()} == {("postgres", 5432, "pedi")}
+    assert env["postgres"]["POSTGRES_USER"] not in {OWNER_ROLE, APP_ROLE}
+    mounts = bind_mounts(services["postgres"])
+    assert mounts["/pedi/roles.sql"] == "migrations/roles.sql"
+    init = mounts["/docker-entrypoint-initdb.d/10-pedi-roles.sh"]
+    assert os.access(ROOT / init, os.X_OK), f"{init} must be executable (the image runs it, else sources it)"
+    probe = services["postgres"]["healthcheck"]["test"]
+    assert probe[probe.index("-h") + 1] == "127.0.0.1", "probe over TCP: ready only once the init scripts ran"
+
+
+def test_no_app_container_receives_the_superusers_or_the_owners_password():
+    secrets = {name: f"{name.lower()}-{uuid.uuid4().hex}" for name in PASSWORDS}
+    result = compose_config(docker_compose(), API_KEY=TEST_API_KEY, **secrets)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    for variable, allowed in PASSWORDS.items():
+        holders = {name for name, service in resolved.items() if secrets[variable] in yaml.safe_dump(service)}
+        assert holders == allowed, f"{variable} reaches {sorted(holders)}, expected {sorted(allowed)}"
+
+
+def test_scoped_keys_pass_through_only_when_set():
+    unset = yaml.safe_load(compose_config(docker_compose(), API_KEY=TEST_API_KEY).stdout)
+    env = unset["services"]["orchestrator"]["environment"]
+    assert env["API_KEYS_JSON"] is None and env["API_KEYS_FILE"] is None, "unset stays unset (not empty)"
+    keys = '[{"sha256": "' + "0" * 64 + '", "tenant": "clinic-a", "scopes": ["submit"]}]'
+    given = compose_config(docker_compose(), API_KEY=TEST_API_KEY, API_KEYS_JSON=keys, API_KEYS_FILE="/run/keys.yaml")
+    env = yaml.safe_load(given.stdout)["services"]["orchestrator"]["environment"]
+    assert env["API_KEYS_JSON"] == keys and env["API_KEYS_FILE"] == "/run/keys.yaml"
+    assert env["API_KEY"] == TEST_API_KEY, "API_KEY keeps working beside them"
 
 
 def published(service: dict) -> dict[int, str]:
@@ -187,7 +246,8 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("service_name", ["orchestrator", "worker"])
 def test_environment_is_valid_for_the_settings_object(services, service_name, monkeypatch):
-    env = {k: interpolate(str(v), {"API_KEY": TEST_API_KEY}) for k, v in services[service_name]["environment"].items()}
+    environment = services[service_name]["environment"].items()
+    env = {k: interpolate(str(v), {"API_KEY": TEST_API_KEY}) for k, v in environment if v is not None}
     assert env["DATABASE_URL"].split("@")[1].startswith("postgres:5432/")
     assert env["REDIS_URL"].startswith("redis://redis:6379/")
     for tier, service in (("EDGE", "modelserver-edge"), ("CLOUD", "modelserver-cloud"), ("GPU", "modelserver-gpu")):
@@ -268,10 +328,11 @@ def localize_argv(argv: list[str], port: int | None) -> list[str]:
 class Localizer:
     """Maps the compose network onto this machine: service name -> 127.0.0.1:<free port>."""
 
-    def __init__(self, resolved: dict, database_url: str, redis_url: str) -> None:
+    def __init__(self, resolved: dict, database_url: str, redis_url: str, roles: dict[str, str]) -> None:
         self.resolved = resolved
         self.database_url = database_url
         self.redis_url = redis_url
+        self.roles = roles  # compose's role name -> this session's (roles are cluster-wide)
         self.ports = {name: free_port() for name in resolved["services"]}
 
     def url(self, name: str) -> str:
@@ -282,7 +343,8 @@ class Localizer:
         service = self.resolved["services"][name]
         image_env = runtime_env(parse_dockerfile(ROOT / service["build"]["dockerfile"]))
         env = {k: v for k, v in image_env.items() if k != "PATH"}
-        env.update({k: str(v) for k, v in (service.get("environment") or {}).items()})
+        # A variable without a value is passed through from the shell, and left unset when not set there.
+        env.update({k: str(v) for k, v in (service.get("environment") or {}).items() if v is not None})
         return env
 
     def container_port(self, name: str) -> int | None:
@@ -295,9 +357,12 @@ class Localizer:
 
     def env(self, name: str) -> dict[str, str]:
         env = self.compose_env(name)
-        if "DATABASE_URL" in env:
-            assert "@postgres:5432/" in env["DATABASE_URL"]
-            env["DATABASE_URL"] = self.database_url
+        for key in ("DATABASE_URL", "MIGRATION_DATABASE_URL"):
+            if key in env:
+                compose_url = make_url(env[key])
+                assert (compose_url.host, compose_url.port) == ("postgres", 5432), env[key]
+                role = self.roles[compose_url.username]
+                env[key] = postgres.as_role(self.database_url, role, compose_url.password or "")
         if "REDIS_URL" in env:
             assert env["REDIS_URL"].startswith("redis://redis:6379/")
             env["REDIS_URL"] = self.redis_url
@@ -338,10 +403,13 @@ def test_the_compose_commands_run_the_product(pg_server_url, redis_url, artifact
     result = compose_config(docker_compose(), API_KEY=TEST_API_KEY)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
+    require(shutil.which("psql"), "psql not installed (Debian: postgresql-client)")
     database_url = postgres.create_database(pg_server_url, prefix="pedi_compose")
+    owner, app = postgres.unique_role_names("compose")
     processes: list[ManagedProcess] = []
     try:
-        local = Localizer(resolved, database_url, redis_url)
+        local = Localizer(resolved, database_url, redis_url, {OWNER_ROLE: owner, APP_ROLE: app})
+        init_roles(resolved["services"]["postgres"], database_url, owner, app)
         migrate = subprocess.run(
             localize_argv(argv_for("migrate", resolved["services"]["migrate"]), None),
             cwd=ROOT,
@@ -354,6 +422,8 @@ def test_the_compose_commands_run_the_product(pg_server_url, redis_url, artifact
         engine = create_engine(database_url)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            owners = connection.execute(text("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"))
+            assert owners.all() == [(owner,)], "migrate ran as the owner role"
         engine.dispose()
 
         for name in (*MODEL_TIERS, "orchestrator", "worker"):
@@ -373,12 +443,47 @@ def test_the_compose_commands_run_the_product(pg_server_url, redis_url, artifact
         assert job["target"] in {"edge", "cloud", "gpu"}
         metrics = httpx.get(local.ready_url("worker"), timeout=5).text
         assert re.search(rf'pedi_jobs_completed_total{{target="{job["target"]}"}} 1\.0', metrics)
+        engine = create_engine(database_url)
+        with engine.connect() as connection:
+            users = connection.execute(
+                text(
+                    "SELECT DISTINCT usename FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'pedi-orchestrator'"
+                )
+            )
+            assert users.all() == [(app,)], "the API and the worker connect as the runtime role"
+        engine.dispose()
         # SIGTERM, as `docker stop` sends it to the exec-form PID 1: RQ's warm shutdown exits 0.
         assert processes[-1].stop(timeout=15) == 0, processes[-1].tail()
     finally:
         for process in reversed(processes):
             process.stop(timeout=15)
         postgres.drop_database(database_url)
+        postgres.drop_roles(pg_server_url, app, owner)
+
+
+def init_roles(service: dict, database_url: str, owner: str, app: str) -> None:
+    """Run the postgres service's first-start script as its image would, with its environment
+    (role names made unique, the socket replaced by this server's address)."""
+    # `docker-compose config` resolves ./relative bind mounts to absolute host paths.
+    mounts = {target: ROOT / source for source, target, *_ in (str(v).split(":") for v in service["volumes"])}
+    script = mounts["/docker-entrypoint-initdb.d/10-pedi-roles.sh"]
+    url = make_url(database_url)
+    env = {k: str(v) for k, v in service["environment"].items()}
+    env.update(
+        {
+            "PATH": os.environ["PATH"],
+            "POSTGRES_DB": url.database,
+            "POSTGRES_USER": url.username,
+            "PGHOST": url.host,
+            "PGPORT": str(url.port),
+            "DB_OWNER_ROLE": owner,
+            "DB_APP_ROLE": app,
+            "ROLES_SQL": str(mounts["/pedi/roles.sql"]),
+        }
+    )
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def wait_terminal(api: str, job_id: str, headers: dict[str, str], timeout: float = 30.0) -> dict:
