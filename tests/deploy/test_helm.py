@@ -17,6 +17,7 @@ import subprocess
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
 
 from orchestrator.constants import QUEUE_NAME, RQ_JOB_TIMEOUT_SECONDS
 from orchestrator.settings import load_settings
@@ -56,7 +57,8 @@ def render(*args: str) -> tuple[dict, ...]:
 VARIANTS = {
     "default": (),
     "prod": ("-f", str(PROD)),
-    "existing-secret": ("--set", "secret.existingSecret=pedi-secrets"),
+    "existing-secret": ("--set", "secret.existingSecret=pedi-secrets,migrations.existingSecret=pedi-migrations"),
+    "api-keys-file": ("--set-string", "apiKeysFile.content=principals: []"),
     "keda": ("--set", "worker.keda.enabled=true"),
 }
 
@@ -256,7 +258,79 @@ def secret_refs(docs) -> set[str]:
 def test_existing_secret_is_referenced_and_none_is_rendered():
     docs = render(*VARIANTS["existing-secret"])
     assert not of_kind(docs, "Secret"), "with existingSecret the chart must not render any Secret"
-    assert secret_refs(docs) == {"pedi-secrets"}
+    assert secret_refs(docs) == {"pedi-secrets", "pedi-migrations"}
+
+
+def secret_keys_by_workload(docs) -> dict[str, set[tuple[str, str, str]]]:
+    """workload name -> {(env name, secret name, secret key)} of every env fed by a Secret."""
+    out: dict[str, set[tuple[str, str, str]]] = {}
+    for name, pod in pod_specs(docs):
+        for container in containers(pod):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    out.setdefault(name, set()).add((env["name"], ref["name"], ref["key"]))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["default", "prod", "existing-secret"])
+def test_the_migration_job_and_the_pods_read_different_secrets(variant):
+    docs = render(*VARIANTS[variant])
+    refs = secret_keys_by_workload(docs)
+    job = of_kind(docs, "Job")[0]["metadata"]["name"]
+    job_refs = refs.pop(job)
+    assert {env for env, _, _ in job_refs} == {"MIGRATION_DATABASE_URL"}, "the Job gets the owner's URL only"
+    job_secrets = {secret for _, secret, _ in job_refs}
+    for workload, pod_refs in refs.items():
+        assert not job_secrets & {secret for _, secret, _ in pod_refs}, f"{workload} reads the Job's Secret"
+        assert "MIGRATION_DATABASE_URL" not in {key for _, _, key in pod_refs}, workload
+        assert "MIGRATION_DATABASE_URL" not in {env for env, _, _ in pod_refs}, workload
+    if variant == "default":  # the rendered URLs: the owner for the Job, the runtime role for the pods
+        owner_url = secret_value(docs, next(iter(job_secrets)), "MIGRATION_DATABASE_URL")
+        app_url = secret_value(docs, f"{RELEASE}-pedi-orchestrator", "DATABASE_URL")
+        assert make_url(owner_url).username == "pedi_owner" and make_url(app_url).username == "pedi_app"
+
+
+def test_one_role_for_migrations_and_pods_is_refused():
+    result = run_helm(
+        "template", RELEASE, str(CHART), "--set", "secret.databaseUrl=postgresql://pedi_owner:pw@db:5432/pedi"
+    )
+    assert result.returncode != 0 and "both log in as" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "secret_name", "rendered"),
+    [
+        (VARIANTS["api-keys-file"], f"{RELEASE}-pedi-orchestrator-api-keys", True),
+        (("--set", "apiKeysFile.existingSecret=my-keys,apiKeysFile.key=keys.yml"), "my-keys", False),
+        (("-f", str(PROD)), "pedi-orchestrator-api-keys", False),
+    ],
+    ids=["inline", "existing-secret", "prod"],
+)
+def test_a_keys_file_is_mounted_into_the_api_only(values, secret_name, rendered):
+    docs = render(*values)
+    api = named(docs, "Deployment", "-api")["spec"]["template"]["spec"]
+    volume = next(v for v in api["volumes"] if v["name"] == "api-keys")
+    assert volume["secret"]["secretName"] == secret_name
+    key = volume["secret"]["items"][0]["key"]
+    mount = next(m for m in api["containers"][0]["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
+    assert env["API_KEYS_FILE"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    assert "API_KEY" in env, "API_KEY keeps working beside the file"
+    secrets = {d["metadata"]["name"]: d for d in of_kind(docs, "Secret")}
+    assert (secret_name in secrets) is rendered
+    if rendered:
+        assert secret_value(docs, secret_name, key) == "principals: []"
+    worker = named(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    assert "api-keys" not in {v["name"] for v in worker["volumes"]}
+    assert "API_KEYS_FILE" not in {e["name"] for e in worker["containers"][0]["env"]}
+
+
+def test_no_keys_file_no_mount():
+    api = named(render(), "Deployment", "-api")["spec"]["template"]["spec"]
+    assert "api-keys" not in {v["name"] for v in api["volumes"]}
+    assert "API_KEYS_FILE" not in {e["name"] for e in api["containers"][0]["env"]}
 
 
 def test_migration_job_is_a_pre_install_and_pre_upgrade_hook_after_its_secret():
@@ -265,7 +339,7 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook_after_its_secret():
     annotations = job["metadata"]["annotations"]
     assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    source = next(e for e in env if e["name"] == "DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"]
+    source = next(e for e in env if e["name"] == "MIGRATION_DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"]
     hook_secret = next(d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == source)
     assert "pre-install" in hook_secret["metadata"]["annotations"]["helm.sh/hook"]
     assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])

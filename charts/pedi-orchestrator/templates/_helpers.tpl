@@ -35,6 +35,20 @@
 {{- default (include "pedi.fullname" .) .Values.secret.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the API keys file (apiKeysFile), or "" when none is configured. */}}
+{{- define "pedi.apiKeysSecretName" -}}
+{{- if .Values.apiKeysFile.existingSecret }}
+{{- .Values.apiKeysFile.existingSecret }}
+{{- else if .Values.apiKeysFile.content }}
+{{- include "pedi.componentName" (list . "api-keys") }}
+{{- end }}
+{{- end }}
+
+{{/* Where the API pods see the keys file (API_KEYS_FILE). */}}
+{{- define "pedi.apiKeysDir" -}}
+/etc/pedi/api-keys
+{{- end }}
+
 {{/* Labels ------------------------------------------------------------------------------------ */}}
 
 {{- define "pedi.labels" -}}
@@ -120,7 +134,7 @@ imagePullSecrets:
 {{/* Rollout triggers: a changed ConfigMap or inline secret value restarts the pods. */}}
 {{- define "pedi.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-checksum/secret: {{ .Values.secret | toJson | sha256sum }}
+checksum/secret: {{ list .Values.secret .Values.apiKeysFile | toJson | sha256sum }}
 {{- end }}
 
 {{/* Writable scratch space on a read-only root filesystem. */}}
