@@ -26,9 +26,11 @@ from datetime import UTC, datetime
 
 import click
 from rq import Worker, get_current_job
+from sqlalchemy import select
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from modelreasoner import dispatch
+from modelreasoner.rq_adapter import JobFailed, ScrubbedFailures, crashed, stack_summary
 from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
 from modelreasoner.stats_writer import StatsWriter
 from modelreasoner.threaded_worker import ThreadedWorker
@@ -59,17 +61,47 @@ log = logging.getLogger("modelreasoner.worker")
 
 def process_job(job_id: str) -> dict[str, str | None]:
     """RQ entry point. Returns a PHI-free summary; the result itself is in Postgres. Runs in a
-    consumer span continuing the trace whose context the enqueue put in the RQ job's meta."""
+    consumer span continuing the trace whose context the enqueue put in the RQ job's meta.
+
+    A job that ends ``failed`` raises ``JobFailed(error_kind)``, so RQ's own tools count it as
+    failed; any other exception is replaced by ``JobCrashed`` naming only its type, since RQ
+    stores and logs an exception's text and a database error can quote the job's data
+    (modelreasoner.rq_adapter)."""
     rt = get_runtime()
     rq_job = get_current_job()
     _prepare_job_process(rt, rq_job)
     try:
         with job_context(job_id), tracing.consumer_span(QUEUE_NAME, job_id, rq_job.meta if rq_job else None) as span:
-            summary = execute(rt, uuid.UUID(job_id))
+            try:
+                summary = execute(rt, uuid.UUID(job_id))
+            except Exception as exc:
+                log.error(
+                    "job raised in the worker; RQ records it as failed",
+                    extra={"error": type(exc).__name__, "stack": stack_summary(exc)},
+                )
+                raise crashed(exc) from None
             tracing.set_job_status(span, summary["status"])
+            if summary["status"] == JobStatus.FAILED.value:
+                failed, kind = _failed_in_postgres(rt, job_id)
+                if failed:
+                    raise JobFailed(kind)
             return summary
     finally:
         tracing.flush_if_process_ends_with_job()
+
+
+def _failed_in_postgres(rt: Runtime, job_id: str) -> tuple[bool, str | None]:
+    """Whether the job's stored state is ``failed`` (another worker's terminal write may have
+    won), and its error kind. Unreadable: trust the run's own outcome, kind unknown."""
+    try:
+        with session_scope(rt.sessions) as session:
+            row = session.execute(select(Job.status, Job.error_kind).where(Job.id == uuid.UUID(job_id))).one_or_none()
+    except Exception as exc:
+        log.warning("could not read the failed job's error kind", extra={"error": type(exc).__name__})
+        return True, None
+    if row is None:
+        return True, None
+    return row.status == JobStatus.FAILED.value, row.error_kind
 
 
 def _prepare_job_process(rt: Runtime, rq_job) -> None:
@@ -193,7 +225,7 @@ def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
     return True
 
 
-class ForkingMetricsWorker(Worker):
+class ForkingMetricsWorker(ScrubbedFailures, Worker):
     """Stock forking RQ worker (one process per job) for ``rq worker pedi-screen -w
     modelreasoner.worker.ForkingMetricsWorker``: JSON logs, tracing, no job descriptions in
     logs, and, with METRICS_PORT set, per-job metrics written by each job process to a per-worker
@@ -226,6 +258,10 @@ class ForkingMetricsWorker(Worker):
         super().teardown()
         if self._metrics is not None:
             self._metrics.close()
+
+
+class ScrubbedThreadedWorker(ScrubbedFailures, ThreadedWorker):
+    """The ``python -m modelreasoner.worker`` worker: RQ records only PHI-free failures."""
 
 
 def _has_targets(rt: Runtime) -> bool:
@@ -268,7 +304,9 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
     install_runtime(rt)
     serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency
-    worker = ThreadedWorker([QUEUE_NAME], connection=rt.redis, name=name, log_job_description=False, concurrency=slots)
+    worker = ScrubbedThreadedWorker(
+        [QUEUE_NAME], connection=rt.redis, name=name, log_job_description=False, concurrency=slots
+    )
     log.info(
         "worker starting",
         extra={"concurrency": slots, "targets": [t.name for t in rt.static_targets], "simulate": rt.simulate},

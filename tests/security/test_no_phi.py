@@ -2,20 +2,37 @@
 
 A unique marker goes into the observations of every request, successful or not: jobs that
 complete, fail over, fail, replays, conflicts, validation errors, unauthenticated requests. Then
-every Redis key is read by type (not DUMPed: RDB compression could hide a string), every log
-line of the API and the worker is searched, and so are /metrics and every error body. Postgres
-is the positive control: the marker must be there, in the observations column.
+every Redis key is read by type (not DUMPed: RDB compression could hide a string), every value
+is also decoded the ways RQ encodes (zlib-compressed pickles and exception text in job hashes,
+base64 + zlib in the results streams), every log line of the API and the worker is searched,
+and so are /metrics and every error body. Postgres is the positive control: the marker must be
+there, in the observations column.
+
+Failure paths get their own test: jobs that fail inside the worker (a model server that always
+answers 500) and a worker path that crashes on a database error quoting the job's row, marker
+included ("Failing row contains (...)"), under the threaded worker and stock ``rq worker``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import inspect
+import pickle
+import time
 import uuid
+import zlib
 
 import httpx
 import pytest
 import redis
-from sqlalchemy import create_engine, func, select
+from rq import Worker
+from rq.registry import FailedJobRegistry
+from sqlalchemy import create_engine, func, select, text
 
+from modelreasoner import rq_adapter
+from orchestrator.constants import QUEUE_NAME
 from orchestrator.models import Audit, Job
 from tests.support.env import free_port
 
@@ -30,8 +47,38 @@ def observation(n: int) -> str:
     return f"At 24 months {MARKER} says {n} words and does not point"
 
 
+def decodings(value: bytes, depth: int = 2) -> list[str]:
+    """What a Redis value may hide, as text: its zlib decompression (RQ's job ``data`` pickle and
+    ``exc_info``), its base64 decoding then decompression (the results stream's ``exc_string``),
+    base64 pickles (``return_value``), recursively."""
+    found: list[bytes] = []
+    for attempt in (zlib.decompress, lambda v: base64.b64decode(v, validate=True)):
+        try:
+            found.append(attempt(value))
+        except (zlib.error, binascii.Error, ValueError):
+            continue
+    texts = []
+    for raw in found:
+        texts.append(raw.decode("utf-8", "replace"))
+        with contextlib.suppress(Exception):  # most values are not pickles; this Redis is our own
+            texts.append(repr(pickle.loads(raw)))
+        if depth > 1:
+            texts.extend(decodings(raw, depth - 1))
+    return texts
+
+
+def flatten(value) -> list[bytes]:
+    if isinstance(value, bytes):
+        return [value]
+    if isinstance(value, dict):
+        return [b for k, v in value.items() for b in (*flatten(k), *flatten(v))]
+    if isinstance(value, list | tuple | set):
+        return [b for item in value for b in flatten(item)]
+    return []
+
+
 def redis_dump(client: redis.Redis) -> str:
-    """Every key and every value of every type, as text."""
+    """Every key and every value of every type, as text, plus each value's decodings."""
     parts = []
     for key in client.scan_iter(count=500):
         kind = client.type(key).decode()
@@ -50,7 +97,12 @@ def redis_dump(client: redis.Redis) -> str:
         else:
             raise AssertionError(f"unexpected Redis type {kind} for {key!r}")
         parts.append(f"{key!r} {kind} {value!r}")
+        parts.extend(f"{key!r} decoded {text}" for raw in flatten(value) for text in decodings(raw))
     return "\n".join(parts)
+
+
+def leaks_in(places: dict[str, str]) -> list[str]:
+    return [f"{secret[:12]}... in {place}" for place, text in places.items() for secret in SECRETS if secret in text]
 
 
 def exercise(api_url: str) -> tuple[list[str], list[str]]:
@@ -126,7 +178,7 @@ def test_no_phi_and_no_key_outside_postgres(stack, pg_url, redis_server):
         "job status bodies": "\n".join(status_bodies),
         **{f"log of {name}": text for name, text in logs.items()},
     }
-    leaks = [f"{secret[:12]}... in {place}" for place, text in places.items() for secret in SECRETS if secret in text]
+    leaks = leaks_in(places)
     assert not leaks, leaks
 
     engine = create_engine(pg_url)
@@ -146,6 +198,105 @@ def test_the_redis_dump_reads_every_type(redis_url):
     client.sadd("st", MARKER)
     client.zadd("z", {MARKER: 1})
     client.xadd("x", {"f": MARKER})
+    client.set("z1", zlib.compress(pickle.dumps(("process_job", (MARKER,)))))
+    client.hset("h2", "exc_info", zlib.compress(MARKER.encode()))
+    client.xadd("x2", {"exc_string": base64.b64encode(zlib.compress(MARKER.encode()))})
+    client.xadd("x3", {"return_value": base64.b64encode(pickle.dumps({"s": MARKER}))})
     dumped = redis_dump(client)
     client.close()
-    assert dumped.count(MARKER) == 6
+    assert dumped.count(MARKER) >= 10
+    for key in ("z1", "h2", "x2", "x3"):
+        assert any(MARKER in line for line in dumped.splitlines() if line.startswith(f"b'{key}' decoded")), key
+
+
+# --- failure paths: jobs that fail or crash inside the worker ----------------------------------------
+
+CRASH_TOKEN = "CRASH-ON-WRITE"
+
+
+@pytest.fixture
+def crash_on_terminal_write(pg_url):
+    """Make the terminal write of a job whose observations hold CRASH_TOKEN fail the way
+    Postgres fails a row it cannot store: with an error that quotes the whole row, observations
+    (and so the marker) included: ``DETAIL: Failing row contains (...)``."""
+    engine = create_engine(pg_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "ALTER TABLE jobs ADD CONSTRAINT ck_test_crash_on_write CHECK "
+                f"(status NOT IN ('completed', 'failed') OR observations NOT LIKE '%{CRASH_TOKEN}%') NOT VALID"
+            )
+        )
+    yield
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE jobs DROP CONSTRAINT IF EXISTS ck_test_crash_on_write"))
+    engine.dispose()
+
+
+def wait_failed_in_rq(client: redis.Redis, job_ids: list[str], timeout: float = 30.0) -> None:
+    registry = FailedJobRegistry(QUEUE_NAME, connection=client)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(job_ids) <= set(registry.get_job_ids()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not in RQ's failed registry: {set(job_ids) - set(registry.get_job_ids())}")
+
+
+@pytest.mark.usefixtures("crash_on_terminal_write")
+@pytest.mark.parametrize("kind", ["threaded", "rq"])
+def test_failed_and_crashed_jobs_leave_no_phi_in_redis_or_logs(stack, pg_url, redis_server, kind):
+    stack.model_server("edge", tier="edge", fault="http_500")  # the only target always answers 500
+    api = stack.api(api_key=KEY_A, LOG_LEVEL="DEBUG")
+    stack.worker(kind=kind, concurrency=2, LOG_LEVEL="DEBUG")
+
+    # Fail inside the worker: every call answers 500.
+    doomed = [api.submit(age_months=18, observations=observation(n), sla_ms=30_000)["job_id"] for n in range(2)]
+    # Crashes the worker path: the terminal write raises a DB error that quotes the row.
+    crashing = api.submit(age_months=20, observations=f"{observation(99)} {CRASH_TOKEN}", sla_ms=30_000)["job_id"]
+    failed_in_postgres = [j for j in doomed if api.wait(j, timeout=30)["status"] == "failed"]
+    client = redis_server.client()
+    try:
+        wait_failed_in_rq(client, [*failed_in_postgres, crashing])
+        dumped = redis_dump(client)
+    finally:
+        client.close()
+    logs = {p.name: p.log_text() for p in stack.processes if not p.name.startswith("model-")}
+
+    # Controls: the failures really happened, RQ really stored them, and the dump decoded them.
+    assert failed_in_postgres, "a job failed inside the worker"
+    assert "JobFailed: job failed: all_targets_failed" in dumped, "RQ's stored failure was decoded"
+    leaks = leaks_in({"redis": dumped, **{f"log of {name}": text for name, text in logs.items()}})
+    assert not leaks, leaks
+    assert "JobCrashed: worker error (IntegrityError)" in dumped, "the crash reached RQ, as its stand-in"
+    worker_log = next(text for name, text in logs.items() if name.startswith("worker-"))
+    assert "job raised in the worker" in worker_log and "IntegrityError" in worker_log
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        row = connection.execute(select(Job.observations).where(Job.id == uuid.UUID(crashing))).scalar_one()
+    engine.dispose()
+    assert MARKER in row and CRASH_TOKEN in row, "control: the row Postgres quoted holds the marker"
+
+
+
+def test_rq_failure_path_still_has_the_shape_the_adapter_overrides():
+    """modelreasoner.rq_adapter overrides Worker._finalize_failure(job, queue, execution, exc_info)
+    and handle_exception(job, *exc_info); a new RQ that renames or reshapes them must fail here."""
+    finalize = inspect.signature(Worker._finalize_failure)
+    assert list(finalize.parameters) == ["self", "job", "queue", "execution", "exc_info"]
+    handle = inspect.signature(Worker.handle_exception)
+    assert [p.kind for p in handle.parameters.values()][-1] is inspect.Parameter.VAR_POSITIONAL
+    source = inspect.getsource(Worker._finalize_failure)
+    assert "self.handle_exception(job, *exc_info)" in source and "format_exc_info(exc_info)" in source
+
+
+def test_the_adapter_replaces_any_exception_text_by_its_type():
+    try:
+        raise ValueError(f"Failing row contains ({MARKER})")
+    except ValueError as exc:
+        exc_info = (type(exc), exc, exc.__traceback__)
+    kind, value, tb = rq_adapter.safe_exc_info(exc_info)
+    assert kind is rq_adapter.JobCrashed and tb is None and MARKER not in str(value) and "ValueError" in str(value)
+    failed = rq_adapter.JobFailed(f"bad {MARKER}")
+    assert str(failed) == "job failed: unknown"
+    assert rq_adapter.safe_exc_info((type(failed), failed, None))[1] is failed
