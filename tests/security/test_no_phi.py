@@ -278,7 +278,6 @@ def test_failed_and_crashed_jobs_leave_no_phi_in_redis_or_logs(stack, pg_url, re
     assert MARKER in row and CRASH_TOKEN in row, "control: the row Postgres quoted holds the marker"
 
 
-
 def test_rq_failure_path_still_has_the_shape_the_adapter_overrides():
     """modelreasoner.rq_adapter overrides Worker._finalize_failure(job, queue, execution, exc_info)
     and handle_exception(job, *exc_info); a new RQ that renames or reshapes them must fail here."""
