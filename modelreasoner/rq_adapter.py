@@ -37,6 +37,8 @@ class JobFailed(Exception):
     """The job ended ``failed`` in Postgres; raised so that RQ records an RQ failure too. Its text
     is the error kind, nothing else: ``job failed: all_targets_failed``."""
 
+    phi_free_message = True  # orchestrator.logs logs its text
+
     def __init__(self, error_kind: str | None) -> None:
         kind = error_kind if error_kind and ERROR_KIND_PATTERN.fullmatch(error_kind) else "unknown"
         super().__init__(f"job failed: {kind}")
@@ -45,6 +47,8 @@ class JobFailed(Exception):
 
 class JobCrashed(Exception):
     """``process_job`` raised: a stand-in naming the exception's type, never its text."""
+
+    phi_free_message = True
 
     def __init__(self, original: BaseException | type[BaseException] | None) -> None:
         name = (original if isinstance(original, type) else type(original)).__name__

@@ -7,6 +7,10 @@ job id anyway). Third-party loggers that would print request data at DEBUG (SQLA
 with its parameters, httpx/httpcore request traces) are held at WARNING whatever LOG_LEVEL says.
 Python warnings and uncaught exceptions go through the same JSON handler, so every line a
 process writes is one JSON object.
+
+A logged exception keeps its traceback (files, lines, functions, code) but not its message,
+unless its type is one whose text we write ourselves (``PHI_FREE_MESSAGES``): a database error
+quotes the row it could not store, a validation error the value it refused.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ import contextvars
 import logging
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import redis
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
+
+from orchestrator.errors import OrchestratorError
 
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job_id", default=None)
 
@@ -32,6 +40,45 @@ parameters (observations) once its loggers reach INFO (it starts them at WARN it
 a logging config from lowering them), httpx and httpcore log request traces at DEBUG."""
 DROPPED_FIELDS = ("color_message",)
 """uvicorn's ANSI-coloured copy of the message."""
+PHI_FREE_MESSAGES: tuple[type[BaseException], ...] = (
+    OrchestratorError,
+    OSError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+"""Exception types whose message is logged: ours (their messages never carry PHI, by contract)
+and connection failures. An exception class may also opt in with ``phi_free_message = True``."""
+WITHHELD = "<message withheld: it may quote data>"
+
+
+def phi_safe_traceback(exc: BaseException) -> str:
+    """``exc`` and its chain as a traceback, each message replaced by WITHHELD unless its type
+    is in PHI_FREE_MESSAGES (or says ``phi_free_message = True``)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = []
+    for link in reversed(chain):
+        kind = type(link)
+        safe = isinstance(link, PHI_FREE_MESSAGES) or getattr(link, "phi_free_message", False)
+        frames = "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
+        parts.append(
+            f"Traceback (most recent call last):\n{frames}{kind.__module__}.{kind.__qualname__}: "
+            f"{str(link) if safe else WITHHELD}"
+        )
+    return "\n\nThe above exception led to the next one:\n\n".join(parts)
+
+
+class PhiSafeJsonFormatter(JsonFormatter):
+    """The JSON formatter, with exception messages withheld (``phi_safe_traceback``)."""
+
+    def formatException(self, ei) -> str:
+        exc = ei[1] if isinstance(ei, tuple) else ei
+        if exc is None:
+            return super().formatException(ei)
+        return phi_safe_traceback(exc)
 
 
 class ContextFilter(logging.Filter):
@@ -60,7 +107,7 @@ def _trace_ids() -> tuple[str | None, str | None]:
 def configure_logging(level: str = "INFO") -> None:
     """Route every logger (ours, uvicorn's, RQ's) to one JSON handler on stdout. Idempotent."""
     handler = logging.StreamHandler(sys.stdout)
-    formatter = JsonFormatter(
+    formatter = PhiSafeJsonFormatter(
         FORMAT, rename_fields=RENAMED, timestamp=True, reserved_attrs=[*RESERVED_ATTRS, *DROPPED_FIELDS]
     )
     handler.setFormatter(formatter)

@@ -19,6 +19,9 @@ import base64
 import binascii
 import contextlib
 import inspect
+import io
+import json
+import logging
 import pickle
 import time
 import uuid
@@ -212,6 +215,7 @@ def test_the_redis_dump_reads_every_type(redis_url):
 # --- failure paths: jobs that fail or crash inside the worker ----------------------------------------
 
 CRASH_TOKEN = "CRASH-ON-WRITE"
+PLAN_CRASH_TOKEN = "CRASH-IN-PLAN"
 
 
 @pytest.fixture
@@ -233,6 +237,42 @@ def crash_on_terminal_write(pg_url):
     engine.dispose()
 
 
+@pytest.fixture
+def crash_in_plan(pg_url):
+    """Make the audit row of a failed model call, written between calls, fail for a job whose
+    observations hold PLAN_CRASH_TOKEN, with an error quoting those observations: a crash inside
+    the call plan, which the worker catches, logs and turns into a failed job."""
+    engine = create_engine(pg_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"""
+CREATE FUNCTION test_crash_in_plan() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    obs text;
+BEGIN
+    SELECT observations INTO obs FROM jobs WHERE id = NEW.job_id;
+    IF NEW.event = 'attempt' AND obs LIKE '%{PLAN_CRASH_TOKEN}%' THEN
+        RAISE EXCEPTION 'cannot store the attempt of %', obs USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$"""
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER test_crash_in_plan BEFORE INSERT ON audit "
+                "FOR EACH ROW EXECUTE FUNCTION test_crash_in_plan()"
+            )
+        )
+    yield
+    with engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER IF EXISTS test_crash_in_plan ON audit"))
+        connection.execute(text("DROP FUNCTION IF EXISTS test_crash_in_plan()"))
+    engine.dispose()
+
+
 def wait_failed_in_rq(client: redis.Redis, job_ids: list[str], timeout: float = 30.0) -> None:
     registry = FailedJobRegistry(QUEUE_NAME, connection=client)
     deadline = time.monotonic() + timeout
@@ -243,7 +283,7 @@ def wait_failed_in_rq(client: redis.Redis, job_ids: list[str], timeout: float = 
     raise AssertionError(f"not in RQ's failed registry: {set(job_ids) - set(registry.get_job_ids())}")
 
 
-@pytest.mark.usefixtures("crash_on_terminal_write")
+@pytest.mark.usefixtures("crash_on_terminal_write", "crash_in_plan")
 @pytest.mark.parametrize("kind", ["threaded", "rq"])
 def test_failed_and_crashed_jobs_leave_no_phi_in_redis_or_logs(stack, pg_url, redis_server, kind):
     stack.model_server("edge", tier="edge", fault="http_500")  # the only target always answers 500
@@ -254,10 +294,12 @@ def test_failed_and_crashed_jobs_leave_no_phi_in_redis_or_logs(stack, pg_url, re
     doomed = [api.submit(age_months=18, observations=observation(n), sla_ms=30_000)["job_id"] for n in range(2)]
     # Crashes the worker path: the terminal write raises a DB error that quotes the row.
     crashing = api.submit(age_months=20, observations=f"{observation(99)} {CRASH_TOKEN}", sla_ms=30_000)["job_id"]
+    # Crashes inside the call plan: the worker logs the crash and fails the job.
+    in_plan = api.submit(age_months=22, observations=f"{observation(98)} {PLAN_CRASH_TOKEN}", sla_ms=30_000)["job_id"]
     failed_in_postgres = [j for j in doomed if api.wait(j, timeout=30)["status"] == "failed"]
     client = redis_server.client()
     try:
-        wait_failed_in_rq(client, [*failed_in_postgres, crashing])
+        wait_failed_in_rq(client, [*failed_in_postgres, crashing, in_plan])
         dumped = redis_dump(client)
     finally:
         client.close()
@@ -271,6 +313,9 @@ def test_failed_and_crashed_jobs_leave_no_phi_in_redis_or_logs(stack, pg_url, re
     assert "JobCrashed: worker error (IntegrityError)" in dumped, "the crash reached RQ, as its stand-in"
     worker_log = next(text for name, text in logs.items() if name.startswith("worker-"))
     assert "job raised in the worker" in worker_log and "IntegrityError" in worker_log
+    assert "job crashed in the worker" in worker_log and "<message withheld" in worker_log
+    plan_status = api.status(in_plan)
+    assert plan_status["status"] == "failed" and plan_status["error_kind"] == "internal_error", plan_status
     engine = create_engine(pg_url)
     with engine.connect() as connection:
         row = connection.execute(select(Job.observations).where(Job.id == uuid.UUID(crashing))).scalar_one()
@@ -299,3 +344,39 @@ def test_the_adapter_replaces_any_exception_text_by_its_type():
     failed = rq_adapter.JobFailed(f"bad {MARKER}")
     assert str(failed) == "job failed: unknown"
     assert rq_adapter.safe_exc_info((type(failed), failed, None))[1] is failed
+
+
+def test_logged_exceptions_keep_their_traceback_but_not_their_text():
+    """The formatter every process's JSON handler uses (the worker log above shows it in place)."""
+    from orchestrator.errors import DatabaseUnavailable
+    from orchestrator.logs import FORMAT, PhiSafeJsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(PhiSafeJsonFormatter(FORMAT))
+    log = logging.getLogger("test.no_phi.formatter")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            try:
+                raise ValueError(f"Failing row contains ({MARKER})")
+            except ValueError:
+                raise DatabaseUnavailable("the database is unreachable") from None
+        except DatabaseUnavailable:
+            log.exception("ours")
+        try:
+            try:
+                raise KeyError(MARKER)
+            except KeyError as exc:
+                raise RuntimeError(f"wrapped {MARKER}") from exc
+        except RuntimeError:
+            log.exception("theirs")
+    finally:
+        log.removeHandler(handler)
+    ours, theirs = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert ours["exc_info"].endswith("DatabaseUnavailable: the database is unreachable")
+    assert "builtins.KeyError: <message withheld" in theirs["exc_info"]
+    assert "builtins.RuntimeError: <message withheld" in theirs["exc_info"]
+    assert "test_no_phi.py" in theirs["exc_info"], "the frames are kept"
+    assert MARKER not in stream.getvalue()
