@@ -1,5 +1,10 @@
-"""The audit trail is append-only on real Postgres, for the application's own connections: no
-UPDATE, no DELETE, and no TRUNCATE (which skips row triggers), directly or by cascade."""
+"""The audit trail is append-only on real Postgres, by its trigger: no UPDATE, no DELETE, and no
+TRUNCATE (which skips row triggers), directly or by cascade, even for a connection that owns the
+table (here the test's superuser, which is more than the schema owner).
+
+This is the second line of defence. The first is privileges: the API and the worker connect as
+the runtime role of migrations/roles.sql, which holds only SELECT and INSERT on audit and owns
+nothing, so it cannot turn the trigger off either (tests/security/test_db_roles.py)."""
 
 from __future__ import annotations
 
