@@ -6,8 +6,9 @@ The URL is MIGRATION_DATABASE_URL (the owner role of migrations/roles.sql), else
 On Postgres, every upgrade ends by re-asserting the privilege limits of the schema: default
 privileges (roles.sql) give the runtime role SELECT, INSERT, UPDATE and DELETE on each new table,
 and a default grant cannot tell an append-only table from the others. So whatever was granted,
-no role but the owner keeps UPDATE, DELETE, TRUNCATE, REFERENCES or TRIGGER on ``audit``, nor any
-write on ``alembic_version``. Idempotent; it names no role, so it holds for any role names.
+no role but the owner keeps UPDATE, DELETE, TRUNCATE, REFERENCES or TRIGGER on ``audit``, DELETE
+on ``jobs`` or ``cases``, nor any write on ``alembic_version`` (OWNER_ONLY_PRIVILEGES).
+Idempotent; it names no role, so it holds for any role names.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ target_metadata = Base.metadata
 
 OWNER_ONLY_PRIVILEGES = {
     "audit": "UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER",
+    "jobs": "DELETE, TRUNCATE, REFERENCES, TRIGGER",
+    "cases": "DELETE, TRUNCATE, REFERENCES, TRIGGER",
     "alembic_version": "INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER",
 }
-"""Table -> privileges no role but its owner may hold (the runtime role keeps SELECT, and INSERT
-on audit: the trail is append-only for it, by privilege as well as by trigger)."""
+"""Table -> privileges no role but its owner may hold. The runtime role keeps SELECT and INSERT
+on audit (append-only, by privilege as well as by trigger), no DELETE of jobs and cases (the app
+never deletes one; the audit trail refers to them), SELECT on alembic_version. Mirrors the
+grants of migrations/roles.sql."""
 
 
 def revoke_from_non_owners(table: str, privileges: str) -> str:

@@ -24,11 +24,12 @@
 --   * schema public: USAGE + CREATE for the owner, USAGE only for the app, CREATE revoked from
 --     PUBLIC (PostgreSQL before 15 grants it to everyone);
 --   * every table the owner owns there: SELECT, INSERT, UPDATE, DELETE for the app, except
---     `audit` (SELECT, INSERT) and `alembic_version` (SELECT); no TRUNCATE, REFERENCES or
---     TRIGGER anywhere; USAGE + SELECT on the owner's sequences (BIGSERIAL ids);
---   * default privileges: tables and sequences the owner creates later get the same grants.
---     Alembic (alembic/env.py) re-asserts the audit and alembic_version limits after every
---     upgrade, since a default grant cannot tell an append-only table from the others.
+--     `audit` (SELECT, INSERT: append-only), `jobs` and `cases` (no DELETE: a case is never
+--     deleted by the app, and its audit rows refer to it) and `alembic_version` (SELECT); no
+--     TRUNCATE, REFERENCES or TRIGGER anywhere; USAGE + SELECT on the owner's sequences;
+--   * default privileges: tables and sequences the owner creates later get SELECT, INSERT,
+--     UPDATE, DELETE and USAGE. Alembic (alembic/env.py, OWNER_ONLY_PRIVILEGES) takes back the
+--     exceptions above after every upgrade: a default grant cannot tell the tables apart.
 
 \set ON_ERROR_STOP on
 \if :{?owner_role}
@@ -141,8 +142,10 @@ BEGIN
         EXECUTE format('REVOKE ALL ON TABLE %s FROM %I', obj.name, app_role);
         EXECUTE format(
             'GRANT %s ON TABLE %s TO %I',
-            CASE obj.relname WHEN 'audit' THEN 'SELECT, INSERT' WHEN 'alembic_version' THEN 'SELECT'
-                             ELSE 'SELECT, INSERT, UPDATE, DELETE' END,
+            CASE WHEN obj.relname = 'audit' THEN 'SELECT, INSERT'
+                 WHEN obj.relname IN ('jobs', 'cases') THEN 'SELECT, INSERT, UPDATE'
+                 WHEN obj.relname = 'alembic_version' THEN 'SELECT'
+                 ELSE 'SELECT, INSERT, UPDATE, DELETE' END,
             obj.name,
             app_role
         );
