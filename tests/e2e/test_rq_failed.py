@@ -3,7 +3,8 @@ CLI), RQ's FailedJobRegistry and the job's RQ status; a completed one is an RQ s
 failure carries the error kind and nothing else, and RQ never runs it again by itself.
 
 Real processes: a private redis-server, Postgres, the reference model server, the API, and each
-kind of worker (``python -m modelreasoner.worker`` and stock ``rq worker pedi-screen``).
+kind of worker: ``python -m modelreasoner.worker``, stock ``rq worker pedi-screen``, and the
+forking worker with metrics (``RQ_WORKER_CLASS=modelreasoner.worker.ForkingMetricsWorker``).
 """
 
 from __future__ import annotations
@@ -56,11 +57,19 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("kind", ["threaded", "rq"])
-def test_a_failed_job_is_an_rq_failure_and_rq_info_shows_it(stack, redis_url, kind):
+WORKERS = {
+    "threaded": ("threaded", {}),
+    "rq": ("rq", {}),
+    "forking": ("rq", {"RQ_WORKER_CLASS": "modelreasoner.worker.ForkingMetricsWorker"}),
+}
+
+
+@pytest.mark.parametrize("worker", list(WORKERS))
+def test_a_failed_job_is_an_rq_failure_and_rq_info_shows_it(stack, redis_url, worker):
     model = stack.model_server("gpu", tier="gpu", latency_ms=5, jitter=0)
     api = stack.api(api_key="rq-failed-key-0001")
-    stack.worker(kind=kind, concurrency=2)
+    kind, env = WORKERS[worker]
+    stack.worker(kind=kind, concurrency=2, **env)
 
     completed = api.submit(age_months=24, observations="Says no words yet.", sla_ms=10_000)
     assert api.wait(completed["job_id"])["status"] == "completed"

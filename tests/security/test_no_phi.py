@@ -30,7 +30,7 @@ import zlib
 import httpx
 import pytest
 import redis
-from rq import Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.registry import FailedJobRegistry
 from sqlalchemy import create_engine, func, select, text
 
@@ -380,3 +380,34 @@ def test_logged_exceptions_keep_their_traceback_but_not_their_text():
     assert "builtins.RuntimeError: <message withheld" in theirs["exc_info"]
     assert "test_no_phi.py" in theirs["exc_info"], "the frames are kept"
     assert MARKER not in stream.getvalue()
+
+
+def raise_phi() -> None:
+    """An RQ job function failing with PHI in its text (stands for any code outside process_job)."""
+    raise ValueError(f"Failing row contains ({MARKER})")
+
+
+class ScrubbedSimpleWorker(rq_adapter.ScrubbedFailures, SimpleWorker):
+    pass
+
+
+@pytest.mark.parametrize(("worker_class", "leaks"), [(SimpleWorker, True), (ScrubbedSimpleWorker, False)])
+def test_the_worker_mixin_scrubs_what_rq_stores_and_logs(redis_url, caplog, worker_class, leaks):
+    """A real RQ worker on a real Redis runs a job that raises outside process_job. Stock RQ
+    stores and logs the text (the control); with ScrubbedFailures only the type's name remains."""
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        queue = Queue("phi-mixin", connection=connection)
+        job = queue.enqueue(raise_phi)
+        with caplog.at_level(logging.ERROR, logger="rq.worker"):
+            worker_class([queue], connection=connection).work(burst=True)
+        job.refresh()
+        assert job.get_status() == "failed"
+        stored = redis_dump(connection)
+        logged = caplog.text
+    finally:
+        connection.close()
+    assert "ValueError" in stored and "ValueError" in logged
+    assert (MARKER in stored) is leaks and (MARKER in logged) is leaks
+    if not leaks:
+        assert "JobCrashed: worker error (ValueError)" in stored
