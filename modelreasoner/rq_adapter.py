@@ -60,9 +60,10 @@ SAFE_EXCEPTIONS = (JobFailed, JobCrashed, JobTimeoutException)
 """Exceptions whose text we write ourselves (RQ's timeout: "Task exceeded maximum timeout value")."""
 
 
-def crashed(exc: BaseException) -> JobCrashed:
-    """The PHI-free stand-in for ``exc``; raise it ``from None`` so the original is not chained."""
-    return exc if isinstance(exc, JobCrashed) else JobCrashed(exc)
+def crashed(exc: BaseException) -> BaseException:
+    """What RQ may record for ``exc``: itself when its text is ours (SAFE_EXCEPTIONS, e.g. RQ's
+    timeout), else a JobCrashed naming its type. Raise it ``from None``: nothing chained."""
+    return exc if isinstance(exc, SAFE_EXCEPTIONS) else JobCrashed(exc)
 
 
 def stack_summary(exc: BaseException) -> list[str]:

@@ -32,6 +32,7 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker, Worker
 from rq.registry import FailedJobRegistry
+from rq.timeouts import JobTimeoutException
 from sqlalchemy import create_engine, func, select, text
 
 from modelreasoner import rq_adapter
@@ -341,6 +342,9 @@ def test_the_adapter_replaces_any_exception_text_by_its_type():
         exc_info = (type(exc), exc, exc.__traceback__)
     kind, value, tb = rq_adapter.safe_exc_info(exc_info)
     assert kind is rq_adapter.JobCrashed and tb is None and MARKER not in str(value) and "ValueError" in str(value)
+    timeout = JobTimeoutException("Task exceeded maximum timeout value (300 seconds)")
+    assert rq_adapter.crashed(timeout) is timeout, "RQ's own timeout keeps its (PHI-free) text"
+    assert isinstance(rq_adapter.crashed(ValueError(MARKER)), rq_adapter.JobCrashed)
     failed = rq_adapter.JobFailed(f"bad {MARKER}")
     assert str(failed) == "job failed: unknown"
     assert rq_adapter.safe_exc_info((type(failed), failed, None))[1] is failed
