@@ -58,6 +58,17 @@ class Principal:
         """Operators and admins see every tenant's jobs."""
         return self.allows(Scope.OPERATE)
 
+    @property
+    def reads_tenant(self) -> str | None:
+        """The one tenant whose jobs this principal may read; None: every tenant."""
+        return None if self.cross_tenant else self.tenant
+
+    def sees_results_of(self, tenant: str) -> bool:
+        """Whether a job's result (model output about a child: PHI) is shown to this principal:
+        its own tenant's, or any tenant's with ``admin``. An operator reading another tenant's
+        job sees its status, routing and timings, not what the model said."""
+        return tenant == self.tenant or self.allows(Scope.ADMIN)
+
 
 DEV_PRINCIPAL = Principal(ANONYMOUS, DEFAULT_TENANT, frozenset({Scope.ADMIN}))
 """Every caller in dev mode (no keys configured): allowed everything, loudly."""
