@@ -184,3 +184,25 @@ def test_a_read_only_key_cannot_submit_and_writes_nothing(stack, pg_url):
     assert count(pg_url, Job) == 0 and count(pg_url, Case) == 0 and count(pg_url, Audit) == 0
     assert reader.get("/api/jobs").json()["items"] == []
     reader.close()
+
+
+def test_the_sqlite_dev_schema_scopes_idempotency_keys_and_cases_per_tenant_too(sqlite_engine, fake_redis, monkeypatch):
+    """The embedded dev default (init_db on SQLite) has the same per-tenant unique key and the
+    same checks as Postgres: fast, in process."""
+    from fastapi.testclient import TestClient
+
+    from tests.support.app import in_process_app
+
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, **KEYS)
+    headers = {"Idempotency-Key": "dev-visit-1"}
+    with TestClient(app) as http:
+        a_job = http.post("/api/submit", json=BODY, headers={**headers, "x-api-key": A}).json()
+        b_job = http.post("/api/submit", json=BODY, headers={**headers, "x-api-key": B}).json()
+        assert a_job["job_id"] != b_job["job_id"]
+        a_case = http.get(f"/api/status/{a_job['job_id']}", headers={"x-api-key": A}).json()["case_id"]
+        refused = http.post("/api/submit", json={**BODY, "case_id": a_case}, headers={"x-api-key": B})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "case_id"
+        assert http.get(f"/api/status/{a_job['job_id']}", headers={"x-api-key": B}).status_code == 404
+    with Session(sqlite_engine) as session:
+        assert sorted(session.scalars(select(Job.tenant))) == ["clinic-a", "clinic-b"]
+        assert sorted(session.scalars(select(Case.tenant))) == ["clinic-a", "clinic-b"]
