@@ -98,7 +98,7 @@ NAMING_CONVENTION = {
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
 }
-"""Explicit constraint names, identical in the ORM, Alembic and migrations/001_create_tables.sql."""
+"""Explicit constraint names, identical in the ORM, Alembic and migrations/NNN_*.sql."""
 
 
 class Base(DeclarativeBase):
