@@ -6,6 +6,10 @@
 
 Every transition is a conditional UPDATE, so concurrent workers, duplicate deliveries and late
 finishers are safe: a claim succeeds once per delivery, and the first terminal write wins.
+
+Every job and case belongs to a tenant. An Idempotency-Key, a ``case_id`` and a read are scoped
+to the caller's tenant; another tenant's job is "not found", exactly as a job that does not
+exist, so that existence does not leak.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.orm import Session
 from orchestrator import audit
 from orchestrator.errors import BadRequest, IdempotencyConflict, NotFound
 from orchestrator.models import ACTIVE_STATUSES, Case, Job, JobKind, JobStatus, utcnow
+from orchestrator.principals import DEFAULT_TENANT
 from orchestrator.schemas import JobCreate, TaskCreate, decode_embedding
 
 _ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
@@ -49,24 +54,27 @@ def submit_screening(
     actor: str,
     default_sla_ms: int,
     idempotency_key: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> Submitted:
-    """Store a screening job (and its case when new) as ``queued`` and commit.
+    """Store a screening job (and its case when new) as ``queued`` for ``tenant`` and commit.
 
     The caller enqueues the id only after this returns: a job is durable before Redis hears of
-    it. An Idempotency-Key seen before returns the earlier job if the body is the same, and
-    raises IdempotencyConflict if it differs.
+    it. An Idempotency-Key this tenant used before returns the earlier job if the body is the
+    same, and raises IdempotencyConflict if it differs. A ``case_id`` must be one of the
+    tenant's cases; another tenant's is refused exactly as one that does not exist.
     """
     digest = request_hash(body.model_dump(mode="json"))
     if idempotency_key is not None:
-        earlier = _replay(session, idempotency_key, digest)
+        earlier = _replay(session, tenant, idempotency_key, digest)
         if earlier is not None:
             return Submitted(earlier, created=False)
     if body.case_id is not None:
-        if session.get(Case, body.case_id) is None:
+        case = session.get(Case, body.case_id)
+        if case is None or case.tenant != tenant:
             raise BadRequest("case_id: no case with this id", field="case_id")
         case_id = body.case_id
     else:
-        case = Case(created_by=actor)
+        case = Case(created_by=actor, tenant=tenant)
         session.add(case)
         session.flush()
         case_id = case.id
@@ -76,15 +84,18 @@ def submit_screening(
         age_months=body.age_months,
         observations=body.observations,
         embedding=decode_embedding(body.embedding_b64) if body.embedding_b64 else None,
-        **_queued_fields(body, actor, default_sla_ms, idempotency_key, digest),
+        **_queued_fields(body, actor, tenant, default_sla_ms, idempotency_key, digest),
     )
     return _insert(session, job, actor, idempotency_key, digest)
 
 
-def _queued_fields(body, actor: str, default_sla_ms: int, idempotency_key: str | None, digest: str) -> dict:
-    """The fields every new job shares: its routing request and how it was submitted."""
+def _queued_fields(
+    body, actor: str, tenant: str, default_sla_ms: int, idempotency_key: str | None, digest: str
+) -> dict:
+    """The fields every new job shares: its routing request and how (and by whom) it was submitted."""
     return {
         "status": JobStatus.QUEUED.value,
+        "tenant": tenant,
         "preferred_target": body.preferred_target,
         "sla_ms": body.sla_ms or default_sla_ms,
         "strict_sla": body.strict_sla,
@@ -101,11 +112,11 @@ def task_hash(body: TaskCreate) -> str:
     return request_hash({"kind": JobKind.TASK.value, **body.model_dump(mode="json")})
 
 
-def replayed_task(session: Session, body: TaskCreate, idempotency_key: str) -> Job | None:
-    """The task an earlier request with this key created, if the body is the same; raises
-    IdempotencyConflict if it differs. Lets the API answer a replay before re-checking things
-    (such as which targets exist) that may have changed since."""
-    return _replay(session, idempotency_key, task_hash(body))
+def replayed_task(session: Session, body: TaskCreate, idempotency_key: str, tenant: str) -> Job | None:
+    """The task an earlier request of ``tenant`` with this key created, if the body is the same;
+    raises IdempotencyConflict if it differs. Lets the API answer a replay before re-checking
+    things (such as which targets exist) that may have changed since."""
+    return _replay(session, tenant, idempotency_key, task_hash(body))
 
 
 def submit_task(
@@ -115,13 +126,14 @@ def submit_task(
     actor: str,
     default_sla_ms: int,
     idempotency_key: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> Submitted:
-    """Store a generic task as a ``queued`` job of kind ``task`` and commit; the caller
-    enqueues it after. The caller has checked consent. Idempotency works as for screening jobs
-    (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
+    """Store a generic task as a ``queued`` job of kind ``task`` for ``tenant`` and commit; the
+    caller enqueues it after. The caller has checked consent. Idempotency works as for screening
+    jobs (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
     digest = task_hash(body)
     if idempotency_key is not None:
-        earlier = _replay(session, idempotency_key, digest)
+        earlier = _replay(session, tenant, idempotency_key, digest)
         if earlier is not None:
             return Submitted(earlier, created=False)
     job = Job(
@@ -129,7 +141,7 @@ def submit_task(
         kind=JobKind.TASK.value,
         task_type=body.task_type,
         payload=body.payload,
-        **_queued_fields(body, actor, default_sla_ms, idempotency_key, digest),
+        **_queued_fields(body, actor, tenant, default_sla_ms, idempotency_key, digest),
     )
     return _insert(session, job, actor, idempotency_key, digest, details={"consent": True})
 
@@ -137,6 +149,7 @@ def submit_task(
 def _insert(
     session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str, details: dict | None = None
 ) -> Submitted:
+    tenant = job.tenant  # read before a rollback can expire it
     session.add(job)
     try:
         session.flush()
@@ -150,6 +163,7 @@ def _insert(
                 "kind": job.kind,
                 "sla_ms": job.sla_ms,
                 "preferred_target": job.preferred_target,
+                "tenant": tenant,
                 **(details or {}),
             },
         )
@@ -157,29 +171,36 @@ def _insert(
     except IntegrityError:
         # Two requests raced with the same Idempotency-Key; the other one won.
         session.rollback()
-        earlier = _replay(session, idempotency_key, digest) if idempotency_key else None
+        earlier = _replay(session, tenant, idempotency_key, digest) if idempotency_key else None
         if earlier is None:
             raise
         return Submitted(earlier, created=False)
     return Submitted(job, created=True)
 
 
-def _replay(session: Session, idempotency_key: str, digest: str) -> Job | None:
-    earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+def _replay(session: Session, tenant: str, idempotency_key: str, digest: str) -> Job | None:
+    """The job ``tenant`` created earlier with this Idempotency-Key (another tenant's key is
+    simply unused here: a new job, and no hint that the key exists elsewhere)."""
+    earlier = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
     if earlier is not None and earlier.request_hash != digest:
         raise IdempotencyConflict()
     return earlier
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job:
+def get_job(session: Session, job_id: uuid.UUID, *, tenant: str | None) -> Job:
+    """The job with this id if ``tenant`` may read it (None: any tenant, for operators);
+    NotFound otherwise, with the same message whether it does not exist or is another's."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         raise NotFound(f"No job with id {job_id}")
     return job
 
 
 @dataclass(frozen=True)
 class JobFilter:
+    tenant: str | None
+    """Only this tenant's jobs; None: every tenant's (operators). Required: no default, so no
+    caller lists every tenant by forgetting it."""
     status: str | None = None
     target: str | None = None
     since: datetime | None = None
@@ -190,6 +211,8 @@ class JobFilter:
 def list_jobs(session: Session, *, limit: int, cursor: str | None, where: JobFilter) -> tuple[list[Job], str | None]:
     """Jobs newest first, ``limit`` at a time; returns the page and the cursor of the next one."""
     stmt = select(Job)
+    if where.tenant is not None:
+        stmt = stmt.where(Job.tenant == where.tenant)
     if where.status:
         stmt = stmt.where(Job.status == where.status)
     if where.target:

@@ -1,7 +1,10 @@
 """SQLAlchemy tables: the durable truth of every case, job and audit event.
 
-Postgres in production (schema from Alembic revision 0001 or migrations/001_create_tables.sql,
-which a test proves identical), SQLite for the embedded dev default (``init_db``).
+Postgres in production (schema from Alembic revisions 0001.. or migrations/NNN_*.sql, which a
+test proves identical), SQLite for the embedded dev default (``init_db``).
+
+Cases and jobs (tasks are jobs of kind ``task``) record their tenant: the clinic or app whose key
+created them. Every read the API answers is filtered by it (orchestrator.jobs).
 Pydantic request/response schemas live apart, in ``orchestrator.schemas``.
 """
 
@@ -28,12 +31,18 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from orchestrator.principals import DEFAULT_TENANT
+
+TENANT_LENGTH = 64
+"""Longest tenant name (characters), as PrincipalSpec allows it."""
 
 
 class JobStatus(enum.StrEnum):
@@ -89,7 +98,7 @@ NAMING_CONVENTION = {
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
 }
-"""Explicit constraint names, identical in the ORM, Alembic and migrations/001_create_tables.sql."""
+"""Explicit constraint names, identical in the ORM, Alembic and migrations/NNN_*.sql."""
 
 
 class Base(DeclarativeBase):
@@ -104,6 +113,8 @@ class Case(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), default=DEFAULT_TENANT)
+    """The tenant whose key created the case (revision 0002); a job may name only its own."""
 
 
 class Job(Base):
@@ -117,6 +128,9 @@ class Job(Base):
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_case_id", "case_id"),
         Index("ix_jobs_target_created_at", "target", "created_at"),
+        Index("ix_jobs_tenant_created_at_id", "tenant", "created_at", "id"),
+        # An Idempotency-Key belongs to its tenant: another tenant's replay is a new job.
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -138,7 +152,7 @@ class Job(Base):
     budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     # submission
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str] = mapped_column(String(64))
 
@@ -162,6 +176,9 @@ class Job(Base):
     decision: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    # ownership (revision 0002: added last, so the ORM's column order is the migrated one)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), default=DEFAULT_TENANT)
 
 
 class Audit(Base):

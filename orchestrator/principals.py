@@ -18,8 +18,10 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 DEFAULT_TENANT = "default"
 """The tenant of every key given by ``API_KEY`` and of rows created before tenants existed."""
@@ -57,6 +59,17 @@ class Principal:
     def cross_tenant(self) -> bool:
         """Operators and admins see every tenant's jobs."""
         return self.allows(Scope.OPERATE)
+
+    @property
+    def reads_tenant(self) -> str | None:
+        """The one tenant whose jobs this principal may read; None: every tenant."""
+        return None if self.cross_tenant else self.tenant
+
+    def sees_results_of(self, tenant: str) -> bool:
+        """Whether a job's result (model output about a child: PHI) is shown to this principal:
+        its own tenant's, or any tenant's with ``admin``. An operator reading another tenant's
+        job sees its status, routing and timings, not what the model said."""
+        return tenant == self.tenant or self.allows(Scope.ADMIN)
 
 
 DEV_PRINCIPAL = Principal(ANONYMOUS, DEFAULT_TENANT, frozenset({Scope.ADMIN}))
@@ -96,6 +109,39 @@ class PrincipalSpec(BaseModel):
     scopes: tuple[Scope, ...] = Field(min_length=1)
     name: str | None = Field(None, max_length=64)
     """A label for people (never used for authorisation)."""
+
+
+SPECS = TypeAdapter(tuple[PrincipalSpec, ...])
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A validation error of principal entries, by entry and field, never quoting a value."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in item["loc"])
+        parts.append(f"entry {where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(parts)
+
+
+def specs_from_file(path: Path) -> tuple[PrincipalSpec, ...]:
+    """The principals a keys file lists: YAML (JSON is YAML too), a list of the same entries as
+    ``API_KEYS_JSON``. Raises ValueError, saying what is wrong without quoting the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path} is not valid YAML{where}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a list of principals (- sha256: ..., tenant: ..., scopes: [...])")
+    try:
+        return SPECS.validate_python(data)
+    except ValidationError as exc:
+        raise ValueError(describe_errors(exc)) from None
 
 
 def principals_from_specs(specs: tuple[PrincipalSpec, ...]) -> dict[str, Principal]:

@@ -15,11 +15,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
-from orchestrator.principals import Principal, PrincipalSpec, legacy_principals, merge, principals_from_specs
+from orchestrator.principals import (
+    Principal,
+    PrincipalSpec,
+    legacy_principals,
+    merge,
+    principals_from_specs,
+    specs_from_file,
+)
 
 OWN_PREFIXES = ("ROUTING_", "WORKER_", "RECONCILER_", "JOB_", "HEDGE_", "CIRCUIT_", "PEDI_")
 """Environment prefixes that belong to this project alone; unknown names under them are typos."""
@@ -32,6 +47,11 @@ class Settings(BaseSettings):
     """Configuration shared by the API, the worker, the reconciler, Alembic and scripts."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    env: Literal["development", "production"] = "development"
+    """``production`` refuses to start the API without API keys (API_KEY, API_KEYS_JSON or
+    API_KEYS_FILE). ``development`` allows dev mode: no keys, every caller an anonymous
+    administrator, said loudly in the log, in /readyz and in the console."""
 
     # --- stores ----------------------------------------------------------------------------
     database_url: str = "sqlite:///./orchestrator_dev.db"
@@ -118,6 +138,9 @@ class Settings(BaseSettings):
     """Principals as JSON: ``[{"sha256": "<hex digest of the key>", "tenant": "clinic-a",
     "scopes": ["submit"], "name": "intake app"}]``. Scopes: submit, read, operate, admin. Keys are
     given only as sha256 digests; unknown fields and a digest listed twice are refused."""
+    api_keys_file: Path | None = None
+    """A YAML file listing principals, the same entries as API_KEYS_JSON (docs/api.md); read by
+    the API at start. ``python -m orchestrator.keys generate`` makes a key and its entry."""
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     """Largest request body the API reads (bytes); more is answered 413 before parsing."""
     public_url: str = ""
@@ -137,10 +160,17 @@ class Settings(BaseSettings):
     """Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (e.g. http://otel-collector:4318);
     spans go to ``<url>/v1/traces``. Unset (and no OTEL_EXPORTER_OTLP_ENDPOINT): no tracing."""
 
+    _principals: dict[str, Principal] | None = PrivateAttr(None)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _lower_env(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator(
         "edge_model_url",
@@ -188,17 +218,31 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _one_principal_per_key(self) -> Settings:
         try:
-            self._build_principals()  # so that a key configured twice stops the start
+            self._from_environment()  # so that a key configured twice stops the start
         except ValueError as exc:
             raise ValueError(f"API_KEY / API_KEYS_JSON: {exc}") from None
         return self
 
     @property
     def principals(self) -> dict[str, Principal]:
-        """sha256 hex digest -> principal, for every accepted key. The keys themselves are not kept."""
-        return self._build_principals()
+        """sha256 hex digest -> principal, for every accepted key (API_KEY, API_KEYS_JSON and
+        API_KEYS_FILE). The keys themselves are not kept. The file is read on first use (the API
+        does so at start; the worker never needs it); a bad file raises ConfigError naming
+        API_KEYS_FILE."""
+        if self._principals is None:
+            from_file: dict[str, Principal] = {}
+            if self.api_keys_file is not None:
+                try:
+                    from_file = principals_from_specs(specs_from_file(self.api_keys_file))
+                except ValueError as exc:
+                    raise ConfigError(f"Invalid configuration:\n  API_KEYS_FILE: {exc}") from None
+            try:
+                self._principals = merge(self._from_environment(), from_file)
+            except ValueError as exc:
+                raise ConfigError(f"Invalid configuration:\n  API_KEY / API_KEYS_JSON / API_KEYS_FILE: {exc}") from None
+        return self._principals
 
-    def _build_principals(self) -> dict[str, Principal]:
+    def _from_environment(self) -> dict[str, Principal]:
         legacy = {}
         if self.api_key is not None:
             legacy = legacy_principals([key.strip() for key in self.api_key.get_secret_value().split(",")])
@@ -233,6 +277,9 @@ def _format_validation_error(error: ValidationError) -> str:
         field = str(item["loc"][0])
         if field not in SECRET_FIELDS and "input" in item and not isinstance(item["input"], dict):
             message += f" (got {item['input']!r})"
+        inner = ".".join(str(part) for part in item["loc"][1:])  # e.g. API_KEYS_JSON entry 0.scopes
+        if inner:
+            message = f"entry {inner}: {message}"
         lines.append(f"  {field.upper()}: {message}")
     return "Invalid configuration:\n" + "\n".join(lines)
 

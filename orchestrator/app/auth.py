@@ -4,7 +4,8 @@ A presented ``x-api-key`` is hashed and compared with every configured digest in
 the match is a :class:`~orchestrator.principals.Principal` (key id, tenant, scopes). Each route
 declares the scope it needs with one of the dependency aliases below (``SubmitDep``, ``ReadDep``,
 ``OperateDep``, ``AdminDep``): no key or an unknown key is 401, a key without the scope is 403.
-With no keys configured (dev mode) every caller is the anonymous dev principal.
+With no keys configured (dev mode) every caller is the anonymous dev principal: allowed in
+``ENV=development`` only, and said loudly (start log, ``/readyz``, the console's banner).
 """
 
 from __future__ import annotations
@@ -17,8 +18,29 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from orchestrator.constants import API_KEY_HEADER
-from orchestrator.errors import Forbidden, Unauthorized
+from orchestrator.errors import ConfigError, Forbidden, Unauthorized
 from orchestrator.principals import DEV_PRINCIPAL, Principal, Scope
+from orchestrator.settings import Settings
+
+DEV_MODE, KEYS = "dev-mode", "keys"
+"""How the API authenticates, as /readyz and the start log say it."""
+
+
+def api_principals(settings: Settings) -> dict[str, Principal]:
+    """The principals the API accepts (digest -> principal), checked at start: a bad keys file,
+    a key configured twice, or no keys at all with ``ENV=production`` raise ConfigError."""
+    principals = settings.principals
+    if not principals and settings.env == "production":
+        raise ConfigError(
+            "Invalid configuration:\n  ENV: production needs API keys (API_KEY, API_KEYS_JSON or"
+            " API_KEYS_FILE); dev mode, where every caller is an anonymous administrator, is refused"
+        )
+    return principals
+
+
+def auth_mode(principals: dict[str, Principal]) -> str:
+    return KEYS if principals else DEV_MODE
+
 
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="An API key of a principal")
 

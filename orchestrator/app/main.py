@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from orchestrator import __version__, fleet
 from orchestrator.api_router import api_router
+from orchestrator.app.auth import DEV_MODE, api_principals, auth_mode
 from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
 from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware
@@ -39,7 +40,8 @@ forward client baggage; orchestrator.tracing's server span records the route tem
 
 DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
 servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
-Every /api route needs an `x-api-key` header when the server has `API_KEY` set."""
+Every /api route needs an `x-api-key` header naming a principal (tenant and scopes: submit, read,
+operate, admin) unless the server runs in dev mode (no keys configured)."""
 
 
 def build_services(settings: Settings) -> Services:
@@ -64,12 +66,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not settings.is_postgres and settings.database_url.startswith("sqlite"):
         init_db(services.engine)
     if not services.principals:
-        log.warning("API_KEY is not set: /api routes accept requests without a key (dev mode only)")
+        log.warning(
+            "DEV MODE: no API keys configured (API_KEY, API_KEYS_JSON, API_KEYS_FILE); every caller is an"
+            " anonymous administrator of every tenant. Never use this with real data (ENV=production refuses it)",
+            extra={"auth": DEV_MODE},
+        )
     unregister = register_state_collector(state_collector(services))
     reconciler = None
     if settings.reconciler_enabled and app.state.owns_services:  # injected services: the owner decides
         reconciler = Reconciler(services.sessions, services.queue, settings, actor=actor_name("api")).start()
-    log.info("api started", extra={"version": __version__, "auth": bool(services.principals)})
+    log.info("api started", extra={"version": __version__, "auth": auth_mode(services.principals)})
     try:
         yield
     finally:
@@ -86,11 +92,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     """Build the API. ``settings`` defaults to the process-wide validated settings; ``services``
     (engine, Redis, queue) are built from them unless given (unit tests pass fakes).
 
-    A configuration error (a bad variable, a broken TARGETS_FILE) stops the process with the
-    message and exit code 2, not a traceback."""
+    A configuration error (a bad variable, a broken TARGETS_FILE or API_KEYS_FILE, no keys with
+    ENV=production) stops the process with the message and exit code 2, not a traceback."""
     try:
         settings = services.settings if services else (settings or get_settings())
         configured_targets(settings)  # read and validate TARGETS_FILE once, at start
+        api_principals(settings)  # and the keys: API_KEYS_FILE is read here
     except ConfigError as exc:
         print(f"api: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

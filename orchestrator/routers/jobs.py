@@ -1,4 +1,9 @@
-"""Screening jobs: submit, status, list, and the audit trail of one job."""
+"""Screening jobs: submit, status, list, and the audit trail of one job.
+
+Every read is limited to the caller's tenant (operators and admins: every tenant); another
+tenant's job answers 404, as one that does not exist. An operator reading another tenant's job
+gets it without its result (model output about a child); see Principal.sees_results_of.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
 from orchestrator.metrics import JOBS_SUBMITTED
 from orchestrator.models import Audit, Job, JobKind
+from orchestrator.principals import Principal
 from orchestrator.queue_rq import enqueue_after_commit
 from orchestrator.schemas import (
     AttemptPublic,
@@ -68,6 +74,7 @@ def submit(
         actor=principal.key_id,
         default_sla_ms=services.settings.default_sla_ms,
         idempotency_key=idempotency_key,
+        tenant=principal.tenant,
     )
     job = accept(submitted, services, response)
     return JobAccepted(job_id=job.id, status=job.status, status_url=status_url(services, job.id))
@@ -86,16 +93,16 @@ def accept(submitted: jobs.Submitted, services, response: Response) -> Job:
 
 
 @router.get("/status/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorBody}})
-def status(job_id: uuid.UUID, session: SessionDep, _: ReadDep) -> JobPublic:
+def status(job_id: uuid.UUID, session: SessionDep, principal: ReadDep) -> JobPublic:
     """Status, result, routing explanation, error, times and measured latency of one job."""
-    job = jobs.get_job(session, job_id)
-    return to_public(job, audit.trail(session, job_id))
+    job = jobs.get_job(session, job_id, tenant=principal.reads_tenant)
+    return to_public(job, audit.trail(session, job_id), principal)
 
 
 @router.get("/jobs", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
-    _: ReadDep,
+    principal: ReadDep,
     limit: Annotated[int, Query(ge=1, le=JOBS_PAGE_MAX)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: StatusName | None = None,
@@ -104,17 +111,24 @@ def list_jobs(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> JobPage:
-    """Jobs newest first. Pass ``next_cursor`` back as ``cursor`` for the next page. Times
-    without a zone are taken as UTC."""
-    where = jobs.JobFilter(status=status, target=target, since=as_utc(since), until=as_utc(until), kind=kind)
+    """The caller's tenant's jobs (operators: every tenant's), newest first. Pass
+    ``next_cursor`` back as ``cursor`` for the next page. Times without a zone are taken as UTC."""
+    where = jobs.JobFilter(
+        tenant=principal.reads_tenant,
+        status=status,
+        target=target,
+        since=as_utc(since),
+        until=as_utc(until),
+        kind=kind,
+    )
     page, next_cursor = jobs.list_jobs(session, limit=limit, cursor=cursor, where=where)
     return JobPage(items=[to_summary(j) for j in page], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[AuditPublic], responses={404: {"model": ErrorBody}})
-def job_events(job_id: uuid.UUID, session: SessionDep, _: ReadDep) -> list[AuditPublic]:
+def job_events(job_id: uuid.UUID, session: SessionDep, principal: ReadDep) -> list[AuditPublic]:
     """The audit trail of one job, oldest first: its timeline."""
-    jobs.get_job(session, job_id)
+    jobs.get_job(session, job_id, tenant=principal.reads_tenant)
     return [to_event(row) for row in audit.trail(session, job_id)]
 
 
@@ -150,7 +164,9 @@ def to_summary(job: Job) -> JobSummary:
     )
 
 
-def to_public(job: Job, trail: list[Audit]) -> JobPublic:
+def to_public(job: Job, trail: list[Audit], reader: Principal) -> JobPublic:
+    """The job as ``reader`` may see it: without its result unless ``reader`` sees the results
+    of the job's tenant."""
     attempts = [
         AttemptPublic(
             target=row.target,
@@ -169,7 +185,7 @@ def to_public(job: Job, trail: list[Audit]) -> JobPublic:
         case_id=job.case_id,
         kind=job.kind,
         status=job.status,
-        result=job.result,
+        result=job.result if reader.sees_results_of(job.tenant) else None,
         target=job.target,
         routing=job.decision,
         error=job.error,

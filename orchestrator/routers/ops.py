@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from orchestrator.app.auth import auth_mode
 from orchestrator.app.deps import ServicesDep
 from orchestrator.constants import RETRY_AFTER_SECONDS
 from orchestrator.db import ping
@@ -22,7 +23,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(services: ServicesDep) -> JSONResponse:
-    """Postgres and Redis are reachable: 200, else 503 naming what is down."""
+    """Postgres and Redis are reachable: 200, else 503 naming what is down. ``auth`` says how
+    callers are authenticated: ``keys``, or ``dev-mode`` (no keys: everyone is an administrator)."""
     checks = {}
     try:
         ping(services.engine)
@@ -38,7 +40,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
         checks["redis"] = f"unavailable ({type(exc).__name__})"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": "ready" if ready else "unavailable", "checks": checks, "auth": auth_mode(services.principals)},
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )

@@ -53,7 +53,7 @@ def route_task(
     ``Idempotency-Key`` with the same body returns the same task; with another body, 409."""
     if body.consent is not True:
         raise Forbidden(CONSENT_REQUIRED)
-    earlier = jobs.replayed_task(session, body, idempotency_key) if idempotency_key else None
+    earlier = jobs.replayed_task(session, body, idempotency_key, principal.tenant) if idempotency_key else None
     if earlier is not None:
         response.headers["Idempotent-Replayed"] = "true"
         return TaskAccepted(task_id=earlier.id, status=earlier.status, status_url=task_url(services, earlier.id))
@@ -66,21 +66,23 @@ def route_task(
         actor=principal.key_id,
         default_sla_ms=services.settings.default_sla_ms,
         idempotency_key=idempotency_key,
+        tenant=principal.tenant,
     )
     job = accept(submitted, services, response)
     return TaskAccepted(task_id=job.id, status=job.status, status_url=task_url(services, job.id))
 
 
 @router.get("/task/{task_id}", response_model=TaskPublic, responses={404: {"model": ErrorBody}})
-def task_status(task_id: uuid.UUID, session: SessionDep, _: ReadDep) -> TaskPublic:
-    """Status, result, routing explanation, attempts, times and cost of one task."""
+def task_status(task_id: uuid.UUID, session: SessionDep, principal: ReadDep) -> TaskPublic:
+    """Status, result, routing explanation, attempts, times and cost of one task (of the
+    caller's tenant; another tenant's task answers 404, as one that does not exist)."""
     try:
-        job = jobs.get_job(session, task_id)
+        job = jobs.get_job(session, task_id, tenant=principal.reads_tenant)
     except NotFound:
         job = None
     if job is None or job.kind != JobKind.TASK.value:
         raise NotFound(f"No task with id {task_id}")
-    public = to_public(job, audit.trail(session, task_id))
+    public = to_public(job, audit.trail(session, task_id), principal)
     return TaskPublic(
         task_id=job.id,
         task_type=job.task_type,

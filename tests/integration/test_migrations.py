@@ -1,19 +1,24 @@
-"""Alembic revision 0001 and migrations/001_create_tables.sql build the same Postgres schema,
-which is also exactly what the ORM models describe; the audit table refuses UPDATE/DELETE."""
+"""Alembic's revisions and migrations/NNN_*.sql build the same Postgres schema, which is also
+exactly what the ORM models describe; the audit table refuses UPDATE/DELETE; revision 0002
+(tenants) keeps every existing row, as tenant ``default``, and its SQL is safe to apply twice."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from orchestrator.models import Base
 from tests.support import postgres
 from tests.support.env import ROOT, require
 
 pytestmark = pytest.mark.postgres
+
+CASE, JOB = uuid.UUID(int=1), uuid.UUID(int=2)
 
 TRIGGERS_SQL = """
 SELECT c.relname AS table, t.tgname AS trigger, pg_get_triggerdef(t.oid) AS definition
@@ -63,16 +68,43 @@ def two_databases(pg_server_url):
         postgres.drop_database(url)
 
 
-def apply_sql_file(url: str) -> None:
+SQL_FILES = sorted((ROOT / "migrations").glob("[0-9][0-9][0-9]_*.sql"))
+"""Every plain-SQL migration, in the order a DBA applies them."""
+
+
+def apply_sql_file(url: str, files: list | None = None) -> None:
+    """Apply ``files`` (default: every migrations/NNN_*.sql, in order) as psql would."""
     engine = create_engine(url)
     raw = engine.raw_connection()
     try:
-        with raw.cursor() as cursor:
-            cursor.execute((ROOT / "migrations" / "001_create_tables.sql").read_text())
-        raw.commit()
+        for path in SQL_FILES if files is None else files:
+            with raw.cursor() as cursor:
+                cursor.execute(path.read_text())
+            raw.commit()
     finally:
         raw.close()
         engine.dispose()
+
+
+def alembic_to(url: str, revision: str) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, revision)
+
+
+def test_each_sql_file_matches_an_alembic_revision_in_order():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    revisions = [r.revision for r in ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).walk_revisions()]
+    numbers = [path.name[:3] for path in SQL_FILES]
+    assert numbers == [f"{n:03d}" for n in range(1, len(SQL_FILES) + 1)], "no gap, no duplicate"
+    assert sorted(revisions) == [f"0{number}" for number in numbers]
 
 
 def test_sql_file_and_alembic_build_the_same_schema(two_databases):
@@ -85,6 +117,57 @@ def test_sql_file_and_alembic_build_the_same_schema(two_databases):
     assert set(via_alembic) >= {"cases", "jobs", "audit", "targets", "telemetry_samples", "_triggers"}
     assert via_alembic["_triggers"], "the append-only trigger is missing"
     assert via_alembic == via_sql
+
+
+def test_sql_files_are_safe_to_apply_twice_and_record_the_alembic_revision(two_databases):
+    url = two_databases[0]
+    apply_sql_file(url)
+    before = describe(url)
+    apply_sql_file(url, [path for path in SQL_FILES if path.name != "001_create_tables.sql"])
+    assert describe(url) == before
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    engine.dispose()
+    assert versions == [f"0{SQL_FILES[-1].name[:3]}"]
+
+
+@pytest.mark.parametrize("path", ["alembic", "sql"])
+def test_rows_from_before_tenants_become_tenant_default_and_keep_their_idempotency_keys(two_databases, path):
+    """Rows written under revision 0001 survive 0002: tenant ``default``; then the same
+    Idempotency-Key may be used once per tenant, and only once within one."""
+    url = two_databases[0]
+    if path == "alembic":
+        alembic_to(url, "0001")
+    else:
+        apply_sql_file(url, [ROOT / "migrations" / "001_create_tables.sql"])
+    engine = create_engine(url)
+    job = """INSERT INTO jobs (id, case_id, kind, status, preferred_target, sla_ms, strict_sla,
+        idempotency_key, actor, created_at, claim_count, attempts{tenant_column})
+        VALUES (:id, :case_id, 'screening', 'queued', 'auto', 2000, false, :key, 'key-1', now(), 0, 0{tenant_value})"""
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO cases (id, created_at, created_by) VALUES (:id, now(), 'key-1')"), {"id": CASE}
+        )
+        connection.execute(
+            text(job.format(tenant_column="", tenant_value="")), {"id": JOB, "case_id": CASE, "key": "k"}
+        )
+    if path == "alembic":
+        alembic_to(url, "0002")
+    else:
+        apply_sql_file(url, [ROOT / "migrations" / "002_tenants.sql"])
+    insert = text(job.format(tenant_column=", tenant", tenant_value=", :tenant"))
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT tenant FROM cases")).scalars().all() == ["default"]
+        assert connection.execute(text("SELECT tenant FROM jobs")).scalars().all() == ["default"]
+        connection.execute(insert, {"id": uuid.uuid4(), "case_id": None, "key": "k", "tenant": "clinic-b"})
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(insert, {"id": uuid.uuid4(), "case_id": None, "key": "k", "tenant": "default"})
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # the application names every tenant
+        connection.execute(
+            text(job.format(tenant_column="", tenant_value="")), {"id": uuid.uuid4(), "case_id": None, "key": "new"}
+        )
+    engine.dispose()
 
 
 def test_init_db_on_postgres_builds_the_same_schema_as_alembic(two_databases):

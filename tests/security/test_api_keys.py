@@ -6,26 +6,35 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+import os
+import secrets
+import subprocess
 import uuid
 
 import pytest
+import yaml
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.app import auth
-from orchestrator.app.auth import ReadDep, match_key
+from orchestrator.app.auth import ReadDep, api_principals, match_key
 from orchestrator.errors import ConfigError, Forbidden
 from orchestrator.models import Audit, Job
-from orchestrator.principals import key_id_for_digest, legacy_principals
-from orchestrator.settings import load_settings
+from orchestrator.principals import Scope, key_id_for_digest, legacy_principals
+from orchestrator.settings import Settings, load_settings
 from tests.support.app import in_process_app
+from tests.support.env import ROOT, free_port
+from tests.support.keys import keys_env, principal
+from tests.support.procs import python
 
 pytestmark = pytest.mark.security
 
 KEY_OLD, KEY_NEW = "rotating-old-key-4a1f", "rotating-new-key-9c2e"
+SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
 BODY = {"age_months": 20, "observations": "stacks two blocks"}
 
 
@@ -160,3 +169,160 @@ def test_auth_failures_are_not_logged_with_the_presented_key(client, caplog):
         client.post("/api/submit", json=BODY, headers={"x-api-key": "leaky-wrong-key-77"})
         client.post("/api/submit", json=BODY, headers={"x-api-key": KEY_NEW})
     assert "leaky-wrong-key-77" not in caplog.text and KEY_NEW not in caplog.text
+
+
+# --- principals from API_KEYS_JSON and API_KEYS_FILE ----------------------------------------------
+
+FILE_KEY, JSON_KEY = "file-key-clinic-b-5d1e", "json-key-clinic-a-8f3c"
+
+
+def write_keys_file(tmp_path, entries) -> str:
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump(entries) if not isinstance(entries, str) else entries)
+    return str(path)
+
+
+def test_a_keys_file_and_the_json_variable_configure_principals_with_tenant_and_scopes(
+    sqlite_engine, fake_redis, monkeypatch, tmp_path
+):
+    path = write_keys_file(tmp_path, [{**principal(FILE_KEY, "read", tenant="clinic-b"), "name": "dashboard B"}])
+    env = {**keys_env(principal(JSON_KEY, "submit", tenant="clinic-a")), "API_KEYS_FILE": path, "API_KEY": KEY_OLD}
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, **env)
+    principals = {p.key_id: p for p in app.state.services.principals.values()}
+    expected = {
+        key_id_for_digest(digest(FILE_KEY)): ("clinic-b", {Scope.READ}),
+        key_id_for_digest(digest(JSON_KEY)): ("clinic-a", {Scope.SUBMIT}),
+        key_id_for_digest(digest(KEY_OLD)): ("default", {Scope.SUBMIT, Scope.READ}),
+    }
+    assert {k: (p.tenant, set(p.scopes)) for k, p in principals.items()} == expected
+    with TestClient(app) as test_client:
+        assert test_client.get("/api/jobs", headers={"x-api-key": FILE_KEY}).status_code == 200
+        assert test_client.post("/api/submit", json=BODY, headers={"x-api-key": FILE_KEY}).status_code == 403
+        assert test_client.post("/api/submit", json=BODY, headers={"x-api-key": JSON_KEY}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("variable", "entries", "expected"),
+    [
+        ("API_KEYS_JSON", [{**principal(JSON_KEY, "submit"), "role": "admin"}], "entry 0.role: Extra inputs"),
+        ("API_KEYS_JSON", [principal(JSON_KEY, "submit"), principal(JSON_KEY, "read")], "listed twice"),
+        ("API_KEYS_JSON", [principal(JSON_KEY, "superuser")], "entry 0.scopes.0"),
+        ("API_KEYS_JSON", [{"sha256": JSON_KEY, "tenant": "a", "scopes": ["read"]}], "entry 0.sha256"),
+        ("API_KEYS_FILE", [{**principal(FILE_KEY, "read"), "tenants": ["x"]}], "entry 0.tenants: Extra inputs"),
+        ("API_KEYS_FILE", [principal(FILE_KEY, "read"), principal(FILE_KEY, "admin")], "listed twice"),
+        ("API_KEYS_FILE", [principal(FILE_KEY, "read", tenant="a b")], "entry 0.tenant"),
+        ("API_KEYS_FILE", "sha256: [unclosed", "not valid YAML"),
+        ("API_KEYS_FILE", {"keys": []}, "must hold a list"),
+    ],
+    ids=[
+        "json-unknown",
+        "json-dup",
+        "json-scope",
+        "json-clear-key",
+        "file-unknown",
+        "file-dup",
+        "file-tenant",
+        "file-yaml",
+        "file-shape",
+    ],
+)
+def test_bad_principal_entries_are_refused_at_start_naming_the_variable(
+    tmp_path, monkeypatch, variable, entries, expected
+):
+    if variable == "API_KEYS_JSON":
+        monkeypatch.setenv(variable, json.dumps(entries))
+    else:
+        monkeypatch.setenv(variable, write_keys_file(tmp_path, entries))
+    with pytest.raises(ConfigError) as raised:
+        api_principals(load_settings())
+    message = raised.value.message
+    assert f"{variable}:" in message and expected in message, message
+    assert JSON_KEY not in message and FILE_KEY not in message
+
+
+def test_a_key_in_two_sources_and_a_missing_file_are_refused_naming_the_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("API_KEYS_JSON", json.dumps([principal(FILE_KEY, "submit")]))
+    monkeypatch.setenv("API_KEYS_FILE", write_keys_file(tmp_path, [principal(FILE_KEY, "read")]))
+    with pytest.raises(
+        ConfigError, match=r"API_KEY / API_KEYS_JSON / API_KEYS_FILE: the key key-\w+ is configured twice"
+    ):
+        api_principals(load_settings())
+    monkeypatch.setenv("API_KEYS_FILE", str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match="API_KEYS_FILE: cannot read"):
+        api_principals(load_settings())
+
+
+def run_api_until_exit(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    """Start the API under uvicorn, expecting it to refuse to start."""
+    base = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_VARS}
+    argv = python("-m", "uvicorn", "orchestrator.app.main:create_app", "--factory", "--port", str(free_port()))
+    full_env = {**base, "PYTHONPATH": str(ROOT), "DATABASE_URL": "sqlite://", **env}
+    return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_production_without_keys_and_a_bad_keys_file_stop_the_real_process(tmp_path):
+    refused = run_api_until_exit({"ENV": "production"})
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "ENV: production needs API keys" in refused.stderr
+    bad = run_api_until_exit({"API_KEYS_FILE": write_keys_file(tmp_path, [{**principal(FILE_KEY, "read"), "x": 1}])})
+    assert bad.returncode == 2 and "API_KEYS_FILE: entry 0.x: Extra inputs are not permitted" in bad.stderr
+    assert FILE_KEY not in bad.stderr + bad.stdout
+
+
+def test_production_with_keys_starts_and_dev_mode_is_loud(sqlite_engine, fake_redis, monkeypatch, capsys):
+    keyed = in_process_app(
+        sqlite_engine, fake_redis, monkeypatch, ENV="production", **keys_env(principal(JSON_KEY, "read"))
+    )
+    with TestClient(keyed) as test_client:
+        assert test_client.get("/readyz").json()["auth"] == "keys"
+        assert test_client.get("/api/jobs").status_code == 401
+    for name in ("ENV", "API_KEYS_JSON"):
+        monkeypatch.delenv(name)
+    capsys.readouterr()
+    with TestClient(in_process_app(sqlite_engine, fake_redis, monkeypatch)) as dev:  # logs JSON to stdout
+        ready = dev.get("/readyz")
+        assert dev.get("/api/jobs").status_code == 200, "dev mode stays: no key needed"
+    assert ready.status_code == 200 and ready.json()["auth"] == "dev-mode"
+    warnings = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"WARNING"' in line]
+    assert any(w["message"].startswith("DEV MODE") and w["auth"] == "dev-mode" for w in warnings), warnings
+
+
+# --- python -m orchestrator.keys --------------------------------------------------------------------
+
+
+def keys_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    argv = python("-m", "orchestrator.keys", *args)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(argv, input=stdin, env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_the_digest_cli_reads_the_key_from_stdin_never_echoes_it_and_its_entry_works(
+    sqlite_engine, fake_redis, monkeypatch, tmp_path
+):
+    key = "cli-made-key-" + secrets.token_hex(8)
+    done = keys_cli("digest", "--tenant", "clinic-c", "--scope", "submit", "--name", "intake C", stdin=key + "\n")
+    assert done.returncode == 0, done.stderr
+    assert key not in done.stdout + done.stderr
+    assert f"sha256: {digest(key)}" in done.stdout
+    yaml_entry = done.stdout.split("API_KEYS_FILE entry (YAML):\n", 1)[1].split("\n\n", 1)[0]
+    path = write_keys_file(tmp_path, yaml_entry)
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, API_KEYS_FILE=path)
+    (configured,) = app.state.services.principals.values()
+    assert (configured.tenant, configured.scopes) == ("clinic-c", frozenset({Scope.SUBMIT}))
+    with TestClient(app) as test_client:
+        assert test_client.post("/api/submit", json=BODY, headers={"x-api-key": key}).status_code == 202
+    json_entry = json.loads(done.stdout.split("API_KEYS_JSON entry:\n", 1)[1])
+    assert json_entry == yaml.safe_load(yaml_entry)[0]
+
+
+def test_the_cli_refuses_a_key_on_the_command_line_without_repeating_it_and_generates_strong_keys():
+    key = "argv-key-" + secrets.token_hex(8)
+    refused = keys_cli("digest", key)
+    assert refused.returncode == 2 and "stdin" in refused.stderr
+    assert key not in refused.stdout + refused.stderr
+    assert keys_cli("digest", stdin="short\n").returncode == 2
+    made = [keys_cli("generate", "--scope", "read") for _ in range(2)]
+    keys = [m.stdout.split("key: ", 1)[1].split()[0] for m in made]
+    assert keys[0] != keys[1] and all(len(k) >= 40 for k in keys)
+    for run, generated in zip(made, keys, strict=True):
+        assert f"sha256: {digest(generated)}" in run.stdout

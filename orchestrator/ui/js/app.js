@@ -117,6 +117,7 @@ async function health() {
   try {
     const response = await fetch(new URL("../readyz", document.baseURI), { cache: "no-store", credentials: "omit" });
     const body = await response.json();
+    $("dev-mode").hidden = body.auth !== "dev-mode"; // no keys: say so on every page
     const down = Object.entries(body.checks || {}).filter(([, v]) => v !== "ok").map(([name]) => name);
     el.textContent = response.ok ? "API ready" : `${down.join(" and ") || "a dependency"} unavailable`;
     el.className = `health ${response.ok ? "ok" : "bad"}`;
