@@ -13,13 +13,14 @@ import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.principals import Principal, PrincipalSpec, legacy_principals, merge, principals_from_specs
+from orchestrator.url_policy import parse_entry
 
 OWN_PREFIXES = ("ROUTING_", "WORKER_", "RECONCILER_", "JOB_", "HEDGE_", "CIRCUIT_", "PEDI_")
 """Environment prefixes that belong to this project alone; unknown names under them are typos."""
@@ -118,6 +119,31 @@ class Settings(BaseSettings):
     public_url: str = ""
     """Base URL put in front of ``status_url`` (e.g. https://pedi.example.org); empty: relative."""
 
+    env: Literal["development", "production"] = "development"
+    """``production`` refuses what is only safe on a developer's machine (e.g. model-server URLs on
+    loopback, unless TARGET_URL_ALLOWLIST covers them)."""
+
+    # --- target registration (docs/api.md "Registering targets") --------------------------------
+    target_url_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+    """Comma-separated hosts (``gpu.internal``), domains (``.models.example.org``) and CIDRs
+    (``10.20.0.0/16``) model-server URLs may point at; empty: any host the other rules allow.
+    Link-local and cloud-metadata addresses are refused whatever it says."""
+    target_url_resolve_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    """Longest a target URL's host name may take to resolve when it is checked (s); slower is refused."""
+    max_registered_targets: int = Field(32, ge=0, le=256)
+    """Most targets that may be registered through the API at once (configured ones do not count)."""
+
+    # --- quotas (per principal; docs/api.md "Quotas") ------------------------------------------
+    quota_rpm: int | None = Field(None, ge=1, le=1_000_000)
+    """Submissions (POST /api/submit, /route_task) a key may make per minute, unless its
+    API_KEYS_JSON entry sets ``rpm``; unset: no limit. Shared by every API replica through Redis."""
+    quota_max_in_flight: int | None = Field(None, ge=1, le=10_000_000)
+    """Jobs a key may have queued or running at once, unless its entry sets ``max_in_flight``;
+    unset: no limit."""
+    quota_daily_budget_usd: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    """Model-call cost (USD) a key's jobs may run up per UTC day, unless its entry sets
+    ``daily_budget_usd``; unset: no budget."""
+
     # --- telemetry ---------------------------------------------------------------------------
     telemetry_retention_hours: float = Field(24.0, gt=0, le=24 * 366)
     """How long telemetry pushed to POST /api/telemetry is kept (h). A sample already older is
@@ -154,6 +180,15 @@ class Settings(BaseSettings):
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("target_url_allowlist", mode="before")
+    @classmethod
+    def _allowlist(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        for entry in value or ():
+            parse_entry(entry)  # ValueError names the entry
+        return value
 
     @field_validator("database_url", mode="after")
     @classmethod
