@@ -145,7 +145,8 @@ class ModelCallError(RoutingError):
     """One call to a model server failed.
 
     ``kind`` is one of: timeout, connect_error, http_5xx, http_4xx, invalid_response,
-    circuit_open, cancelled, url_refused (the target URL policy refused the call). It is safe to log and to use as a metric label.
+    circuit_open, cancelled, url_refused (the target URL policy refused the call). It is safe to
+    log and to use as a metric label.
     """
 
     code = "model_call_failed"

@@ -82,7 +82,8 @@ class Quotas:
 
     def __init__(self, settings: Settings, connection: redis.Redis) -> None:
         self.settings = settings
-        storage = RedisStorage(settings.redis_url, connection_pool=connection.connection_pool, key_prefix=LIMITER_KEY_PREFIX)
+        pool = connection.connection_pool
+        storage = RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=LIMITER_KEY_PREFIX)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
 
     def check(self, session: Session, principal: Principal) -> None:
