@@ -107,7 +107,7 @@ class PrincipalSpec(BaseModel):
     scopes: tuple[Scope, ...] = Field(min_length=1)
     name: str | None = Field(None, max_length=64)
     """A label for people (never used for authorisation)."""
-    rpm: int | None = Field(None, ge=1, le=1_000_000)
+    rpm: int | None = Field(None, ge=1, le=100_000)
     """Submissions per minute (default: QUOTA_RPM)."""
     max_in_flight: int | None = Field(None, ge=1, le=10_000_000)
     """Jobs queued or running at once (default: QUOTA_MAX_IN_FLIGHT)."""

@@ -5,8 +5,8 @@ Each principal's limits come from its API_KEYS_JSON entry (``rpm``, ``max_in_fli
 submission is answered 429 with ``Retry-After`` and a body naming the limit
 (``QuotaExceeded``), before anything is written.
 
-* **rpm**: a sliding-window counter from the ``limits`` library in Redis, so every API replica
-  shares it. If Redis does not answer, the limiter fails open: the request goes on, a WARNING is
+* **rpm**: the ``limits`` library's moving window in Redis (exact: the time of each of the last
+  ``rpm`` submissions, so memory per key grows with its rpm), shared by every API replica. If Redis does not answer, the limiter fails open: the request goes on, a WARNING is
   logged and ``pedi_redis_errors_total{component="quota"}`` counts it (an outage of the rate
   limiter must not become an outage of intake; in-flight and budget still hold).
 * **max_in_flight**: the key's jobs in Postgres with status queued or running (``jobs.actor`` is
@@ -33,7 +33,7 @@ import redis
 from fastapi import Depends, Request
 from limits import RateLimitItemPerMinute
 from limits.storage import RedisStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -84,7 +84,7 @@ class Quotas:
         self.settings = settings
         pool = connection.connection_pool
         storage = RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=LIMITER_KEY_PREFIX)
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._limiter = MovingWindowRateLimiter(storage)
 
     def check(self, session: Session, principal: Principal) -> None:
         """Raise ``QuotaExceeded`` if ``principal`` may not submit now. The rpm window counts

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     """Most targets that may be registered through the API at once (configured ones do not count)."""
 
     # --- quotas (per principal; docs/api.md "Quotas") ------------------------------------------
-    quota_rpm: int | None = Field(None, ge=1, le=1_000_000)
+    quota_rpm: int | None = Field(None, ge=1, le=100_000)
     """Submissions (POST /api/submit, /route_task) a key may make per minute, unless its
     API_KEYS_JSON entry sets ``rpm``; unset: no limit. Shared by every API replica through Redis."""
     quota_max_in_flight: int | None = Field(None, ge=1, le=10_000_000)
