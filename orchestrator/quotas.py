@@ -6,9 +6,10 @@ submission is answered 429 with ``Retry-After`` and a body naming the limit
 (``QuotaExceeded``), before anything is written.
 
 * **rpm**: the ``limits`` library's moving window in Redis (exact: the time of each of the last
-  ``rpm`` submissions, so memory per key grows with its rpm), shared by every API replica. If Redis does not answer, the limiter fails open: the request goes on, a WARNING is
-  logged and ``pedi_redis_errors_total{component="quota"}`` counts it (an outage of the rate
-  limiter must not become an outage of intake; in-flight and budget still hold).
+  ``rpm`` submissions, so memory per key grows with its rpm), shared by every API replica. If
+  Redis does not answer, the limiter fails open: the request goes on, a WARNING is logged and
+  ``pedi_redis_errors_total{component="quota"}`` counts it (an outage of the rate limiter must
+  not become an outage of intake; in-flight and budget still hold).
 * **max_in_flight**: the key's jobs in Postgres with status queued or running (``jobs.actor`` is
   the key id). Postgres is the truth: a Redis counter would drift whenever a worker dies, a job is
   recovered or Redis loses its data, and this count reads only the active jobs (index on

@@ -23,7 +23,9 @@ from tests.support.keys import keys_env, principal
 pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
 ADMIN, INTAKE, OPERATOR = "guard-admin-key-71", "guard-intake-key-72", "guard-operator-key-73"
-KEYS = keys_env(principal(ADMIN, "admin"), principal(INTAKE, "submit", tenant="clinic-a"), principal(OPERATOR, "operate"))
+KEYS = keys_env(
+    principal(ADMIN, "admin"), principal(INTAKE, "submit", tenant="clinic-a"), principal(OPERATOR, "operate")
+)
 OBSERVATIONS = "walks alone; says 10 words; GUARD-MARKER-51e7"
 CONFIGURED = ("edge", "gpu")
 
@@ -36,7 +38,7 @@ class Listener:
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 listener.requests.append((self.path, body))
                 answer = json.dumps(
@@ -48,7 +50,7 @@ class Listener:
                 self.end_headers()
                 self.wfile.write(answer)
 
-            do_GET = do_POST  # noqa: N815
+            do_GET = do_POST
 
             def log_message(self, *args) -> None:
                 pass
@@ -200,7 +202,8 @@ def test_metadata_and_inside_urls_are_refused_at_registration(stack, pg_url, lis
         assert response.status_code == 422 and (error["code"], error["field"]) == ("url_refused", "url"), (url, error)
     refused = admin.post("/register_agent", json={"name": "probe", "tier": "gpu", "url": "http://192.168.7.7"})
     assert "TARGET_URL_ALLOWLIST" in refused.json()["error"]["message"]
-    assert admin.post("/register_agent", json={"name": "probe", "tier": "gpu", "url": "http://10.9.8.7"}).status_code == 201
+    allowed = admin.post("/register_agent", json={"name": "probe", "tier": "gpu", "url": "http://10.9.8.7"})
+    assert allowed.status_code == 201, allowed.text
     assert registrations(pg_url) == (1, 1)
     assert listener.requests == []
 
