@@ -1,6 +1,6 @@
 """Prometheus metrics. Names follow Prometheus conventions (base units, ``_total`` counters)
-and every label is bounded: method, route template, status, target, outcome, reason. Never a
-job, case or key id.
+and every label is bounded: method, route template, status, target (``TargetLabels``), outcome,
+reason. Never a job or case id; a key id (of a configured key) only on quota rejections.
 
 Event metrics (counters, histograms) are recorded where the event happens. State metrics
 (backlog, oldest queued job, workers, circuit state) are read from Postgres and Redis when
