@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     api_keys_json: tuple[PrincipalSpec, ...] | None = None
     """Principals as JSON: ``[{"sha256": "<hex digest of the key>", "tenant": "clinic-a",
     "scopes": ["submit"], "name": "intake app"}]``. Scopes: submit, read, operate, admin. Keys are
-    given only as sha256 digests; unknown fields and a digest listed twice are refused."""
+    given only as sha256 digests; unknown fields and a digest listed twice are refused. Optional
+    per-key quotas: ``rpm``, ``max_in_flight``, ``daily_budget_usd`` (else the QUOTA_* settings)."""
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     """Largest request body the API reads (bytes); more is answered 413 before parsing."""
     public_url: str = ""
