@@ -197,6 +197,23 @@ def test_a_configured_target_is_not_replaced_without_override(client, sqlite_eng
     assert count(sqlite_engine, RegisteredTarget) == 0 and count(sqlite_engine, Audit) == 0
 
 
+def test_a_target_from_the_targets_file_needs_override_and_no_secret_is_echoed(
+    sqlite_engine, fake_redis, monkeypatch, tmp_path
+):
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n  - {name: cloud-eu, tier: cloud, url: 'http://svc:s3cret-pw@10.3.0.1:8001'}\n")
+    body = {"name": "cloud-eu", "tier": "cloud", "url": "http://10.3.0.2:8001"}
+    with make_client(sqlite_engine, fake_redis, monkeypatch, TARGETS_FILE=str(path), **INFER_ENV) as client:
+        refused = client.post("/register_agent", json=body)
+        replaced = client.post("/register_agent", json={**body, "override": True})
+    assert refused.status_code == 409 and "file" in refused.json()["error"]["message"]
+    assert replaced.status_code == 201 and replaced.json()["replaced"]["source"] == "file"
+    assert replaced.json()["replaced"]["url"] == "http://***@10.3.0.1:8001" and "s3cret" not in replaced.text
+    with Session(sqlite_engine) as session:
+        details = session.scalars(select(Audit.details).where(Audit.event == "registered")).one()
+    assert details["replaced"]["url"] == "http://***@10.3.0.1:8001" and "s3cret" not in str(details)
+
+
 def test_an_override_says_what_it_replaced_and_removing_it_restores_the_configured_one(client, sqlite_engine):
     # Read the view first: the configured gpu's stats are what an override must report.
     assert targets_by_name(client)["gpu"]["cost_per_call_usd"] == TIER_DEFAULTS["gpu"].cost_per_call_usd
