@@ -162,7 +162,9 @@ def quotas_of(request: Request) -> Quotas:
 _submitter = Authorize(Scope.SUBMIT)
 
 
-def submit_within_quota(request: Request, session: SessionDep, principal: Annotated[Principal, Depends(_submitter)]):
+def submit_within_quota(
+    request: Request, session: SessionDep, principal: Annotated[Principal, Depends(_submitter)]
+) -> Principal:
     """FastAPI dependency of the submit routes: the caller holds ``submit`` and is within its
     quotas (401 / 403 / 429 otherwise)."""
     quotas_of(request).check(session, principal)
