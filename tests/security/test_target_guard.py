@@ -8,16 +8,19 @@ model server would, so a hijack that worked would show as completed jobs and rec
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from orchestrator.models import Audit, RegisteredTarget
+from orchestrator.routing import Outcome, RedisStatsStore, Router
 from tests.support.keys import keys_env, principal
 
 pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -226,3 +229,24 @@ def test_a_url_that_became_bad_after_registration_is_refused_before_the_call(sta
         assert hidden.requests == [], "the call went out although the policy refuses the URL"
     finally:
         hidden.close()
+
+
+def test_metrics_stay_bounded_when_registered_names_churn(stack, redis_url):
+    """An admin key registers and removes many names (each call leaves its shared stats in Redis,
+    as a worker's calls would); /metrics names at most the configured targets, the cap of
+    registered names, and ``other``."""
+    cap = 3
+    api = start(stack, MAX_REGISTERED_TARGETS=str(cap))
+    admin = as_key(api, ADMIN)
+    router = Router(RedisStatsStore(redis.Redis.from_url(redis_url)))
+    for i in range(40):
+        name = f"churn-{i:02d}"
+        assert (
+            admin.post("/register_agent", json={"name": name, "tier": "edge", "url": "http://10.0.0.9"}).status_code
+            == 201
+        )
+        router.record(Outcome(name, ok=False, latency_ms=5.0, at=time.time(), error_kind="http_5xx"))
+        assert admin.delete(f"/api/targets/{name}").status_code == 200
+    scraped = httpx.get(f"{api.url}/metrics", timeout=10).text
+    labels = set(re.findall(r'pedi_circuit_state\{target="([^"]*)"\}', scraped))
+    assert len(labels) <= len(CONFIGURED) + cap + 1 and "other" in labels, sorted(labels)
