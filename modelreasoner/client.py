@@ -18,6 +18,7 @@ import httpx
 from orchestrator import tracing
 from orchestrator.errors import ModelCallError
 from orchestrator.routing.types import Target
+from orchestrator.url_policy import UrlPolicy
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 """A model answer is a few hundred bytes; anything past 1 MiB is a broken server."""
@@ -89,13 +90,16 @@ def validate_run(data: Any) -> dict[str, Any]:
 class ModelClient:
     """Calls model servers over a shared, thread-safe ``httpx.Client`` (connection pooling)."""
 
-    def __init__(self, http: httpx.Client) -> None:
+    def __init__(self, http: httpx.Client, url_policy: UrlPolicy | None = None) -> None:
         self._http = http
+        self._url_policy = url_policy
 
     def call(self, target: Target, job: CallInput, timeout_s: float) -> CallResult:
         """One call to ``target``, finished within ``timeout_s`` in total or raise
         ``ModelCallError`` (kind: timeout, connect_error, transport_error, http_5xx, http_4xx,
-        invalid_response)."""
+        invalid_response, url_refused)."""
+        if self._url_policy is not None:  # before every call: a refused URL is a failed attempt
+            self._url_policy.check_call(target.url)
         run = target.contract == "run"
         url = f"{target.url}/run" if run else f"{target.url}/infer"
         body = _run_body(job) if run else _infer_body(job)

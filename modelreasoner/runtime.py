@@ -31,6 +31,7 @@ from orchestrator.queue_rq import make_redis
 from orchestrator.routing import RedisStatsStore, Router, Target
 from orchestrator.settings import Settings, get_settings
 from orchestrator.targets import configured_targets, merge_targets, registered_targets
+from orchestrator.url_policy import policy_for
 
 REGISTERED_TARGETS_TTL_SECONDS = 5.0
 """How stale the worker's copy of agents registered through the API may be (s): a new agent
@@ -91,7 +92,7 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
         follow_redirects=False,
     )
     worker_id = new_worker_id()
-    client = ModelClient(http)
+    client = ModelClient(http, policy_for(settings))
     static_targets = configured_targets(settings)
     if settings.worker_simulate:
         client, static_targets = SimulatedClient(), simulated_targets()

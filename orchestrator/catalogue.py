@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import audit
-from orchestrator.errors import BadRequest, ServiceUnavailable
+from orchestrator.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from orchestrator.models import RegisteredTarget
 from orchestrator.routing import CircuitState, Target, TargetStats, predict_latency
 from orchestrator.schemas import (
     CircuitPublic,
     TargetPublic,
     TargetRegister,
+    TargetRemoved,
+    TargetReplaced,
     TargetStatsPublic,
     TelemetryPublic,
 )
@@ -31,12 +34,14 @@ from orchestrator.settings import Settings
 from orchestrator.targets import (
     ENV_TARGETS,
     TIERS,
+    configured_names,
     configured_targets,
     make_target,
     merge_targets,
     registered_targets,
     targets_for,
 )
+from orchestrator.url_policy import UrlPolicy
 
 SIMULATED_URL = "sim://{tier}"
 """URL of the in-process targets a WORKER_SIMULATE=1 worker uses (modelreasoner.simulated)."""
@@ -93,12 +98,33 @@ def check_preference(choice: str, targets: list[Target], field: str = "preferred
     raise BadRequest(f"{field}: no target or tier named {choice!r} can take this job", field=field)
 
 
-def register(session: Session, body: TargetRegister, *, actor: str, now: datetime) -> tuple[Target, bool]:
-    """Insert or replace (by name) a registered target, audit it, and commit. Returns the target
-    as routing will see it and whether it was created. Options left out take the tier's
-    defaults (a re-registration replaces every option)."""
+@dataclass(frozen=True)
+class Registration:
+    target: Target
+    created: bool
+    replaced: TargetReplaced | None
+    """The target this name stood for before (configured or registered); None: a new name."""
+
+
+def register(
+    session: Session, body: TargetRegister, settings: Settings, policy: UrlPolicy, *, actor: str, now: datetime
+) -> Registration:
+    """Insert or replace (by name) a registered target, audit it, and commit. Options left out
+    take the tier's defaults (a re-registration replaces every option).
+
+    Refused: a URL the policy does not allow (``UrlRefused``, 422); a name configured by env or
+    TARGETS_FILE without ``override`` (409: it would silently take that target's traffic); a new
+    name past MAX_REGISTERED_TARGETS (409). The caller has checked the admin scope."""
+    policy.check(body.url)
+    previous = find(entries(session, settings), body.name)
+    if body.name in configured_names(settings) and not body.override:
+        raise Conflict(
+            f"target {body.name!r} is configured by the {_configured_source(settings, body.name)}; "
+            'send "override": true to replace or disable it'
+        )
     row = session.get(RegisteredTarget, body.name)
-    created = row is None
+    if row is None:
+        _check_room(session, settings)
     target = make_target(
         body.name,
         body.tier,
@@ -109,6 +135,19 @@ def register(session: Session, body: TargetRegister, *, actor: str, now: datetim
         prior_latency_ms=body.prior_latency_ms,
         enabled=body.enabled,
     )
+    replaced = snapshot(previous) if previous is not None else None
+    created = _store(session, body, target, row, actor=actor, now=now, replaced=replaced)
+    return Registration(target, created, replaced)
+
+
+def _check_room(session: Session, settings: Settings) -> None:
+    registered = session.scalar(select(func.count()).select_from(RegisteredTarget)) or 0
+    if registered >= settings.max_registered_targets:
+        raise Conflict(f"{registered} targets are registered, the most MAX_REGISTERED_TARGETS allows; remove one first")
+
+
+def _store(session, body, target: Target, row, *, actor: str, now: datetime, replaced) -> bool:
+    created = row is None
     values = {
         "tier": target.tier,
         "url": target.url,
@@ -142,6 +181,8 @@ def register(session: Session, body: TargetRegister, *, actor: str, now: datetim
                 "url": target.url,
                 "cost_per_call_usd": target.cost_per_call_usd,
                 "enabled": target.enabled,
+                "override": body.override,
+                "replaced": replaced.model_dump() if replaced is not None else None,
             },
         )
         session.commit()
@@ -150,8 +191,50 @@ def register(session: Session, body: TargetRegister, *, actor: str, now: datetim
         if not created:
             raise
         # Another request registered the same new name first: replace what it wrote.
-        return register(session, body, actor=actor, now=now)[0], False
-    return target, created
+        winner = session.get(RegisteredTarget, body.name)
+        _store(session, body, target, winner, actor=actor, now=now, replaced=replaced)
+        return False
+    return created
+
+
+def remove(session: Session, settings: Settings, name: str, *, actor: str, now: datetime) -> TargetRemoved:
+    """Delete a registered target, audit it (``unregistered``) and commit. A configured target of
+    the same name is in use again (``restored``). 404 when no target of that name is registered
+    (configured targets are changed in their configuration, not through the API)."""
+    row = session.get(RegisteredTarget, name)
+    if row is None:
+        hint = " (it is configured; change its configuration instead)" if name in configured_names(settings) else ""
+        raise NotFound(f"No registered target named {name!r}{hint}")
+    removed = snapshot(find(entries(session, settings), name))
+    session.delete(row)
+    session.flush()
+    current = find(entries(session, settings), name)
+    restored = snapshot(current) if current is not None else None
+    audit.record(
+        session,
+        None,
+        "unregistered",
+        actor,
+        at=now,
+        target=name,
+        outcome="restored" if restored is not None else "removed",
+        details={"removed": removed.model_dump(), "restored": restored.model_dump() if restored else None},
+    )
+    session.commit()
+    return TargetRemoved(name=name, removed=removed, restored=restored)
+
+
+def snapshot(entry: Entry) -> TargetReplaced:
+    """What an audit row and a response may say about a target: no credentials."""
+    target = entry.target
+    return TargetReplaced(
+        source=entry.source,
+        url=redact_url(target.url),
+        tier=target.tier,
+        contract=target.contract,
+        cost_per_call_usd=target.cost_per_call_usd,
+        enabled=target.enabled,
+    )
 
 
 def describe(entry: Entry, stats: TargetStats, now: float) -> TargetPublic:

@@ -9,6 +9,7 @@
     ├── Conflict                      409 conflict
     │   └── IdempotencyConflict       409 idempotency_conflict
     ├── PayloadTooLarge               413 payload_too_large
+    ├── QuotaExceeded                 429 quota_exceeded (+ Retry-After, names the limit)
     ├── ServiceUnavailable            503 service_unavailable (+ Retry-After)
     │   ├── DatabaseUnavailable       503 database_unavailable
     │   └── QueueUnavailable          503 queue_unavailable
@@ -90,6 +91,19 @@ class PayloadTooLarge(OrchestratorError):
     code = "payload_too_large"
 
 
+class QuotaExceeded(OrchestratorError):
+    """The API key is over one of its quotas; retry after ``retry_after_s``."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+    def __init__(self, limit: str, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        """Which limit: rpm, max_in_flight or daily_budget_usd."""
+        self.retry_after_s = retry_after_s
+
+
 class ServiceUnavailable(OrchestratorError):
     """A backing service is unavailable; retry shortly."""
 
@@ -131,7 +145,8 @@ class ModelCallError(RoutingError):
     """One call to a model server failed.
 
     ``kind`` is one of: timeout, connect_error, http_5xx, http_4xx, invalid_response,
-    circuit_open, cancelled. It is safe to log and to use as a metric label.
+    circuit_open, cancelled, url_refused (the target URL policy refused the call). It is safe to
+    log and to use as a metric label.
     """
 
     code = "model_call_failed"

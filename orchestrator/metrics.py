@@ -1,6 +1,6 @@
 """Prometheus metrics. Names follow Prometheus conventions (base units, ``_total`` counters)
-and every label is bounded: method, route template, status, target, outcome, reason. Never a
-job, case or key id.
+and every label is bounded: method, route template, status, target (``TargetLabels``), outcome,
+reason. Never a job or case id; a key id (of a configured key) only on quota rejections.
 
 Event metrics (counters, histograms) are recorded where the event happens. State metrics
 (backlog, oldest queued job, workers, circuit state) are read from Postgres and Redis when
@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
@@ -62,6 +63,63 @@ LATENCY_BUCKETS_SECONDS = (
 )
 """Include the SLA boundaries users pick most (0.3 s, 2 s, 10 s) so SLA ratios are exact."""
 
+OTHER_TARGET = "other"
+"""The label value of every target name past the bound (see ``TargetLabels``)."""
+PASS_THROUGH_TARGETS = frozenset({"none", "unknown", OTHER_TARGET})
+"""Label values the worker uses for 'no target'; never registrable as target names."""
+
+
+class TargetLabels:
+    """Bounded label values for target names, so hostile or churning registrations cannot grow
+    /metrics: configured names always pass; other (registered) names are admitted first come up
+    to ``room`` (MAX_REGISTERED_TARGETS) per process; every later name is ``other``."""
+
+    def __init__(self, room: int = 256) -> None:
+        self._reserved: frozenset[str] = frozenset()
+        self._admitted: set[str] = set()
+        self._room = room
+        self._lock = threading.Lock()
+
+    def configure(self, reserved: Iterable[str], room: int) -> None:
+        with self._lock:
+            self._reserved = frozenset(reserved)
+            self._room = room
+
+    def __call__(self, name: object) -> str:
+        value = str(name)
+        if value in self._reserved or value in PASS_THROUGH_TARGETS:
+            return value
+        with self._lock:
+            if value in self._admitted:
+                return value
+            if len(self._admitted) < self._room:
+                self._admitted.add(value)
+                return value
+        return OTHER_TARGET
+
+
+TARGET_LABELS = TargetLabels()
+
+
+class _TargetFirst:
+    """A metric whose first label is a target name, bounded through ``TARGET_LABELS``."""
+
+    def labels(self, *values, **named):
+        if values:
+            values = (TARGET_LABELS(values[0]), *values[1:])
+        if "target" in named:
+            named["target"] = TARGET_LABELS(named["target"])
+        return super().labels(*values, **named)
+
+
+class TargetCounter(_TargetFirst, Counter):
+    pass
+
+
+class TargetHistogram(_TargetFirst, Histogram):
+    pass
+
+
 HTTP_REQUESTS = Counter("pedi_http_requests_total", "HTTP requests answered by the API.", ["method", "route", "status"])
 HTTP_DURATION = Histogram(
     "pedi_http_request_duration_seconds",
@@ -70,9 +128,9 @@ HTTP_DURATION = Histogram(
     buckets=LATENCY_BUCKETS_SECONDS,
 )
 JOBS_SUBMITTED = Counter("pedi_jobs_submitted_total", "Jobs accepted (202) by the API.", ["kind"])
-JOBS_COMPLETED = Counter("pedi_jobs_completed_total", "Jobs completed, by serving target.", ["target"])
-JOBS_FAILED = Counter("pedi_jobs_failed_total", "Jobs failed, by last target and reason.", ["target", "reason"])
-JOB_E2E_LATENCY = Histogram(
+JOBS_COMPLETED = TargetCounter("pedi_jobs_completed_total", "Jobs completed, by serving target.", ["target"])
+JOBS_FAILED = TargetCounter("pedi_jobs_failed_total", "Jobs failed, by last target and reason.", ["target", "reason"])
+JOB_E2E_LATENCY = TargetHistogram(
     "pedi_job_e2e_latency_seconds",
     "Submit to terminal state of a job.",
     ["target"],
@@ -81,26 +139,33 @@ JOB_E2E_LATENCY = Histogram(
 JOB_QUEUE_WAIT = Histogram(
     "pedi_job_queue_wait_seconds", "Submit to claim by a worker.", buckets=LATENCY_BUCKETS_SECONDS
 )
-MODEL_CALL_DURATION = Histogram(
+MODEL_CALL_DURATION = TargetHistogram(
     "pedi_model_call_duration_seconds",
     "One call to a model server, by target and outcome (ok or the error kind).",
     ["target", "outcome"],
     buckets=LATENCY_BUCKETS_SECONDS,
 )
-SLA_VIOLATIONS = Counter("pedi_sla_violations_total", "Jobs that finished after their SLA deadline.", ["target"])
-ROUTING_DECISIONS = Counter(
+SLA_VIOLATIONS = TargetCounter("pedi_sla_violations_total", "Jobs that finished after their SLA deadline.", ["target"])
+ROUTING_DECISIONS = TargetCounter(
     "pedi_routing_decisions_total",
     "Routing decisions by first-choice target; sla_unmeetable says no target fit the SLA.",
     ["target", "sla_unmeetable"],
 )
-FAILOVERS = Counter("pedi_failovers_total", "Fail-overs away from a target after a failed call.", ["target"])
-HEDGES = Counter("pedi_hedges_total", "Backup (hedged) calls started, by backup target.", ["target"])
+FAILOVERS = TargetCounter("pedi_failovers_total", "Fail-overs away from a target after a failed call.", ["target"])
+HEDGES = TargetCounter("pedi_hedges_total", "Backup (hedged) calls started, by backup target.", ["target"])
 JOBS_RECOVERED = Counter("pedi_jobs_recovered_total", "Jobs the reconciler repaired, by what it found.", ["reason"])
 DB_ERRORS = Counter("pedi_db_errors_total", "Database errors, by component.", ["component"])
 REDIS_ERRORS = Counter("pedi_redis_errors_total", "Redis errors caught and survived, by component.", ["component"])
-REDIS_COMPONENTS = ("api_enqueue", "readyz", "metrics", "worker")
+REDIS_COMPONENTS = ("api_enqueue", "readyz", "metrics", "worker", "quota")
 """Label values of pedi_redis_errors_total: the API's enqueue after commit, /readyz, the
-scrape-time state probes, and the worker's own Redis bookkeeping."""
+scrape-time state probes, the worker's own Redis bookkeeping, and the submit rate limiter
+(which then fails open)."""
+QUOTA_REJECTIONS = Counter(
+    "pedi_quota_rejections_total",
+    "Submissions refused 429 by a quota, by key id and limit (rpm, max_in_flight, daily_budget_usd).",
+    ["key_id", "limit"],
+)
+"""Bounded: key ids come from the configured principals only (an unknown key is 401 first)."""
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
@@ -159,7 +224,11 @@ class StateCollector(Collector):
             family = GaugeMetricFamily(
                 "pedi_circuit_state", "Circuit state per target: 0 closed, 1 half-open, 2 open.", labels=["target"]
             )
-            for target, state in sorted(circuits.items()):
+            bounded: dict[str, int] = {}
+            for target, state in circuits.items():  # hostile names: bounded labels, worst state wins
+                label = TARGET_LABELS(target)
+                bounded[label] = max(state, bounded.get(label, 0))
+            for target, state in sorted(bounded.items()):
                 family.add_metric([target], state)
             yield family
         age = self._probe("redis", self._reconciler_age)

@@ -47,10 +47,21 @@ IMPLIED: dict[Scope, frozenset[Scope]] = {
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Per-key limits as configured; a None limit falls back to the QUOTA_* setting."""
+
+    rpm: int | None = None
+    max_in_flight: int | None = None
+    daily_budget_usd: float | None = None
+
+
+@dataclass(frozen=True)
 class Principal:
     key_id: str
     tenant: str
     scopes: frozenset[Scope]
+    quota: Quota | None = None
+    """This key's own limits (API_KEYS_JSON); None, or a None limit in it: the global default."""
 
     def allows(self, scope: Scope) -> bool:
         return any(scope in IMPLIED[held] for held in self.scopes)
@@ -109,6 +120,12 @@ class PrincipalSpec(BaseModel):
     scopes: tuple[Scope, ...] = Field(min_length=1)
     name: str | None = Field(None, max_length=64)
     """A label for people (never used for authorisation)."""
+    rpm: int | None = Field(None, ge=1, le=100_000)
+    """Submissions per minute (default: QUOTA_RPM)."""
+    max_in_flight: int | None = Field(None, ge=1, le=10_000_000)
+    """Jobs queued or running at once (default: QUOTA_MAX_IN_FLIGHT)."""
+    daily_budget_usd: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    """Model-call cost per UTC day (default: QUOTA_DAILY_BUDGET_USD)."""
 
 
 SPECS = TypeAdapter(tuple[PrincipalSpec, ...])
@@ -150,7 +167,8 @@ def principals_from_specs(specs: tuple[PrincipalSpec, ...]) -> dict[str, Princip
     for spec in specs:
         if spec.sha256 in principals:
             raise ValueError(f"the key {key_id_for_digest(spec.sha256)} is listed twice")
-        principals[spec.sha256] = Principal(key_id_for_digest(spec.sha256), spec.tenant, frozenset(spec.scopes))
+        quota = Quota(spec.rpm, spec.max_in_flight, spec.daily_budget_usd)
+        principals[spec.sha256] = Principal(key_id_for_digest(spec.sha256), spec.tenant, frozenset(spec.scopes), quota)
     return principals
 
 

@@ -24,6 +24,9 @@ RouteChoice = Annotated[
 ]
 """Where the submitter wants a job to go first; it still fails over from there."""
 StatusName = Literal["queued", "running", "completed", "failed"]
+RESERVED_TARGET_NAMES = frozenset({"auto", "other", "none", "unknown"})
+"""Not target names: routing choices (auto) and the label values /metrics uses for 'no target'
+and 'past the bound' (orchestrator.metrics)."""
 
 
 def no_nul(value: str) -> str:
@@ -233,7 +236,13 @@ class TargetRegister(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        description="Lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
+    )
     tier: Literal["edge", "cloud", "gpu"]
     url: str = Field(..., max_length=512, description="http(s)://host[:port][/path], no credentials")
     contract: Literal["infer", "run"] = Field("infer", description="infer: POST /infer; run: POST /run")
@@ -241,6 +250,16 @@ class TargetRegister(BaseModel):
     capacity: int | None = Field(None, ge=1, le=100_000, description="Calls served at once")
     prior_latency_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False)
     enabled: bool = True
+    override: StrictBool = Field(
+        False, description="Required (with the admin scope) to replace or disable a target configured by env or file"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_TARGET_NAMES:
+            raise ValueError(f"{value!r} is reserved")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -301,6 +320,27 @@ class TargetPublic(BaseModel):
 
 class TargetList(BaseModel):
     targets: list[TargetPublic]
+
+
+class TargetReplaced(BaseModel):
+    """What a registration replaced or a removal took away (never credentials)."""
+
+    source: Literal["env", "file", "registered", "simulated"]
+    url: str
+    tier: str
+    contract: str
+    cost_per_call_usd: float
+    enabled: bool
+
+
+class TargetRegistered(TargetPublic):
+    replaced: TargetReplaced | None = Field(None, description="The target of this name before; null: new name")
+
+
+class TargetRemoved(BaseModel):
+    name: str
+    removed: TargetReplaced
+    restored: TargetReplaced | None = Field(None, description="The configured target of this name, in use again")
 
 
 # --- routing dry run (POST /api/route) ----------------------------------------------------------

@@ -13,7 +13,7 @@ import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.principals import (
@@ -35,6 +35,7 @@ from orchestrator.principals import (
     principals_from_specs,
     specs_from_file,
 )
+from orchestrator.url_policy import parse_entry
 
 OWN_PREFIXES = ("ROUTING_", "WORKER_", "RECONCILER_", "JOB_", "HEDGE_", "CIRCUIT_", "PEDI_")
 """Environment prefixes that belong to this project alone; unknown names under them are typos."""
@@ -50,8 +51,9 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     """``production`` refuses to start the API without API keys (API_KEY, API_KEYS_JSON or
-    API_KEYS_FILE). ``development`` allows dev mode: no keys, every caller an anonymous
-    administrator, said loudly in the log, in /readyz and in the console."""
+    API_KEYS_FILE) and refuses model-server URLs on loopback unless TARGET_URL_ALLOWLIST covers
+    them. ``development`` allows dev mode: no keys, every caller an anonymous administrator, said
+    loudly in the log, in /readyz and in the console."""
 
     # --- stores ----------------------------------------------------------------------------
     database_url: str = "sqlite:///./orchestrator_dev.db"
@@ -137,7 +139,8 @@ class Settings(BaseSettings):
     api_keys_json: tuple[PrincipalSpec, ...] | None = None
     """Principals as JSON: ``[{"sha256": "<hex digest of the key>", "tenant": "clinic-a",
     "scopes": ["submit"], "name": "intake app"}]``. Scopes: submit, read, operate, admin. Keys are
-    given only as sha256 digests; unknown fields and a digest listed twice are refused."""
+    given only as sha256 digests; unknown fields and a digest listed twice are refused. Optional
+    per-key quotas: ``rpm``, ``max_in_flight``, ``daily_budget_usd`` (else the QUOTA_* settings)."""
     api_keys_file: Path | None = None
     """A YAML file listing principals, the same entries as API_KEYS_JSON (docs/api.md); read by
     the API at start. ``python -m orchestrator.keys generate`` makes a key and its entry."""
@@ -145,6 +148,27 @@ class Settings(BaseSettings):
     """Largest request body the API reads (bytes); more is answered 413 before parsing."""
     public_url: str = ""
     """Base URL put in front of ``status_url`` (e.g. https://pedi.example.org); empty: relative."""
+
+    # --- target registration (docs/api.md "Registering targets") --------------------------------
+    target_url_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+    """Comma-separated hosts (``gpu.internal``), domains (``.models.example.org``) and CIDRs
+    (``10.20.0.0/16``) model-server URLs may point at; empty: any host the other rules allow.
+    Link-local and cloud-metadata addresses are refused whatever it says."""
+    target_url_resolve_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    """Longest a target URL's host name may take to resolve when it is checked (s); slower is refused."""
+    max_registered_targets: int = Field(32, ge=0, le=256)
+    """Most targets that may be registered through the API at once (configured ones do not count)."""
+
+    # --- quotas (per principal; docs/api.md "Quotas") ------------------------------------------
+    quota_rpm: int | None = Field(None, ge=1, le=100_000)
+    """Submissions (POST /api/submit, /route_task) a key may make per minute, unless its
+    API_KEYS_JSON entry sets ``rpm``; unset: no limit. Shared by every API replica through Redis."""
+    quota_max_in_flight: int | None = Field(None, ge=1, le=10_000_000)
+    """Jobs a key may have queued or running at once, unless its entry sets ``max_in_flight``;
+    unset: no limit."""
+    quota_daily_budget_usd: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    """Model-call cost (USD) a key's jobs may run up per UTC day, unless its entry sets
+    ``daily_budget_usd``; unset: no budget."""
 
     # --- telemetry ---------------------------------------------------------------------------
     telemetry_retention_hours: float = Field(24.0, gt=0, le=24 * 366)
@@ -189,6 +213,15 @@ class Settings(BaseSettings):
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("target_url_allowlist", mode="before")
+    @classmethod
+    def _allowlist(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        for entry in value or ():
+            parse_entry(entry)  # ValueError names the entry
+        return value
 
     @field_validator("database_url", "migration_database_url", mode="after")
     @classmethod

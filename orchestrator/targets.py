@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import ConfigError
+from orchestrator.metrics import TARGET_LABELS
 from orchestrator.models import JobKind, RegisteredTarget
 from orchestrator.routing.types import Target
 from orchestrator.settings import Settings
@@ -124,6 +125,8 @@ def _configured(settings: Settings) -> tuple[Target, ...]:
     if settings.targets_file is not None:
         for spec in load_targets_file(settings.targets_file).targets:
             targets[spec.name] = _apply_spec(targets.get(spec.name), spec, settings.targets_file)
+    # /metrics: configured names are always label values; registered ones up to the cap.
+    TARGET_LABELS.configure([*targets, *TIERS], room=settings.max_registered_targets)
     return tuple(targets.values())
 
 
@@ -156,6 +159,13 @@ def registered_targets(session: Session) -> list[Target]:
         )
         for row in rows
     ]
+
+
+def configured_names(settings: Settings) -> frozenset[str]:
+    """Names set by the environment or TARGETS_FILE (simulated tiers too, when simulating): a
+    registration may replace or disable one of these only with ``override``."""
+    names = {t.name for t in configured_targets(settings)}
+    return frozenset(names | set(TIERS)) if settings.worker_simulate else frozenset(names)
 
 
 def merge_targets(static: list[Target], registered: list[Target]) -> list[Target]:

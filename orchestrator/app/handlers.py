@@ -17,7 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.constants import RETRY_AFTER_SECONDS
 from orchestrator.db import is_connection_error
-from orchestrator.errors import DatabaseUnavailable, OrchestratorError, QueueUnavailable, ServiceUnavailable
+from orchestrator.errors import (
+    DatabaseUnavailable,
+    OrchestratorError,
+    QueueUnavailable,
+    QuotaExceeded,
+    ServiceUnavailable,
+)
 from orchestrator.metrics import DB_ERRORS
 
 log = logging.getLogger(__name__)
@@ -102,6 +108,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _domain(_: Request, exc: OrchestratorError) -> JSONResponse:
         if isinstance(exc, ServiceUnavailable):
             log.warning("backing service unavailable", extra={"code": exc.code})
+        if isinstance(exc, QuotaExceeded):
+            response = error_response(exc.status_code, exc.code, exc.message, limit=exc.limit)
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
         return error_response(exc.status_code, exc.code, exc.message, exc.field)
 
     @app.exception_handler(RequestValidationError)

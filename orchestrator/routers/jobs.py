@@ -14,13 +14,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from orchestrator import audit, catalogue, jobs
-from orchestrator.app.auth import ReadDep, SubmitDep
+from orchestrator.app.auth import ReadDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
 from orchestrator.metrics import JOBS_SUBMITTED
 from orchestrator.models import Audit, Job, JobKind
 from orchestrator.principals import Principal
 from orchestrator.queue_rq import enqueue_after_commit
+from orchestrator.quotas import QuotaDep
 from orchestrator.schemas import (
     AttemptPublic,
     AuditPublic,
@@ -55,7 +56,7 @@ def submit(
     response: Response,
     session: SessionDep,
     services: ServicesDep,
-    principal: SubmitDep,
+    principal: QuotaDep,
     idempotency_key: Annotated[
         str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     ] = None,

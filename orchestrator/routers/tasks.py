@@ -12,11 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from orchestrator import audit, catalogue, jobs
-from orchestrator.app.auth import ReadDep, SubmitDep
+from orchestrator.app.auth import ReadDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from orchestrator.errors import Forbidden, NotFound
 from orchestrator.models import JobKind
+from orchestrator.quotas import QuotaDep
 from orchestrator.routers.jobs import accept, to_public
 from orchestrator.schemas import ErrorBody, OutcomePublic, TaskAccepted, TaskCreate, TaskPublic
 
@@ -43,7 +44,7 @@ def route_task(
     response: Response,
     session: SessionDep,
     services: ServicesDep,
-    principal: SubmitDep,
+    principal: QuotaDep,
     idempotency_key: Annotated[
         str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     ] = None,

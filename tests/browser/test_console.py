@@ -238,6 +238,34 @@ def test_targets_sla_events_and_model_metrics_show_data(console, console_stack):
         assert not re.search(r"Traceback|TypeError|undefined|NaN|\[object", console.page.locator("main").inner_text())
 
 
+def test_a_registered_target_is_removed_from_the_targets_page_only_after_confirming(console, console_stack):
+    http = console_stack.api.http
+    probe = {"name": "remove-me", "tier": "edge", "url": "http://10.9.9.9:8001", "enabled": False}
+    assert http.post("/register_agent", json=probe).status_code in (200, 201)
+
+    def listed() -> set[str]:
+        return {t["name"] for t in http.get("/api/targets").json()["targets"]}
+
+    console.open()
+    console.login()
+    console.go("targets")
+    row = console.page.locator("table.targets tr[data-target=remove-me]")
+    expect(row.locator("button.remove")).to_be_visible()
+    expect(console.page.locator("table.targets tr[data-target=edge] button.remove")).to_have_count(0)
+
+    console.page.once("dialog", lambda dialog: dialog.dismiss())
+    row.locator("button.remove").click()
+    expect(row).to_be_visible()
+    assert "remove-me" in listed()
+
+    console.page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.remove").click()
+    expect(console.page.locator("main .removal")).to_have_text("Removed “remove-me”.")
+    expect(row).to_have_count(0)
+    assert "remove-me" not in listed()
+    console.shot("target-removed")
+
+
 def test_targets_refresh_every_3_s_and_pause_while_the_tab_is_hidden(console):
     calls = []
     console.page.on("request", lambda r: r.url.endswith("/api/targets") and calls.append(r.url))

@@ -24,6 +24,7 @@ from orchestrator.models import Audit, Job, RegisteredTarget, TelemetrySample
 from orchestrator.routing import RedisStatsStore
 from orchestrator.schemas import TargetRegister, TaskCreate
 from orchestrator.settings import load_settings
+from orchestrator.url_policy import policy_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -91,12 +92,14 @@ def test_a_registered_agent_is_persisted_and_a_running_worker_routes_to_it_witho
 def test_racing_registrations_of_one_new_name_leave_one_row(pg_engine):
     factory = sessionmaker(pg_engine, expire_on_commit=False)
     barrier = threading.Barrier(4)
+    settings = load_settings()
+    policy = policy_for(settings)
 
     def register(index: int) -> bool:
         body = TargetRegister(name="edge-x", tier="edge", url=f"http://10.0.0.{index}:8001")
         barrier.wait()
         with factory() as session:
-            return catalogue.register(session, body, actor=f"a{index}", now=datetime.now(UTC))[1]
+            return catalogue.register(session, body, settings, policy, actor=f"a{index}", now=datetime.now(UTC)).created
 
     with ThreadPoolExecutor(4) as pool:
         created = list(pool.map(register, range(4)))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.models import Audit, Job, RegisteredTarget
 from orchestrator.routing import Outcome, RedisStatsStore, Router
+from orchestrator.targets import TIER_DEFAULTS
 from tests.support.app import in_process_app
 from tests.support.keys import admin_env
 
@@ -171,7 +172,7 @@ def test_registering_creates_then_updates_and_audits_with_the_key_id(sqlite_engi
 
 
 def test_omitted_options_take_the_tier_defaults(client):
-    response = client.post("/register_agent", json={"name": "gpu-b", "tier": "gpu", "url": "https://gpu-b.internal"})
+    response = client.post("/register_agent", json={"name": "gpu-b", "tier": "gpu", "url": "https://10.0.0.9"})
     body = response.json()
     assert response.status_code == 201
     assert (body["contract"], body["cost_per_call_usd"], body["capacity"], body["prior_latency_ms"]) == (
@@ -182,10 +183,112 @@ def test_omitted_options_take_the_tier_defaults(client):
     )
 
 
-def test_a_registered_target_replaces_a_configured_one_of_the_same_name(client):
-    client.post("/register_agent", json={"name": "gpu", "tier": "gpu", "url": "http://127.0.0.1:18099"})
-    gpu = targets_by_name(client)["gpu"]
-    assert gpu["source"] == "registered" and gpu["url"] == "http://127.0.0.1:18099"
+def test_a_configured_target_is_not_replaced_without_override(client, sqlite_engine):
+    for body in (
+        {"name": "gpu", "tier": "gpu", "url": "http://127.0.0.1:18099"},
+        {"name": "edge", "tier": "edge", "url": EDGE, "enabled": False},
+    ):
+        response = client.post("/register_agent", json=body)
+        assert response.status_code == 409, response.text
+        assert "override" in response.json()["error"]["message"]
+    view = targets_by_name(client)
+    assert (view["gpu"]["source"], view["gpu"]["url"]) == ("env", GPU)
+    assert (view["edge"]["source"], view["edge"]["enabled"]) == ("env", True)
+    assert count(sqlite_engine, RegisteredTarget) == 0 and count(sqlite_engine, Audit) == 0
+
+
+def test_a_target_from_the_targets_file_needs_override_and_no_secret_is_echoed(
+    sqlite_engine, fake_redis, monkeypatch, tmp_path
+):
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n  - {name: cloud-eu, tier: cloud, url: 'http://svc:s3cret-pw@10.3.0.1:8001'}\n")
+    body = {"name": "cloud-eu", "tier": "cloud", "url": "http://10.3.0.2:8001"}
+    with make_client(sqlite_engine, fake_redis, monkeypatch, TARGETS_FILE=str(path), **INFER_ENV) as client:
+        refused = client.post("/register_agent", json=body)
+        replaced = client.post("/register_agent", json={**body, "override": True})
+    assert refused.status_code == 409 and "file" in refused.json()["error"]["message"]
+    assert replaced.status_code == 201 and replaced.json()["replaced"]["source"] == "file"
+    assert replaced.json()["replaced"]["url"] == "http://***@10.3.0.1:8001" and "s3cret" not in replaced.text
+    with Session(sqlite_engine) as session:
+        details = session.scalars(select(Audit.details).where(Audit.event == "registered")).one()
+    assert details["replaced"]["url"] == "http://***@10.3.0.1:8001" and "s3cret" not in str(details)
+
+
+def test_an_override_says_what_it_replaced_and_removing_it_restores_the_configured_one(client, sqlite_engine):
+    # Read the view first: the configured gpu's stats are what an override must report.
+    assert targets_by_name(client)["gpu"]["cost_per_call_usd"] == TIER_DEFAULTS["gpu"].cost_per_call_usd
+    body = {"name": "gpu", "tier": "cloud", "url": "http://127.0.0.1:18099", "cost_per_call_usd": 0.5}
+    response = client.post("/register_agent", json={**body, "override": True})
+    assert response.status_code == 201, response.text
+    replaced = response.json()["replaced"]
+    assert (replaced["source"], replaced["url"], replaced["tier"]) == ("env", GPU, "gpu")
+    assert replaced["cost_per_call_usd"] == TIER_DEFAULTS["gpu"].cost_per_call_usd
+    view = targets_by_name(client)["gpu"]
+    assert (view["source"], view["url"], view["tier"]) == ("registered", "http://127.0.0.1:18099", "cloud")
+
+    removed = client.delete("/api/targets/gpu")
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["removed"]["url"] == "http://127.0.0.1:18099"
+    assert (removed.json()["restored"]["source"], removed.json()["restored"]["url"]) == ("env", GPU)
+    assert (targets_by_name(client)["gpu"]["source"], targets_by_name(client)["gpu"]["url"]) == ("env", GPU)
+    with Session(sqlite_engine) as session:
+        audits = session.scalars(select(Audit).where(Audit.target == "gpu").order_by(Audit.id)).all()
+    assert [(a.event, a.outcome) for a in audits] == [("registered", "created"), ("unregistered", "restored")]
+    assert audits[0].details["override"] is True and audits[0].details["replaced"] == replaced
+    assert audits[1].details["removed"]["url"] == "http://127.0.0.1:18099"
+    assert count(sqlite_engine, RegisteredTarget) == 0
+
+
+def test_removing_is_404_for_configured_and_unknown_names(client, sqlite_engine):
+    configured = client.delete("/api/targets/edge")
+    unknown = client.delete("/api/targets/nowhere")
+    assert configured.status_code == unknown.status_code == 404
+    assert "configured" in configured.json()["error"]["message"]
+    assert client.delete("/api/targets/bad%20name").status_code == 422
+    assert count(sqlite_engine, Audit) == 0
+
+
+def test_registered_targets_are_capped(sqlite_engine, fake_redis, monkeypatch):
+    with make_client(sqlite_engine, fake_redis, monkeypatch, MAX_REGISTERED_TARGETS="2", **INFER_ENV) as client:
+        for name in ("extra-1", "extra-2"):
+            assert client.post("/register_agent", json={"name": name, "tier": "edge", "url": AGENT}).status_code == 201
+        third = client.post("/register_agent", json={"name": "extra-3", "tier": "edge", "url": AGENT})
+        again = client.post("/register_agent", json={"name": "extra-2", "tier": "gpu", "url": AGENT})
+        assert client.delete("/api/targets/extra-1").status_code == 200
+        after_removal = client.post("/register_agent", json={"name": "extra-3", "tier": "edge", "url": AGENT})
+    assert third.status_code == 409 and "MAX_REGISTERED_TARGETS" in third.json()["error"]["message"]
+    assert again.status_code == 200 and after_removal.status_code == 201
+    assert count(sqlite_engine, RegisteredTarget) == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:169.254.169.254]/",
+        "http://2852039166/",
+        "http://[fd00:ec2::254]/",
+        "http://0.0.0.0:8001",
+    ],
+)
+def test_metadata_and_link_local_urls_are_refused_even_in_development(client, sqlite_engine, url):
+    response = client.post("/register_agent", json={"name": "probe", "tier": "edge", "url": url})
+    error = response.json()["error"]
+    assert response.status_code == 422 and (error["code"], error["field"]) == ("url_refused", "url")
+    assert count(sqlite_engine, RegisteredTarget) == 0 and count(sqlite_engine, Audit) == 0
+
+
+def test_production_refuses_loopback_and_names_outside_the_allowlist(sqlite_engine, fake_redis, monkeypatch):
+    env = {"ENV": "production", "TARGET_URL_ALLOWLIST": "10.0.0.0/8,.models.example.org", **INFER_ENV}
+    with make_client(sqlite_engine, fake_redis, monkeypatch, **env) as client:
+        answers = {
+            url: client.post("/register_agent", json={"name": "probe", "tier": "edge", "url": url})
+            for url in ("http://127.0.0.1:8001", "http://localhost:8001", "http://192.168.1.5", "http://10.4.5.6:80")
+        }
+    refused = {url: r.json()["error"]["message"] for url, r in answers.items() if r.status_code == 422}
+    assert set(refused) == {"http://127.0.0.1:8001", "http://localhost:8001", "http://192.168.1.5"}
+    assert "loopback" in refused["http://localhost:8001"] and "TARGET_URL_ALLOWLIST" in refused["http://192.168.1.5"]
+    assert answers["http://10.4.5.6:80"].status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -200,6 +303,11 @@ def test_a_registered_target_replaces_a_configured_one_of_the_same_name(client):
         ({"url": "http://10.0.0.7:99999"}, "url"),
         ({"url": "http://10.0.0.7/?token=x"}, "url"),
         ({"name": "edge 2"}, "name"),
+        ({"name": "Edge-2"}, "name"),
+        ({"name": "-edge"}, "name"),
+        ({"name": "other"}, "name"),
+        ({"name": "auto"}, "name"),
+        ({"override": "yes"}, "override"),
         ({"name": ""}, "name"),
         ({"name": "e" * 65}, "name"),
         ({"cost_per_call_usd": -0.1}, "cost_per_call_usd"),

@@ -1,7 +1,8 @@
 // Targets: every model server with its tier, URL, cost, live latency, errors, load, circuit
-// and last telemetry. Refreshes every 3 s while the tab is visible.
+// and last telemetry. Refreshes every 3 s while the tab is visible. A registered target can be
+// removed (DELETE /api/targets/{name}, admin keys only), after a confirmation.
 
-import { api } from "../api.js";
+import { api, asSentence, describe } from "../api.js";
 import { ago, badge, clock, fill, h, isNum, ms, pct, sentence, table, usd, when } from "../dom.js";
 import { live } from "../live.js";
 
@@ -36,7 +37,25 @@ function telemetry(t) {
   return h("span", { title: t.at || "" }, `${parts.join(", ") || "sample"} · ${ago(t.at)}`);
 }
 
-function row(t) {
+function removeButton(t, removed) {
+  if (t.source !== "registered") return null;
+  const button = h("button", { type: "button", class: "secondary remove", "data-remove": t.name }, "Remove");
+  button.addEventListener("click", async () => {
+    const question = `Remove the registered target “${t.name}” (${t.url})? Workers stop routing to it within seconds; a configured target of the same name is used again.`;
+    if (!window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      const result = await api(`api/targets/${encodeURIComponent(t.name)}`, { method: "DELETE" });
+      removed(result.restored ? `Removed “${t.name}”; the configured target of that name (${result.restored.url}) is in use again.` : `Removed “${t.name}”.`);
+    } catch (err) {
+      button.disabled = false;
+      removed(asSentence(describe(err)), true);
+    }
+  });
+  return button;
+}
+
+function row(t, removed) {
   const s = t.stats || {};
   return h(
     "tr",
@@ -51,11 +70,11 @@ function row(t) {
     h("td", { class: "num" }, `${s.in_flight ?? 0} / ${t.capacity ?? "?"}`),
     h("td", null, circuit(t.circuit)),
     h("td", null, telemetry(t.telemetry)),
-    h("td", null, t.source || "—"),
+    h("td", { class: "source" }, t.source || "—", " ", removeButton(t, removed)),
   );
 }
 
-function render(body, data) {
+function render(body, data, removed) {
   const targets = (data && data.targets) || [];
   if (!targets.length) {
     fill(
@@ -69,7 +88,7 @@ function render(body, data) {
   const headers = ["Target", "Tier", "URL", "Cost/call", "p50", "p95", "Error rate", "In flight", "Circuit", "Last telemetry", "Source"];
   fill(
     body,
-    h("div", { class: "scroll" }, table(headers, targets.map(row), "data targets")),
+    h("div", { class: "scroll" }, table(headers, targets.map((t) => row(t, removed)), "data targets")),
     h("p", { class: "note" }, `Updated at `, when(new Date()), ` · refreshes every ${REFRESH_MS / 1000} s while this tab is visible. `,
       "p50/p95 are the router's prediction for one more call now; (prior) means nothing has been measured yet."),
   );
@@ -80,7 +99,16 @@ export default {
   title: "Targets",
   mount(root) {
     const region = h("div");
-    fill(root, h("h1", null, "Targets"), h("p", { class: "lede" }, "The model servers the workers route to, as the router sees them right now."), region);
-    return live(region, { load: () => api("api/targets"), render, interval: REFRESH_MS });
+    const notice = h("p", { class: "note removal", role: "status", hidden: true });
+    let handle = null;
+    const removed = (message, failed = false) => {
+      notice.textContent = message;
+      notice.className = failed ? "problem removal" : "accepted removal";
+      notice.hidden = false;
+      if (!failed && handle) handle.refresh();
+    };
+    fill(root, h("h1", null, "Targets"), h("p", { class: "lede" }, "The model servers the workers route to, as the router sees them right now."), notice, region);
+    handle = live(region, { load: () => api("api/targets"), render: (body, data) => render(body, data, removed), interval: REFRESH_MS });
+    return handle;
   },
 };
