@@ -280,9 +280,11 @@ def test_metadata_and_link_local_urls_are_refused_even_in_development(client, sq
 
 def test_production_refuses_loopback_and_names_outside_the_allowlist(sqlite_engine, fake_redis, monkeypatch):
     env = {"ENV": "production", "TARGET_URL_ALLOWLIST": "10.0.0.0/8,.models.example.org", **INFER_ENV}
-    with make_client(sqlite_engine, fake_redis, monkeypatch, **env) as client:
+    with make_client(sqlite_engine, fake_redis, monkeypatch, **env, **admin_env(KEY)) as client:
         answers = {
-            url: client.post("/register_agent", json={"name": "probe", "tier": "edge", "url": url})
+            url: client.post(
+                "/register_agent", json={"name": "probe", "tier": "edge", "url": url}, headers={"x-api-key": KEY}
+            )
             for url in ("http://127.0.0.1:8001", "http://localhost:8001", "http://192.168.1.5", "http://10.4.5.6:80")
         }
     refused = {url: r.json()["error"]["message"] for url, r in answers.items() if r.status_code == 422}
