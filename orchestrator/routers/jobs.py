@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -24,6 +23,7 @@ from orchestrator.schemas import (
     JobPage,
     JobPublic,
     JobSummary,
+    QueryInstant,
     StatusName,
 )
 from orchestrator.targets import TIERS
@@ -101,12 +101,12 @@ def list_jobs(
     status: StatusName | None = None,
     target: Annotated[str | None, Query(max_length=64)] = None,
     kind: Annotated[str | None, Query(pattern="^(screening|task)$")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: QueryInstant | None = None,
+    until: QueryInstant | None = None,
 ) -> JobPage:
-    """Jobs newest first. Pass ``next_cursor`` back as ``cursor`` for the next page. Times
-    without a zone are taken as UTC."""
-    where = jobs.JobFilter(status=status, target=target, since=as_utc(since), until=as_utc(until), kind=kind)
+    """Jobs newest first. Pass ``next_cursor`` back as ``cursor`` for the next page. Times are
+    ISO 8601; without a zone they are taken as UTC."""
+    where = jobs.JobFilter(status=status, target=target, since=since, until=until, kind=kind)
     page, next_cursor = jobs.list_jobs(session, limit=limit, cursor=cursor, where=where)
     return JobPage(items=[to_summary(j) for j in page], next_cursor=next_cursor)
 
@@ -116,10 +116,6 @@ def job_events(job_id: uuid.UUID, session: SessionDep, _: ActorDep) -> list[Audi
     """The audit trail of one job, oldest first: its timeline."""
     jobs.get_job(session, job_id)
     return [to_event(row) for row in audit.trail(session, job_id)]
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def to_event(row: Audit) -> AuditPublic:
