@@ -19,7 +19,7 @@ from orchestrator import __version__, fleet
 from orchestrator.api_router import api_router
 from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
-from orchestrator.app.middleware import BodySizeLimitMiddleware, JsonBodyMiddleware, MetricsMiddleware
+from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware, install_request_guards
 from orchestrator.db import make_engine
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.services = services or build_services(settings)
     app.state.owns_services = services is None
     install_handlers(app)
-    app.add_middleware(JsonBodyMiddleware)  # inside the size limit: it reads a bounded body
+    install_request_guards(app, settings)  # JSON gate and DB deadline, inside the size limit
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest

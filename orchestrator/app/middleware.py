@@ -1,16 +1,20 @@
-"""Pure ASGI middleware: request metrics by route template, the request-body size limit, and the
-JSON body gate (415 for another content type, the invalid-JSON 422 for a body that is not UTF-8)."""
+"""Pure ASGI middleware: request metrics by route template, the request-body size limit, the
+JSON body gate (415 for another content type, the invalid-JSON 422 for a body that is not UTF-8),
+and each request's database deadline."""
 
 from __future__ import annotations
 
 import json
 import time
 
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.app.handlers import HTTP_CODES, error_response, invalid_json_response, unsupported_media_response
+from orchestrator.db import request_deadline
 from orchestrator.metrics import observe_http
+from orchestrator.settings import Settings
 
 UNMATCHED_ROUTE = "unmatched"
 """Label for requests that matched no route, so random paths cannot explode label cardinality."""
@@ -157,3 +161,29 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return pending.pop(0) if pending else await receive()
 
     return replayed
+
+
+class DatabaseDeadlineMiddleware:
+    """Gives each request one budget for all its Postgres waits (DB_REQUEST_BUDGET_SECONDS, from
+    arrival): past it the database layer closes the connection it waits on and the request
+    answers 503 database_unavailable. The deadline is a context variable, so it follows the
+    request into the threads FastAPI runs sync endpoints and dependencies in."""
+
+    def __init__(self, app: ASGIApp, budget_seconds: float) -> None:
+        self.app = app
+        self.budget_seconds = budget_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with request_deadline(self.budget_seconds):
+            await self.app(scope, receive, send)
+
+
+def install_request_guards(app: Starlette, settings: Settings) -> None:
+    """The guards between the size limit and the routes: the JSON body gate and the deadline.
+    Call before adding BodySizeLimitMiddleware (added later = further out), so the gate reads a
+    bounded body."""
+    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(DatabaseDeadlineMiddleware, budget_seconds=settings.db_request_budget_seconds)
