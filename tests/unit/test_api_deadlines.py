@@ -9,16 +9,20 @@ about their configured time. /readyz answers within its deadline whatever its ch
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from orchestrator.app.deps import Services
 from orchestrator.app.main import create_app
-from orchestrator.db import make_engine
+from orchestrator.db import is_connection_error, make_engine
+from orchestrator.errors import ConfigError
 from orchestrator.queue_rq import make_redis
 from orchestrator.routers import ops
 from orchestrator.settings import load_settings
@@ -145,3 +149,39 @@ def test_healthz_touches_no_dependency(sqlite_engine, fake_redis, monkeypatch):
         response, seconds = timed_get(client, "/healthz")
         app.state.services.engine, app.state.services.redis = sqlite_engine, fake_redis  # for shutdown
     assert response.status_code == 200 and response.json() == {"status": "ok"} and seconds < 0.5
+
+
+def test_a_lock_timeout_above_the_statement_timeout_is_refused_naming_both(monkeypatch):
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_SECONDS", "5")
+    monkeypatch.setenv("DB_LOCK_TIMEOUT_SECONDS", "10")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert (
+        "DB_LOCK_TIMEOUT_SECONDS" in refused.value.message and "DB_STATEMENT_TIMEOUT_SECONDS" in refused.value.message
+    )
+
+
+@pytest.mark.postgres
+def test_every_connection_carries_the_server_timeouts_and_keepalives(pg_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("DB_LOCK_TIMEOUT_SECONDS", "0.25")
+    monkeypatch.setenv("DB_KEEPALIVE_IDLE_SECONDS", "17")
+    engine = make_engine(load_settings())
+    try:
+        with engine.connect() as connection:
+            assert connection.scalar(text("SHOW statement_timeout")) == "1s"
+            assert connection.scalar(text("SHOW lock_timeout")) == "250ms"
+            raw = connection.connection.dbapi_connection
+            with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 17
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as cancelled:
+                connection.execute(text("SELECT pg_sleep(5)"))
+            seconds = time.monotonic() - started
+        assert is_connection_error(cancelled.value) and 0.8 < seconds < 2.0, seconds  # the server cancelled it
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT 1")) == 1
+    finally:
+        engine.dispose()
