@@ -185,3 +185,26 @@ def test_every_connection_carries_the_server_timeouts_and_keepalives(pg_url, mon
             assert connection.scalar(text("SELECT 1")) == 1
     finally:
         engine.dispose()
+
+
+def test_a_database_that_accepts_but_never_answers_is_a_503_within_the_connect_timeout(fake_redis, monkeypatch):
+    """A listening socket nobody serves (as a stopped postmaster's): TCP connects, the startup
+    handshake never completes. Only the client's connect deadline can end the wait."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{port}/nothing")
+        monkeypatch.setenv("DB_CONNECT_TIMEOUT_SECONDS", "1")
+        monkeypatch.setenv("DB_STATEMENT_TIMEOUT_SECONDS", "30")
+        monkeypatch.setenv("DB_REQUEST_BUDGET_SECONDS", "30")
+        settings = load_settings()
+        engine = make_engine(settings)
+        app = create_app(services=Services.over(settings, engine, fake_redis))
+        try:
+            with TestClient(app, raise_server_exceptions=False) as client:
+                response, seconds = timed_get(client, "/api/jobs")
+        finally:
+            engine.dispose()
+    assert_database_503(response)
+    assert 0.8 < seconds < 2.5, seconds
