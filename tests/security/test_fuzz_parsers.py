@@ -62,7 +62,13 @@ moments = st.one_of(
         st.booleans(),
     ),
 )
+positive = st.timedeltas(min_value=timedelta(minutes=1), max_value=timedelta(hours=23, minutes=59))
+outside_utc = st.one_of(  # an instant that exists in its zone but not in UTC: the 500s of defect 7
+    st.builds(lambda off: datetime(1, 1, 1, tzinfo=timezone(off)).isoformat(), positive),
+    st.builds(lambda off: datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(-off)).isoformat(), positive),
+)
 time_texts = st.one_of(
+    outside_utc,
     moments.map(datetime.isoformat),
     st.floats(allow_nan=True).map(str),
     st.integers().map(str),
@@ -200,6 +206,25 @@ def test_headers_never_answer_5xx(client, idempotency_key, content_type, api_key
 @hypothesis.given(endpoint=st.sampled_from(BODY_ENDPOINTS), body=json_values | submit_like)
 def test_any_json_body_never_answers_5xx(client, endpoint, body):
     response = client.post(endpoint, json=body, headers={"x-api-key": KEY})
+    assert_clean(response)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@hypothesis.seed(SEED)
+@fuzzing
+@hypothesis.given(
+    timestamp=time_texts | st.floats() | st.integers(),
+    latency=st.floats(min_value=0, max_value=1e4) | st.floats() | st.text(max_size=10),
+    target=st.sampled_from(["gpu", "edge-agent"]) | st.text(max_size=10),
+)
+def test_telemetry_samples_never_answer_5xx(client, timestamp, latency, target):
+    sample = {"target": target, "latency_ms": latency, "timestamp": timestamp}
+    response = client.post(
+        "/api/telemetry",
+        content=json.dumps(sample).encode(),
+        headers={"x-api-key": KEY, "content-type": "application/json"},
+    )
     assert_clean(response)
 
 

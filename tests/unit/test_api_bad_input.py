@@ -190,3 +190,11 @@ def test_an_unknown_preferred_target_is_refused_without_echoing_it(client, endpo
     if response.status_code == 422:
         assert_422_naming(response, "preferred_target", sent)
     assert sent not in response.text
+
+
+@pytest.mark.parametrize("value", [BAD_TIMES["min-with-offset"], BAD_TIMES["max-with-offset"]], ids=["min", "max"])
+def test_a_telemetry_timestamp_that_does_not_exist_in_utc_is_a_422(sqlite_engine, fake_redis, monkeypatch, value):
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, GPU_MODEL_URL="http://127.0.0.1:9")
+    with TestClient(app, raise_server_exceptions=False) as test:
+        response = test.post("/api/telemetry", json={"target": "gpu", "latency_ms": 5, "timestamp": value})
+    assert_422_naming(response, "timestamp", value)
