@@ -207,8 +207,8 @@ def check_books(name: str, url: str, burst: TimedBurst, report, earlier: list[st
     finally:
         ledger.close()
     report(
-        f"{name}: jobs in the database {total}, of which accepted {len(accepted)}; the rest got a 503 "
-        f"while their COMMIT was already on its way (ambiguous; retry with an Idempotency-Key)"
+        f"{name}: jobs in the database {total}, accepted {len(accepted)}, committed after a 503 "
+        f"{total - len(accepted)} (ambiguous: the COMMIT had been sent; retry with an Idempotency-Key)"
     )
     assert outcome.clean, (outcome, {k: v for k, v in statuses.items() if v not in ("completed", "failed")})
     assert active == 0, "every job in the database, accepted or not, ended terminal"
