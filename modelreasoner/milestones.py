@@ -185,7 +185,7 @@ MILESTONES: tuple[Milestone, ...] = (
         36,
         S,
         "notices other children and joins them to play",
-        "join* play*; play* with other; play* with children|kids|peers; interest* in children|kids|peers",
+        "join* play*; play* with other|others; play* with children|kids|peers; interest* in children|kids|peers",
     ),
     _m(
         36,

@@ -24,7 +24,9 @@ Risk rule (first that applies):
   earlier than the child's band (it should have been met at an earlier checkpoint);
 - moderate: one or more flagged milestones, all in one domain and all in the child's current band
   (this is the "single flagged milestone" case unless that milestone is overdue);
-- low: nothing flagged and no regression.
+- insufficient_information: the text mentions no milestone at all (of any band) and no regression, so
+  "nothing flagged" would only mean "nothing read": empty or off-topic text is not low risk;
+- low: milestones mentioned, none flagged, and no regression.
 The child's band is the largest checklist age <= age_months (60 for older children); milestones of that
 band and all earlier bands are checked. Children under 2 months have no age-expected milestones.
 """
@@ -53,7 +55,14 @@ from modelreasoner.milestones import (
     Milestone,
 )
 
-MODEL_VERSION = "milestones-baseline-1.0.0"
+MODEL_VERSION = "milestones-baseline-1.1.0"
+RISK_LEVELS = ("low", "moderate", "high", "insufficient_information")
+"""Every risk_level the baseline answers (the inference contract, docs/model-server.md)."""
+INSUFFICIENT_INFORMATION = "insufficient_information"
+NOTHING_RECOGNISED = (
+    "The observations mention no developmental milestone this baseline recognises, so it cannot assess risk: "
+    "describe what the child does and does not do yet (for example walking, words, pointing, play)."
+)
 DISCLAIMER = "Reference baseline, not a validated clinical tool."
 MAX_AGE_MONTHS = 216  # 18 years; the contract's upper bound
 MAX_OBSERVATION_CHARS = 4000  # contract limit; keeps the per-request cost bounded
@@ -301,9 +310,11 @@ def _cue_near(clause: list[str], cues: frozenset[str], lo: int, hi: int) -> bool
     return any(tok in cues for tok in clause[max(0, lo) : max(0, hi)])
 
 
-def _assess_clause(clause: list[str]) -> tuple[set[int], bool]:
-    """Milestone indices reported absent/concerning in a clause, and whether it reports regression."""
+def _assess_clause(clause: list[str]) -> tuple[set[int], set[int], bool]:
+    """Milestone indices a clause mentions at all, those it reports absent/concerning, and whether
+    it reports regression."""
     absent: set[int] = set()
+    mentioned: set[int] = set()
     regression = bool(STANDALONE_REGRESSION.intersection(clause))
     for m in _find_matches(clause):
         lost = _cue_near(clause, REGRESSION_CUES, m.start - REGRESSION_WINDOW, m.start) or _cue_near(
@@ -312,13 +323,14 @@ def _assess_clause(clause: list[str]) -> tuple[set[int], bool]:
         regression = regression or lost
         if m.owner == GENERIC:
             continue
+        mentioned.add(m.owner)
         if (
             lost
             or _cue_near(clause, PRE_CUES, m.start - PRE_CUE_WINDOW, m.start)
             or _cue_near(clause, POST_CUES, m.end + 1, m.end + 1 + POST_CUE_WINDOW)
         ):
             absent.add(m.owner)
-    return absent, regression
+    return mentioned, absent, regression
 
 
 # ---------------------------------------------------------------- public API
@@ -329,9 +341,11 @@ def age_band(age_months: int) -> int:
     return max((b for b in AGE_BANDS if b <= age_months), default=0)
 
 
-def _risk(flagged: list[Milestone], band: int, regression: bool) -> str:
+def _risk(flagged: list[Milestone], band: int, regression: bool, recognised: bool) -> str:
     if regression:
         return "high"
+    if not recognised:
+        return INSUFFICIENT_INFORMATION
     if not flagged:
         return "low"
     if len({m.domain for m in flagged}) >= 2 or any(m.band_months < band for m in flagged):
@@ -343,7 +357,9 @@ def _months(n: int) -> str:
     return f"{n} month" if n == 1 else f"{n} months"
 
 
-def _rationale(flagged: list[Milestone], band: int, regression: bool) -> str:
+def _rationale(flagged: list[Milestone], band: int, regression: bool, recognised: bool) -> str:
+    if not recognised and not regression:
+        return NOTHING_RECOGNISED
     if not flagged and not regression:
         if band == 0:
             return "No age-expected milestones apply before the 2-month band."
@@ -377,18 +393,21 @@ def screen(age_months: int, observations: str) -> ScreeningResult:
 
     band = age_band(age_months)
     absent: set[int] = set()
+    mentioned: set[int] = set()
     regression = False
     for clause in _prepare(observations):
-        clause_absent, clause_regression = _assess_clause(clause)
+        clause_mentioned, clause_absent, clause_regression = _assess_clause(clause)
+        mentioned |= clause_mentioned
         absent |= clause_absent
         regression = regression or clause_regression
+    recognised = bool(mentioned)
 
     # Milestone order in MILESTONES is band, then domain: a stable, readable order for the rationale.
     flagged = [MILESTONES[i] for i in sorted(absent) if MILESTONES[i].band_months <= band]
     return ScreeningResult(
-        risk_level=_risk(flagged, band, regression),
+        risk_level=_risk(flagged, band, regression, recognised),
         flagged_domains=tuple(sorted({m.domain for m in flagged})),
-        rationale=_rationale(flagged, band, regression),
+        rationale=_rationale(flagged, band, regression, recognised),
         milestones_flagged=tuple(FlaggedMilestone(m.domain, m.text, m.band_months) for m in flagged),
         age_band_months=band,
         regression=regression,

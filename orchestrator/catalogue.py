@@ -95,7 +95,7 @@ def check_preference(choice: str, targets: list[Target], field: str = "preferred
     """``choice`` must be ``auto``, a tier, or the name of one of ``targets``."""
     if choice == "auto" or choice in TIERS or any(t.name == choice for t in targets):
         return
-    raise BadRequest(f"{field}: no target or tier named {choice!r} can take this job", field=field)
+    raise BadRequest(f"{field}: no target or tier of that name can take this job", field=field)  # never echo input
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -232,16 +232,23 @@ def list_jobs(session: Session, *, limit: int, cursor: str | None, where: JobFil
 
 
 def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)  # SQLite: naive UTC
+    raw = f"{created.isoformat()}|{job.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a cursor from ``_encode_cursor`` holds. Anything else, a forged one
+    included (a time without a zone, or one that does not exist in UTC), is a 422 naming
+    ``cursor``: it must never reach the database as a value it cannot compare."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4)).decode()
         created, job_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError):
+        moment = datetime.fromisoformat(created)
+        if moment.tzinfo is None:
+            raise ValueError("a cursor's time always has a zone")
+        return moment.astimezone(UTC), uuid.UUID(job_id)
+    except (ValueError, UnicodeError, OverflowError):
         raise BadRequest("cursor: not a cursor returned by this API", field="cursor") from None
 
 

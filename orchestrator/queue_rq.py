@@ -29,9 +29,6 @@ from orchestrator.tracing import producer_span
 
 log = logging.getLogger(__name__)
 
-REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
-"""A Redis call that takes longer than this (s) is treated as Redis being down."""
-REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
 REDIS_RETRY_BACKOFF_BASE_SECONDS = 0.05
 REDIS_RETRY_BACKOFF_CAP_SECONDS = 0.5
 """Backoff between tries of a Redis command whose connection dropped (s): long enough to ride
@@ -39,14 +36,16 @@ out a restart's reconnect, short enough that a request still fails fast when Red
 
 
 def make_redis(settings: Settings) -> redis.Redis:
-    """A Redis client for ``settings.redis_url`` with timeouts, so a dead Redis fails fast, and
+    """A Redis client for ``settings.redis_url`` with timeouts (REDIS_SOCKET_TIMEOUT_SECONDS per
+    command, REDIS_CONNECT_TIMEOUT_SECONDS per connect), so a dead or hung Redis fails fast, and
     REDIS_RETRY_ATTEMPTS tries on a dropped connection (a restart, a reset), so a blip does not.
     Timeouts are not retried: a hung Redis already cost a full socket timeout."""
     backoff = ExponentialWithJitterBackoff(base=REDIS_RETRY_BACKOFF_BASE_SECONDS, cap=REDIS_RETRY_BACKOFF_CAP_SECONDS)
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        socket_keepalive=True,
         health_check_interval=30,
         retry=Retry(backoff, settings.redis_retry_attempts - 1, supported_errors=(redis.ConnectionError,)),
         retry_on_error=[redis.ConnectionError],

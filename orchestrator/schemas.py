@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from orchestrator.constants import AGE_MONTHS_MAX, EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
 
@@ -40,6 +40,42 @@ Text = Annotated[str, AfterValidator(no_nul)]
 """A request's free-text field that Postgres can store; use it for every text input."""
 
 
+def not_blank(value: str) -> str:
+    """Refuse text with nothing but whitespace: a screening of nothing is not a screening."""
+    if not value.strip():
+        raise ValueError("must contain some text (it is empty or only whitespace)")
+    return value
+
+
+INSTANT_PROBLEM = "must be an ISO 8601 date-time (2026-01-31T12:00:00Z; no zone means UTC) within years 1-9999 UTC"
+
+
+def utc_instant(value: object) -> datetime:
+    """Parse a time given in a query string: ISO 8601 text only (a bare number such as ``0.5`` is
+    refused, not read as seconds since 1970), no zone meaning UTC, and the instant must exist in
+    UTC (``0001-01-01T00:00:00+05:00`` does not). Returns an aware UTC datetime. The message never
+    echoes the value."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(INSTANT_PROBLEM) from None
+    else:
+        raise ValueError(INSTANT_PROBLEM)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(INSTANT_PROBLEM) from None
+
+
+QueryInstant = Annotated[datetime, BeforeValidator(utc_instant)]
+"""A time in a query parameter (``since``, ``until``), always returned in UTC; see utc_instant."""
+
+
 def decode_embedding(value: str) -> bytes:
     """Decode base64 of little-endian float32 values; raise ValueError naming the problem."""
     try:
@@ -62,7 +98,9 @@ class JobCreate(BaseModel):
 
     case_id: uuid.UUID | None = Field(None, description="Existing case to attach this job to")
     age_months: int = Field(..., ge=0, le=AGE_MONTHS_MAX, description="Child's age in months")
-    observations: Text = Field(..., max_length=OBSERVATIONS_MAX_CHARS, description="Free text")
+    observations: Annotated[Text, AfterValidator(not_blank)] = Field(
+        ..., max_length=OBSERVATIONS_MAX_CHARS, description="Free text describing the child (not blank)"
+    )
     embedding_b64: str | None = Field(
         None,
         max_length=(EMBEDDING_MAX_VALUES * 4 * 4) // 3 + 4,

@@ -66,9 +66,32 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     """The RQ transport and the routers' shared stats. Carries job ids only, never PHI."""
     db_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
-    """A dead Postgres must turn into a quick 503, not a hung request (s)."""
+    """Longest opening one Postgres connection may take, every try included (s): a dead or hung
+    Postgres turns into a quick 503, not a hung request. Enforced by the client."""
     db_pool_size: int = Field(10, ge=1, le=200)
     """Connections per API process (the worker sizes its own pool to its concurrency)."""
+    db_pool_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    """How long a caller waits for a free pooled connection (s); then the API answers 503
+    database_unavailable + Retry-After instead of queueing behind a stuck pool."""
+    db_statement_timeout_seconds: float = Field(5.0, gt=0, le=3600)
+    """Longest one SQL statement may run (s): Postgres ``statement_timeout`` on every connection.
+    The client itself gives up 1 s later and closes the connection, so a hung (stopped,
+    partitioned) Postgres cannot hold any process longer either."""
+    db_lock_timeout_seconds: float = Field(2.0, gt=0, le=3600)
+    """Longest one statement waits for a lock (s): Postgres ``lock_timeout``. At most
+    DB_STATEMENT_TIMEOUT_SECONDS."""
+    db_keepalive_idle_seconds: int = Field(30, ge=1, le=7200)
+    """TCP keepalive on every Postgres connection: an idle one is probed after this (s), then every
+    10 s, 3 times, so a vanished database host is noticed within about this + 30 s."""
+    db_request_budget_seconds: float = Field(4.0, gt=0, le=300)
+    """Longest one API request may wait on Postgres in all (s): pool checkout, connecting and every
+    statement. Past it the connection is closed and the request answers 503 database_unavailable +
+    Retry-After (docs/reliability.md, "API under a hung dependency")."""
+    redis_socket_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    """Longest one Redis command may wait for its answer (s); longer counts as Redis being down
+    (RQ raises its own workers' timeout above their blocking dequeue)."""
+    redis_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    """Longest opening one Redis connection may take (s)."""
 
     # --- model servers ----------------------------------------------------------------------
     edge_model_url: str | None = None
@@ -213,6 +236,14 @@ class Settings(BaseSettings):
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("db_lock_timeout_seconds", mode="after")
+    @classmethod
+    def _lock_within_statement(cls, value: float, info: ValidationInfo) -> float:
+        statement = info.data.get("db_statement_timeout_seconds")
+        if statement is not None and value > statement:
+            raise ValueError(f"must be at most DB_STATEMENT_TIMEOUT_SECONDS ({statement} s)")
+        return value
 
     @field_validator("target_url_allowlist", mode="before")
     @classmethod

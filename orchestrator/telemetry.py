@@ -94,15 +94,24 @@ def parse_timestamp(value: Any) -> Any:
         try:
             value = float(text)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time") from None
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+            return _iso_seconds(text)
     if not _number(value) or not math.isfinite(value) or value < 0:
         raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time")
     seconds = value / 1000.0 if value > EPOCH_MS_THRESHOLD else float(value)
     if seconds > EPOCH_MAX_SECONDS:
+        raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time")
+    return seconds
+
+
+def _iso_seconds(text: str) -> float:
+    """An ISO-8601 time (no zone: UTC) as epoch seconds; one that does not exist in UTC
+    (0001-01-01T00:00:00+05:00, 9999-12-31T23:59:59-05:00) is refused, not a 500 later."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time") from None
+    seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not 0 <= seconds <= EPOCH_MAX_SECONDS:
         raise ValueError("must be epoch seconds (or ms) or an ISO-8601 time")
     return seconds
 

@@ -78,6 +78,22 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None, list[dict]
     return message, first["field"], fields
 
 
+INVALID_JSON_ERRORS = [{"type": "json_invalid", "loc": ("body",)}]
+"""What FastAPI reports for a body that is not JSON; a body that is not UTF-8 is answered alike."""
+
+UNSUPPORTED_MEDIA_MESSAGE = "send application/json (the Content-Type of this request is not JSON)"
+
+
+def invalid_json_response() -> JSONResponse:
+    """The one answer to a body that cannot be read as JSON: not JSON, or not UTF-8."""
+    message, field, fields = _validation_message(INVALID_JSON_ERRORS)
+    return error_response(422, "validation_error", message, field, fields=fields)
+
+
+def unsupported_media_response() -> JSONResponse:
+    return error_response(415, "unsupported_media_type", UNSUPPORTED_MEDIA_MESSAGE)
+
+
 def database_error_response(exc: SQLAlchemyError) -> JSONResponse:
     """503 when Postgres is unreachable; 422 when it refused a value validation let through."""
     DB_ERRORS.labels("api").inc()

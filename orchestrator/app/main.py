@@ -20,7 +20,7 @@ from orchestrator.api_router import api_router
 from orchestrator.app.auth import DEV_MODE, api_principals, auth_mode
 from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
-from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware, install_request_guards
 from orchestrator.db import make_engine
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.services = services or build_services(settings)
     app.state.owns_services = services is None
     install_handlers(app)
+    install_request_guards(app, settings)  # JSON gate and DB deadline, inside the size limit
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -11,7 +11,7 @@ from orchestrator import insights
 from orchestrator.app.auth import OperateDep
 from orchestrator.app.deps import SessionDep
 from orchestrator.models import utcnow
-from orchestrator.schemas import ErrorBody, ModelMetrics, SlaEvents
+from orchestrator.schemas import ErrorBody, ModelMetrics, QueryInstant, SlaEvents
 
 ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -24,9 +24,7 @@ MODEL_POINTS_MAX = 500
 
 
 def _since(value: datetime | None) -> datetime:
-    if value is None:
-        return utcnow() - DEFAULT_WINDOW
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return utcnow() - DEFAULT_WINDOW if value is None else value
 
 
 @router.get("/sla-events", response_model=SlaEvents, summary="Jobs that finished after their SLA")
@@ -34,7 +32,7 @@ def sla_events(
     session: SessionDep,
     _: OperateDep,
     limit: Annotated[int, Query(ge=1, le=SLA_EVENTS_MAX)] = 50,
-    since: Annotated[datetime | None, Query(description="Default: 24 h ago; no zone means UTC")] = None,
+    since: Annotated[QueryInstant | None, Query(description="ISO 8601; default: 24 h ago; no zone means UTC")] = None,
     target: Annotated[str | None, Query(max_length=64)] = None,
     bucket: Literal["minute", "hour"] = "minute",
 ) -> SlaEvents:
@@ -48,7 +46,7 @@ def sla_events(
 def model_metrics(
     session: SessionDep,
     _: OperateDep,
-    since: Annotated[datetime | None, Query(description="Default: 24 h ago; no zone means UTC")] = None,
+    since: Annotated[QueryInstant | None, Query(description="ISO 8601; default: 24 h ago; no zone means UTC")] = None,
     points: Annotated[int, Query(ge=1, le=MODEL_POINTS_MAX)] = 200,
 ) -> ModelMetrics:
     """Per target: MAE and bias of the predicted median, calibration of the predicted p95

@@ -8,7 +8,6 @@ gets it without its result (model output about a child); see Principal.sees_resu
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -31,6 +30,7 @@ from orchestrator.schemas import (
     JobPage,
     JobPublic,
     JobSummary,
+    QueryInstant,
     StatusName,
 )
 from orchestrator.targets import TIERS
@@ -109,18 +109,14 @@ def list_jobs(
     status: StatusName | None = None,
     target: Annotated[str | None, Query(max_length=64)] = None,
     kind: Annotated[str | None, Query(pattern="^(screening|task)$")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: QueryInstant | None = None,
+    until: QueryInstant | None = None,
 ) -> JobPage:
     """The caller's tenant's jobs (operators: every tenant's), newest first. Pass
-    ``next_cursor`` back as ``cursor`` for the next page. Times without a zone are taken as UTC."""
+    ``next_cursor`` back as ``cursor`` for the next page. Times are ISO 8601; without a zone they
+    are taken as UTC."""
     where = jobs.JobFilter(
-        tenant=principal.reads_tenant,
-        status=status,
-        target=target,
-        since=as_utc(since),
-        until=as_utc(until),
-        kind=kind,
+        tenant=principal.reads_tenant, status=status, target=target, since=since, until=until, kind=kind
     )
     page, next_cursor = jobs.list_jobs(session, limit=limit, cursor=cursor, where=where)
     return JobPage(items=[to_summary(j) for j in page], next_cursor=next_cursor)
@@ -131,10 +127,6 @@ def job_events(job_id: uuid.UUID, session: SessionDep, principal: ReadDep) -> li
     """The audit trail of one job, oldest first: its timeline."""
     jobs.get_job(session, job_id, tenant=principal.reads_tenant)
     return [to_event(row) for row in audit.trail(session, job_id)]
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def to_event(row: Audit) -> AuditPublic:

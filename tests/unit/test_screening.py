@@ -13,7 +13,15 @@ import dataclasses
 import pytest
 
 from modelreasoner.milestones import AGE_BANDS, DOMAINS, MILESTONES
-from modelreasoner.screening import DISCLAIMER, MODEL_VERSION, ScreeningResult, age_band, screen
+from modelreasoner.screening import (
+    DISCLAIMER,
+    INSUFFICIENT_INFORMATION,
+    MODEL_VERSION,
+    RISK_LEVELS,
+    ScreeningResult,
+    age_band,
+    screen,
+)
 
 
 def flagged_texts(result: ScreeningResult) -> set[str]:
@@ -84,8 +92,26 @@ def test_low_when_observations_are_positive():
     assert result.rationale == "No age-expected milestones reported as absent or concerning for the 24-month band."
 
 
-def test_empty_observations_are_low():
-    assert screen(30, "").risk_level == "low"
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "\n\t ", "x" * 4000, "The weather was nice and we drove to the clinic.", "No concerns at all."],
+    ids=["empty", "spaces", "whitespace", "filler", "off-topic", "reassurance-only"],
+)
+def test_nothing_recognised_is_insufficient_information_not_low(text):
+    """Defect 8: the baseline read nothing it knows, so it must not say all is well."""
+    result = screen(30, text)
+    assert result.risk_level == INSUFFICIENT_INFORMATION and INSUFFICIENT_INFORMATION in RISK_LEVELS
+    assert result.flagged_domains == () and result.milestones_flagged == () and not result.regression
+    assert "no developmental milestone" in result.rationale and "absent or concerning" not in result.rationale
+
+
+def test_one_recognised_milestone_reported_as_met_is_low_not_insufficient():
+    assert screen(30, "The weather was nice. She kicks a ball.").risk_level == "low"
+
+
+def test_regression_without_a_named_milestone_is_still_high():
+    result = screen(30, "He lost his words.")
+    assert result.regression and result.risk_level == "high"
 
 
 def test_moderate_for_one_current_band_milestone():
@@ -241,19 +267,19 @@ def test_regression_of_a_single_current_band_skill_is_still_high():
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "risk"),
     [
-        "No regression. He hasn't lost any skills.",
-        "She never stopped babbling and now talks a lot.",
-        "He no longer needs a bottle at night.",
-        "Lost his balance once while running, laughed it off.",
-        "He used to be behind in talking but has caught up.",
+        ("No regression. He hasn't lost any skills.", INSUFFICIENT_INFORMATION),
+        ("She never stopped babbling and now talks a lot.", "low"),
+        ("He no longer needs a bottle at night.", INSUFFICIENT_INFORMATION),
+        ("Lost his balance once while running, laughed it off.", "low"),
+        ("He used to be behind in talking but has caught up.", "low"),
     ],
 )
-def test_no_false_regression(text):
+def test_no_false_regression(text, risk):
     result = screen(30, text)
     assert result.regression is False
-    assert result.risk_level == "low"
+    assert result.risk_level == risk
 
 
 # ---------------------------------------------------------------- rationale, result shape, determinism
@@ -314,4 +340,4 @@ def test_out_of_contract_observations_are_rejected():
         screen(24, "x" * 4001)
     with pytest.raises(TypeError):
         screen(24, None)  # type: ignore[arg-type]
-    assert screen(24, "x" * 4000).risk_level == "low"
+    assert screen(24, "x" * 4000).risk_level == INSUFFICIENT_INFORMATION

@@ -27,13 +27,30 @@ function slaMet(value) {
   return h("span", { class: value ? "yes" : "no" }, value ? "met" : "missed");
 }
 
+// "insufficient_information": the model recognised nothing it could assess. A valid answer, not
+// low risk: the console says so in words and shows it in the neutral badge colour.
+const INSUFFICIENT = "insufficient_information";
+
+function riskLine(level) {
+  if (level === INSUFFICIENT) {
+    return h(
+      "p",
+      { class: "risk" },
+      "Risk level ",
+      badge("insufficient information", "risk risk-insufficient"),
+      " — not assessed: the observations name no milestone the model recognises. Describe what the child does and does not do yet, and submit again.",
+    );
+  }
+  return h("p", { class: "risk" }, "Risk level ", badge(level || "unknown", `risk risk-${level}`));
+}
+
 function screeningResult(result) {
   const domains = result.flagged_domains || [];
   const milestones = result.milestones_flagged || [];
   return h(
     "div",
     { class: "result screening" },
-    h("p", { class: "risk" }, "Risk level ", badge(result.risk_level || "unknown", `risk risk-${result.risk_level}`)),
+    riskLine(result.risk_level),
     h(
       "p",
       { class: "domains" },
