@@ -190,7 +190,7 @@ def test_a_renewed_lease_is_left_alone(sessions, queue, settings):
     start = datetime.now(UTC)
     claim(sessions, job_id, start)
     with sessions() as session:
-        jobs.renew_leases(session, [job_id], worker_id="w1", until=start + timedelta(seconds=60))
+        jobs.renew_leases(session, [job_id], worker_id="w1", lease_seconds=60)
     assert run(sessions, queue, settings, start + timedelta(seconds=LEASE_S + GRACE_S + 1)).total == 0
     assert load(sessions, job_id)[0].status == "running"
 
