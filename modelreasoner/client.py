@@ -252,6 +252,8 @@ class ModelClient:
 def _stale(events: list[str]) -> bool:
     """The failed request went out on a reused connection (no TCP connect was traced) and no
     answer header came back."""
+    if not events:  # no trace (not an httpcore transport): nothing is known, nothing is retried
+        return False
     reused = not any(e.startswith("connection.connect_tcp") for e in events)
     return reused and "http11.receive_response_headers.complete" not in events
 

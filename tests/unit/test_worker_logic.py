@@ -283,7 +283,16 @@ def test_attempt_rows_come_before_the_terminal_row_in_the_timeline(sqlite_engine
     execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
     with Session(sqlite_engine) as session:
         by_time = [a.event for a in session.scalars(select(Audit).where(Audit.job_id == job_id).order_by(Audit.at))]
-    assert by_time == ["submitted", "claimed", "routed", "call_started", "attempt", "call_started", "attempt", "completed"]
+    assert by_time == [
+        "submitted",
+        "claimed",
+        "routed",
+        "call_started",
+        "attempt",
+        "call_started",
+        "attempt",
+        "completed",
+    ]
 
 
 def test_a_task_with_no_runner_target_fails_saying_so(sqlite_engine, fake_redis):
