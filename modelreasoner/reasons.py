@@ -50,7 +50,7 @@ def describe(exc: BaseException) -> str:
 
 def _database_error(exc: DBAPIError) -> str:
     code = getattr(exc.orig, "pgcode", None)
-    what = SQLSTATE_TEXT.get(code or "", f"database error {code}" if code else type(exc.orig).__name__)
+    what = SQLSTATE_TEXT.get(code or "", f"database error {code}" if code else type(exc).__name__)
     table = _table_of(exc.statement or "")
     column = _column_too_long(table, exc.params) if code == "22001" and table else None
     if column:
