@@ -8,7 +8,7 @@ in whichever bad way its mode says (issue 11, defect 2/3/11).
 
 Modes are the keys of ``ANSWERS`` plus ``slow_drip`` (a valid answer, one byte every
 DRIP_PAUSE_S), ``truncated`` (Content-Length promises more than is sent, then the connection
-closes), ``drop`` (every request read, counted, and the connection closed without an answer) and
+closes), ``slow_500`` (works SLOW_S, then answers 500), ``drop`` (every request read, counted, and the connection closed without an answer) and
 ``stale`` (a valid answer with keep-alive, but the next request on the same
 connection is read and the connection closed without a byte of answer: a server closing an
 idle keep-alive connection just as the client reuses it). Raw sockets, not a framework, so
@@ -50,8 +50,11 @@ ANSWERS: dict[str, tuple[int, dict[str, str], bytes]] = {
     "redirect": (302, {"Location": "http://127.0.0.1:9/elsewhere", "Content-Type": JSON}, b"{}"),
     "gzip_valid": (200, {"Content-Type": JSON, "Content-Encoding": "gzip"}, gzip.compress(_json(GOOD))),
     "insufficient": (200, {"Content-Type": JSON}, _json({**GOOD, "risk_level": "insufficient_information"})),
+    "http_500": (500, {"Content-Type": JSON}, b'{"error": "boom"}'),
 }
-MODES = (*ANSWERS, "slow_drip", "truncated", "stale", "drop")
+MODES = (*ANSWERS, "slow_drip", "truncated", "stale", "drop", "slow_500")
+SLOW_S = 1.5
+"""How long ``slow_500`` works before it answers 500 (s)."""
 
 
 class State:
@@ -126,6 +129,10 @@ class Handler(socketserver.StreamRequestHandler):
                 self.wfile.write(bytes([byte]))
                 self.wfile.flush()
                 time.sleep(DRIP_PAUSE_S)
+            return True
+        if mode == "slow_500":
+            time.sleep(SLOW_S)
+            self._send(*ANSWERS["http_500"])
             return True
         if mode == "truncated":
             payload = _json(GOOD)
