@@ -45,7 +45,7 @@ def circuit(redis_client, target: str) -> str:
     return json.loads(blob)["circuit"] if blob else "closed"
 
 
-def test_every_bad_answer_is_a_failed_attempt_that_fails_over_and_opens_the_circuit(stack, ledger, redis_server, report):
+def test_every_bad_answer_fails_over_and_opens_the_circuit(stack, ledger, redis_server, report):
     edge = hostile_server(stack, "edge")
     stack.model_server("gpu", tier="gpu", latency_ms=5, jitter=0)
     api = stack.api()

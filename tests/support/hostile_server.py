@@ -6,13 +6,17 @@ in whichever bad way its mode says (issue 11, defect 2/3/11).
     GET  /admin/count                    {"calls": N}: /infer requests read so far
     GET  /healthz                        200
 
-Modes are the keys of ``ANSWERS`` plus ``slow_drip`` (a valid answer, one byte every
-DRIP_PAUSE_S), ``truncated`` (Content-Length promises more than is sent, then the connection
-closes), ``slow_500`` (works SLOW_S, then answers 500), ``drop`` (every request read, counted, and the connection closed without an answer) and
-``stale`` (a valid answer with keep-alive, but the next request on the same
-connection is read and the connection closed without a byte of answer: a server closing an
-idle keep-alive connection just as the client reuses it). Raw sockets, not a framework, so
-each byte on the wire is the test's choice.
+Modes are the keys of ``ANSWERS`` plus:
+
+* ``slow_drip``: a valid answer, one byte every DRIP_PAUSE_S;
+* ``truncated``: Content-Length promises more than is sent, then the connection closes;
+* ``slow_500``: works SLOW_S, then answers 500;
+* ``drop``: every request is read and counted, and the connection closed without an answer;
+* ``stale``: a valid answer with keep-alive, but the next request on the same connection is
+  read and the connection closed without a byte of answer (a server closing an idle
+  keep-alive connection just as the client reuses it).
+
+Raw sockets, not a framework, so each byte on the wire is the test's choice.
 """
 
 from __future__ import annotations
