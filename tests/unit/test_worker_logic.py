@@ -304,3 +304,34 @@ def test_a_task_with_no_runner_target_fails_saying_so(sqlite_engine, fake_redis)
     execute(make_runtime(sqlite_engine, fake_redis, ScriptedClient()), job_id)
     job, _ = load(sqlite_engine, job_id)
     assert job.status == "failed" and job.error_kind == "no_targets" and "runner-contract" in job.error
+
+
+def test_a_call_whose_answer_was_lost_shows_as_started(sqlite_engine, fake_redis, monkeypatch):
+    """Issue 11, defect 10: the worker dies after the model answered, before any write. The
+    call's ``call_started`` row, committed before the request left, is all that remains; the
+    status view lists it as ``started``. The rerun's call is listed with its outcome."""
+    from modelreasoner import dispatch
+    from orchestrator.audit import attempt_rows
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: nothing after it runs."""
+
+    def killed_after_the_call(rt, job, attempt, number):
+        raise Killed()
+
+    client = ScriptedClient({"edge": [ModelCallError("http_5xx", "HTTP 500")]})
+    runtime = make_runtime(sqlite_engine, fake_redis, client)
+    job_id = submit(sqlite_engine)
+    monkeypatch.setattr(dispatch, "_record_failover", killed_after_the_call)
+    with pytest.raises(Killed):
+        execute(runtime, job_id)
+    monkeypatch.undo()
+    with Session(sqlite_engine) as session:  # the lease lapsed; the reconciler put it back
+        job = session.get(Job, job_id)
+        job.status, job.worker_id, job.lease_expires_at = "queued", None, None
+        session.commit()
+    execute(runtime, job_id)
+    _, trail = load(sqlite_engine, job_id)
+    calls = [(row.target, row.outcome, row.details["claim"]) for row in attempt_rows(trail)]
+    assert calls == [("edge", "started", 1), ("edge", "ok", 2)]
+    assert [name for name, _ in client.calls] == ["edge", "edge"]
