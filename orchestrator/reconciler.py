@@ -36,8 +36,7 @@ from datetime import datetime, timedelta
 import click
 import redis
 from rq import Queue
-from rq.registry import StartedJobRegistry
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import audit
@@ -47,14 +46,13 @@ from orchestrator.errors import ConfigError
 from orchestrator.jobs import database_now
 from orchestrator.logs import configure_logging
 from orchestrator.metrics import JOBS_FAILED, JOBS_RECOVERED, JOBS_UNDELIVERABLE
-from orchestrator.models import Audit, Job, JobStatus
+from orchestrator.models import Job, JobStatus
 from orchestrator.queue_rq import enqueue_job, get_queue, make_redis
+from orchestrator.queue_view import BATCH, missing, queued_before, requeues_since_claim, rq_view
 from orchestrator.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
-"""Jobs read from Postgres per query (rows): passes stay short and memory flat with any backlog."""
 CONFIRM_SECONDS = 1.0
 """Pause before re-reading a job that looked missing from Redis (s). A worker takes a job from the
 list and claims it in Postgres within milliseconds; a job still queued and still on no list after
@@ -62,8 +60,6 @@ this pause is really lost."""
 LOCK_TTL_FRACTION = 0.8
 """The fleet-wide lock lives this fraction of the interval, so whichever process ran the last
 pass can always run the next one on time: passes are 0.8 to 1 interval apart."""
-ENQUEUE_EVENTS = ("submitted", "requeued", "recovered")
-"""Audit events after which a job is (supposed to be) on the queue."""
 
 REASON_REQUEUED = "missing_from_queue"
 REASON_RECOVERED = "lease_expired"
@@ -232,17 +228,17 @@ class _Pass:
         # A worker that took a job but has not claimed it yet is trusted this long after the
         # enqueue; past it, it died between the two (RQ itself notices only after ~15 minutes).
         trust_taken_after = self.cutoff - timedelta(seconds=self.settings.job_lease_seconds)
-        candidates = _queued_before(self.sessions, self.cutoff)
-        suspects = _missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
+        candidates = queued_before(self.sessions, self.cutoff)
+        suspects = missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
         if not suspects:
             return
         time.sleep(self.confirm_seconds)
-        suspects = _missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
+        suspects = missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
         with session_scope(self.sessions) as session:
             still_queued = set(
                 session.scalars(select(Job.id).where(Job.id.in_(suspects), Job.status == JobStatus.QUEUED.value))
             )
-        requeues = _requeues_since_claim(self.sessions, list(still_queued))
+        requeues = requeues_since_claim(self.sessions, list(still_queued))
         done, failure = [], None
         for job_id in (j for j in suspects if j in still_queued):
             if requeues.get(job_id, 0) >= self.settings.job_max_requeues:
@@ -284,90 +280,6 @@ def _enqueue_quietly(queue: Queue, job_id: uuid.UUID) -> None:
         enqueue_job(queue, str(job_id))
     except redis.RedisError as exc:
         log.warning("enqueue of a recovered job failed; a later pass retries", extra={"error": type(exc).__name__})
-
-
-@dataclass(frozen=True)
-class RQView:
-    """Where RQ has job ids: ``waiting`` on the queue list; ``taken`` by a worker (moved to the
-    intermediate list, or registered as started and not yet expired)."""
-
-    waiting: frozenset[str]
-    taken: frozenset[str]
-
-
-def rq_view(queue: Queue, now: datetime) -> RQView:
-    """One consistent read of the queue list, the intermediate list and the started registry."""
-    started_key = StartedJobRegistry(queue=queue).key
-    with queue.connection.pipeline(transaction=True) as pipe:
-        pipe.lrange(queue.key, 0, -1)
-        pipe.lrange(queue.intermediate_queue_key, 0, -1)
-        pipe.zrangebyscore(started_key, now.timestamp(), "+inf")
-        waiting, intermediate, started = pipe.execute()
-    taken = {_text(i) for i in intermediate} | {StartedJobRegistry.parse_job_id(_text(e)) for e in started}
-    return RQView(frozenset(_text(i) for i in waiting), frozenset(taken))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _queued_before(sessions: sessionmaker[Session], cutoff: datetime) -> dict[uuid.UUID, datetime]:
-    """Jobs queued in Postgres whose last enqueue (submit, requeue, recovery) is older than
-    ``cutoff``, with that time. Reads every such job, BATCH rows at a time."""
-    found: dict[uuid.UUID, datetime] = {}
-    after: tuple[datetime, uuid.UUID] | None = None
-    with session_scope(sessions) as session:
-        while True:
-            stmt = select(Job.id, Job.created_at).where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
-            if after is not None:
-                stmt = stmt.where(or_(Job.created_at > after[0], and_(Job.created_at == after[0], Job.id > after[1])))
-            page = session.execute(stmt.order_by(Job.created_at, Job.id).limit(BATCH)).all()
-            if not page:
-                return found
-            last = _last_enqueue(session, [job_id for job_id, _ in page])
-            for job_id, created_at in page:
-                enqueued_at = last.get(job_id, created_at)
-                if enqueued_at < cutoff:
-                    found[job_id] = enqueued_at
-            after = (page[-1].created_at, page[-1].id)
-
-
-def _last_enqueue(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
-    rows = session.execute(
-        select(Audit.job_id, func.max(Audit.at))
-        .where(Audit.job_id.in_(job_ids), Audit.event.in_(ENQUEUE_EVENTS))
-        .group_by(Audit.job_id)
-    ).all()
-    return dict(rows)
-
-
-def _requeues_since_claim(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """``requeued`` audit rows of each job after its last ``claimed`` row: deliveries that never
-    reached a claim. The audit is the counter, so no column is needed."""
-    if not job_ids:
-        return {}
-    with session_scope(sessions) as session:
-        rows = session.execute(
-            select(Audit.job_id, Audit.event)
-            .where(Audit.job_id.in_(job_ids), Audit.event.in_(("claimed", "requeued")))
-            .order_by(Audit.job_id, Audit.at, Audit.id)
-        ).all()
-    counts: dict[uuid.UUID, int] = {}
-    for job_id, event in rows:
-        counts[job_id] = 0 if event == "claimed" else counts.get(job_id, 0) + 1
-    return counts
-
-
-def _missing(candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime) -> list[uuid.UUID]:
-    missing = []
-    for job_id, enqueued_at in candidates.items():
-        key = str(job_id)
-        if key in view.waiting:
-            continue
-        if key in view.taken and enqueued_at >= trust_taken_after:
-            continue
-        missing.append(job_id)
-    return missing
 
 
 # --- the runner -------------------------------------------------------------------------------
