@@ -169,7 +169,11 @@ def hedged_call(
         "first call is late; hedging",
         extra={"target": primary.name, "backup": backup.name, "reason": hedge.reason},
     )
-    second_call = started(backup, True)
+    try:
+        second_call = started(backup, True)
+    except Exception as exc:  # no call without its row; a hedge is optional, so wait for the first
+        log.warning("could not record the hedge's start; not hedging", extra={"error": type(exc).__name__})
+        return [first.result()]
     second = _submit(call_once, rt, backup, payload, backup_timeout, True, second_call)
     finished: list[Attempt] = []
     running = {

@@ -184,17 +184,23 @@ class ModelClient:
         started = time.perf_counter()
         try:
             with tracing.client_span("POST", url, target.name) as span:  # traceparent -> span.headers
-                raw = self._post_once_more_if_stale(url, body, timeout_s, started, span, target.name)
-                data = parse_answer(raw)
-                latency_ms = (time.perf_counter() - started) * 1000.0
-                if run:
-                    checked = validate_run(data)
-                    return CallResult(result=checked, latency_ms=latency_ms, cost_usd=float(checked["actual_cost_usd"]))
-                return CallResult(result=validate_infer(data), latency_ms=latency_ms, cost_usd=target.cost_per_call_usd)
+                try:
+                    return self._call(target, url, body, timeout_s, started, span, run)
+                except Exception as exc:  # typed inside the span, so the span records the kind
+                    raise classify(exc, timeout_s) from None
         except ModelCallError:
             raise
         except Exception as exc:  # the one boundary: a failed attempt, never a crashed job
             raise classify(exc, timeout_s) from None
+
+    def _call(self, target: Target, url: str, body, timeout_s: float, started: float, span, run: bool) -> CallResult:
+        raw = self._post_once_more_if_stale(url, body, timeout_s, started, span, target.name)
+        data = parse_answer(raw)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if run:
+            checked = validate_run(data)
+            return CallResult(result=checked, latency_ms=latency_ms, cost_usd=float(checked["actual_cost_usd"]))
+        return CallResult(result=validate_infer(data), latency_ms=latency_ms, cost_usd=target.cost_per_call_usd)
 
     def _post_once_more_if_stale(self, url, body, timeout_s: float, started: float, span, target: str) -> bytes:
         """POST; if it failed on a reused connection before any byte of an answer came back (the
