@@ -335,3 +335,26 @@ def test_a_call_whose_answer_was_lost_shows_as_started(sqlite_engine, fake_redis
     calls = [(row.target, row.outcome, row.details["claim"]) for row in attempt_rows(trail)]
     assert calls == [("edge", "started", 1), ("edge", "ok", 2)]
     assert [name for name, _ in client.calls] == ["edge", "edge"]
+
+
+def test_a_hedge_whose_start_cannot_be_recorded_is_not_sent(sqlite_engine, fake_redis, monkeypatch):
+    """No call without its ``call_started`` row: when the hedge's row cannot be written, the job
+    waits for its first call instead of sending an unrecorded backup."""
+    from modelreasoner import dispatch
+    from orchestrator.errors import DatabaseUnavailable
+
+    real = dispatch.CallLog.__call__
+
+    def no_row_for_hedges(self, target, hedge):
+        if hedge:
+            raise DatabaseUnavailable()
+        return real(self, target, hedge)
+
+    monkeypatch.setattr(dispatch.CallLog, "__call__", no_row_for_hedges)
+    client = ScriptedClient(delays={"edge": 0.6})
+    job_id = submit(sqlite_engine, sla_ms=800)
+    execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5), job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert [name for name, _ in client.calls] == ["edge"]
+    assert job.status == "completed" and job.target == "edge"
+    assert [a.target for a in trail if a.event == "call_started"] == ["edge"]
