@@ -16,16 +16,16 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
 
-from modelreasoner.client import CallInput, CallResult
+from modelreasoner.client import CallInput, CallResult, classify
 from modelreasoner.runtime import Runtime
 from orchestrator.constants import MIN_CALL_TIMEOUT_SECONDS
-from orchestrator.errors import ModelCallError
 from orchestrator.metrics import HEDGES, MODEL_CALL_DURATION
 from orchestrator.models import Job
 from orchestrator.routing import HedgeSpec, Outcome, RedisHedgeBudget, RouteRequest, Target
@@ -56,6 +56,13 @@ class Attempt:
     ended_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     """When the call ended (or was abandoned): the time of its audit row, so a timeline lists
     attempts before the terminal event they led to."""
+    call: int | None = None
+    """The call's number within its claim (its ``call_started`` row has the same)."""
+
+
+Started = Callable[[Target, bool], int]
+"""Records that a call to a target (a hedge or not) is about to start, durably, and returns
+its number: the job's ``call_started`` audit row, written before any request byte leaves."""
 
 
 def call_input(job: Job) -> CallInput:
@@ -80,8 +87,12 @@ def call_timeout(rt: Runtime, target: Target, request: RouteRequest, now: float)
     return min(configured, max(left, MIN_CALL_TIMEOUT_SECONDS))
 
 
-def call_once(rt: Runtime, target: Target, payload: CallInput, timeout: float, hedge: bool = False) -> Attempt:
-    """One call, counted in flight and folded into the shared stats whatever happens."""
+def call_once(
+    rt: Runtime, target: Target, payload: CallInput, timeout: float, hedge: bool = False, call: int | None = None
+) -> Attempt:
+    """One call, counted in flight and folded into the shared stats whatever happens. Any
+    exception the client raises, of any class, is a failed attempt (``classify``), never a
+    crashed job: it is audited, feeds the circuit breaker and fails over like any other."""
     now = time.time()
     call_id = rt.router.call_started(target.name, now)
     if rt.settings.hedge_enabled:
@@ -92,12 +103,15 @@ def call_once(rt: Runtime, target: Target, payload: CallInput, timeout: float, h
         try:
             result = rt.client.call(target, payload, timeout)
             attempt = Attempt(
-                target.name, True, result.latency_ms, cost_usd=result.cost_usd, result=result, hedge=hedge
+                target.name, True, result.latency_ms, cost_usd=result.cost_usd, result=result, hedge=hedge, call=call
             )
-        except ModelCallError as exc:
+        except Exception as raised:  # the worker's boundary: whatever the client threw
+            exc = classify(raised, timeout)
+            if exc is not raised:
+                log.warning("model client raised an unmapped error", extra={"error": type(raised).__name__})
             elapsed = (time.perf_counter() - started) * 1000.0
             cost = target.cost_per_call_usd if exc.kind in COST_BEARING_ERRORS else 0.0
-            attempt = Attempt(target.name, False, elapsed, exc.kind, exc.message, cost_usd=cost, hedge=hedge)
+            attempt = Attempt(target.name, False, elapsed, exc.kind, exc.message, cost_usd=cost, hedge=hedge, call=call)
         outcome = Outcome(
             target.name, attempt.ok, attempt.latency_ms, time.time(), attempt.error_kind, attempt.cost_usd
         )
@@ -131,6 +145,7 @@ def hedged_call(
     backup: Target,
     hedge: HedgeSpec,
     decided_at: float,
+    started: Started,
 ) -> list[Attempt]:
     """The first call of a job (``payload`` to ``primary``, with ``timeout`` s), with a backup call to
     ``backup`` if the first has not answered ``hedge.delay_s`` after the decision and the
@@ -140,7 +155,8 @@ def hedged_call(
     winner answers is returned as abandoned (``ABANDONED``, its elapsed time and its price:
     the server is still working on it); its real outcome reaches the stats when it ends.
     """
-    first = _submit(call_once, rt, primary, payload, timeout)
+    first_call = started(primary, False)
+    first = _submit(call_once, rt, primary, payload, timeout, False, first_call)
     first_started = time.perf_counter()
     wait([first], timeout=max(decided_at + hedge.delay_s - time.time(), 0.0))
     if first.done():
@@ -153,9 +169,17 @@ def hedged_call(
         "first call is late; hedging",
         extra={"target": primary.name, "backup": backup.name, "reason": hedge.reason},
     )
-    second = _submit(call_once, rt, backup, payload, backup_timeout, True)
+    try:
+        second_call = started(backup, True)
+    except Exception as exc:  # no call without its row; a hedge is optional, so wait for the first
+        log.warning("could not record the hedge's start; not hedging", extra={"error": type(exc).__name__})
+        return [first.result()]
+    second = _submit(call_once, rt, backup, payload, backup_timeout, True, second_call)
     finished: list[Attempt] = []
-    running = {first: (primary, False, first_started), second: (backup, True, time.perf_counter())}
+    running = {
+        first: (primary, False, first_started, first_call),
+        second: (backup, True, time.perf_counter(), second_call),
+    }
     while running:
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for future in done:
@@ -168,13 +192,21 @@ def hedged_call(
     return finished
 
 
-def _abandoned(target: Target, hedge: bool, started: float, *, at: datetime) -> Attempt:
+def _abandoned(target: Target, hedge: bool, started: float, call: int, *, at: datetime) -> Attempt:
     """The audit record of a call still running when the other call of its job won at ``at``
     (its row takes that time: it was abandoned the moment the winner answered)."""
     elapsed = (time.perf_counter() - started) * 1000.0
     message = "lost the hedge race; left to finish on its own"
     return Attempt(
-        target.name, False, elapsed, ABANDONED, message, cost_usd=target.cost_per_call_usd, hedge=hedge, ended_at=at
+        target.name,
+        False,
+        elapsed,
+        ABANDONED,
+        message,
+        cost_usd=target.cost_per_call_usd,
+        hedge=hedge,
+        ended_at=at,
+        call=call,
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from modelreasoner.calls import ABANDONED, Attempt, call_input, call_once, call_timeout, hedged_call
+from modelreasoner.db_retry import with_db_retry
 from modelreasoner.runtime import Runtime
 from orchestrator import audit
 from orchestrator.db import session_scope
@@ -95,6 +96,7 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
         return failed(kind, decision.reason, decision=decision.to_dict())
     hedge = hedge_plan(decision, request, rt.router.config) if rt.settings.hedge_enabled else None
     payload = call_input(job)
+    started = CallLog(rt, job)
     attempts: list[Attempt] = []
     pending = [c.target for c in decision.call_order]
     while pending:
@@ -105,9 +107,9 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
             break
         if hedge is not None and not attempts:
             backup = by_name[hedge.backup]
-            finished = hedged_call(rt, payload, request, target, timeout, backup, hedge, decision.decided_at)
+            finished = hedged_call(rt, payload, request, target, timeout, backup, hedge, decision.decided_at, started)
         else:
-            finished = [call_once(rt, target, payload, timeout)]
+            finished = [call_once(rt, target, payload, timeout, call=started(target, False))]
         tried = {a.target for a in finished}
         pending = [name for name in pending if name not in tried]
         winner = next((a for a in finished if a.ok), None)
@@ -119,6 +121,31 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
             attempts.append(winner)
             return completed(winner, attempts)
     return all_failed(attempts)
+
+
+class CallLog:
+    """Writes each call's ``call_started`` row (its own transaction, retried while Postgres is
+    unreachable) before the request leaves, and numbers the calls of this claim. If the row
+    cannot be written, the call is not made."""
+
+    def __init__(self, rt: Runtime, job: Job) -> None:
+        self._rt = rt
+        self._job = job
+        self._count = 0
+
+    def __call__(self, target: Target, hedge: bool) -> int:
+        self._count += 1
+        number = self._count
+        details = {"claim": self._job.claim_count, "call": number, "hedge": hedge}
+
+        def write() -> None:
+            with session_scope(self._rt.sessions) as session:
+                audit.record(
+                    session, self._job.id, audit.CALL_STARTED, self._rt.worker_id, target=target.name, details=details
+                )
+
+        with_db_retry(self._rt.settings, write)
+        return number
 
 
 def record_decision(session: Session, rt: Runtime, job: Job, decision: Decision) -> None:
@@ -165,16 +192,20 @@ def _record_failover(rt: Runtime, job: Job, attempt: Attempt, number: int) -> No
             "model call failed; failing over",
             extra={"target": attempt.target, "error_kind": attempt.error_kind, "attempt": number},
         )
-    with session_scope(rt.sessions) as session:
-        attempt_audit(session, job.id, rt.worker_id, attempt, number)
+
+    def write() -> None:
+        with session_scope(rt.sessions) as session:
+            attempt_audit(session, job, rt.worker_id, attempt, number)
+
+    with_db_retry(rt.settings, write)  # the write only: a blip here never repeats the call
 
 
-def attempt_audit(session, job_id, actor: str, attempt: Attempt, number: int, hedge: bool | None = None) -> None:
+def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int, hedge: bool | None = None) -> None:
     """The audit row of one call; ``hedge`` (default: the attempt's own flag) marks a backup."""
     hedge = attempt.hedge if hedge is None else hedge
     audit.record(
         session,
-        job_id,
+        job.id,
         "attempt",
         actor,
         at=attempt.ended_at,
@@ -183,6 +214,8 @@ def attempt_audit(session, job_id, actor: str, attempt: Attempt, number: int, he
         latency_ms=round(attempt.latency_ms, 2),
         details={
             "attempt": number,
+            "claim": job.claim_count,
+            "call": attempt.call,
             "hedge": hedge,
             "error_kind": attempt.error_kind,
             "error": attempt.message or None,

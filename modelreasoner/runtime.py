@@ -20,13 +20,15 @@ import redis
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelreasoner.client import ModelClient
+from modelreasoner.client import KEEPALIVE_EXPIRY_SECONDS, ModelClient
 from modelreasoner.lease import LeaseKeeper
 from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.simulated import SimulatedClient, simulated_targets
 from modelreasoner.stats_writer import StatsWriter
+from orchestrator.audit import fit_actor
 from orchestrator.db import make_engine, make_session_factory
-from orchestrator.models import init_db
+from orchestrator.errors import ConfigError
+from orchestrator.models import Audit, Job, init_db
 from orchestrator.queue_rq import make_redis
 from orchestrator.routing import RedisStatsStore, Router, Target
 from orchestrator.settings import Settings, get_settings
@@ -74,8 +76,37 @@ def load_registered_targets(sessions: sessionmaker[Session]) -> list[Target]:
         return registered_targets(session)
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+def new_worker_id(hostname: str | None = None) -> str:
+    """``<host>:<pid>:<hex>``, made to fit the audit's actor column (``fit_actor``): a 63-character
+    pod name must not make every claim's audit row fail."""
+    return fit_actor(f"{hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+
+
+def check_id_fits(engine: Engine, worker_id: str) -> None:
+    """At start: refuse to run when the database's columns cannot hold this worker's id (the
+    live schema, not the models: a migration may differ). Raises ConfigError naming the column."""
+    limits = {
+        ("audit", "actor"): Audit.__table__.c.actor.type.length,
+        ("jobs", "worker_id"): Job.__table__.c.worker_id.type.length,
+    }
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT table_name, column_name, character_maximum_length FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND (table_name, column_name) IN "
+                    "(('audit', 'actor'), ('jobs', 'worker_id'))"
+                )
+            ).all()
+        limits.update({(table, column): length for table, column, length in rows if length is not None})
+    for (table, column), length in limits.items():
+        if length is not None and len(worker_id) > length:
+            raise ConfigError(
+                f"The worker id ({len(worker_id)} characters) does not fit {table}.{column} (VARCHAR({length})); "
+                "set WORKER_HOSTNAME to a shorter name"
+            )
 
 
 def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runtime:
@@ -88,11 +119,18 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
     sessions = make_session_factory(engine)
     connection = make_redis(settings)
     http = httpx.Client(
-        limits=httpx.Limits(max_connections=concurrency * 4, max_keepalive_connections=concurrency * 2),
+        limits=httpx.Limits(
+            max_connections=concurrency * 4,
+            max_keepalive_connections=concurrency * 2,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        ),
         follow_redirects=False,
     )
-    worker_id = new_worker_id()
-    client = ModelClient(http, policy_for(settings))
+    # A call whose reused connection the server had closed is retried once on this client:
+    # no keep-alive, so always a fresh connection.
+    fresh = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), follow_redirects=False)
+    worker_id = new_worker_id(settings.worker_hostname)
+    client = ModelClient(http, fresh=fresh, url_policy=policy_for(settings))
     static_targets = configured_targets(settings)
     if settings.worker_simulate:
         client, static_targets = SimulatedClient(), simulated_targets()

@@ -27,22 +27,31 @@ from datetime import UTC, datetime
 import click
 from rq import Worker, get_current_job
 from sqlalchemy import select
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from modelreasoner import dispatch
+from modelreasoner.db_retry import database_down, with_db_retry
+from modelreasoner.lease import check_targets_fit_the_lease, longest_run_seconds
+from modelreasoner.reasons import step_failed
 from modelreasoner.rq_adapter import JobFailed, ScrubbedFailures, crashed, stack_summary
-from modelreasoner.runtime import Runtime, build_runtime, get_runtime, install_runtime, load_registered_targets
+from modelreasoner.runtime import (
+    Runtime,
+    build_runtime,
+    check_id_fits,
+    get_runtime,
+    install_runtime,
+    load_registered_targets,
+)
 from modelreasoner.stats_writer import StatsWriter
 from modelreasoner.threaded_worker import ThreadedWorker
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
-from orchestrator.db import is_connection_error, session_scope
-from orchestrator.errors import ConfigError, DatabaseUnavailable
+from orchestrator.db import session_scope
+from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging, ensure_logging, job_context
 from orchestrator.metrics import (
-    DB_ERRORS,
     JOB_E2E_LATENCY,
     JOB_QUEUE_WAIT,
+    JOB_STEP_FAILURES,
     JOBS_COMPLETED,
     JOBS_FAILED,
     SLA_VIOLATIONS,
@@ -112,86 +121,120 @@ def _prepare_job_process(rt: Runtime, rq_job) -> None:
     warn_if_job_metrics_unexported(rq_job)
 
 
-def _database_down(exc: BaseException) -> bool:
-    return isinstance(exc, DatabaseUnavailable) or is_connection_error(exc)
+class Step:
+    """The step a job is in, named in the reason if it raises: claim, route, call, persist."""
+
+    def __init__(self) -> None:
+        self.name = "claim"
 
 
-def _with_db_retry(rt: Runtime, fn):
-    """Run ``fn`` retrying while Postgres is unreachable (DB_RETRY_ATTEMPTS, jittered backoff)."""
-
-    def note(state) -> None:
-        DB_ERRORS.labels("worker").inc()
-        log.warning("database unavailable; retrying", extra={"attempt": state.attempt_number})
-
-    return retry(
-        retry=retry_if_exception(_database_down),
-        stop=stop_after_attempt(rt.settings.db_retry_attempts),
-        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-        before_sleep=note,
-        reraise=True,
-    )(fn)()
+Claimed = tuple[Job | None, dispatch.Plan | dispatch.Terminal | None]
 
 
 def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
-    def claim_and_route() -> tuple[Job | None, dispatch.Plan | dispatch.Terminal | None]:
-        # One transaction: the claim, the routing decision and their audit rows. The decision is
-        # committed before any model call, so a crash still leaves an honest trail. The target
-        # catalogue is read first: nothing else may touch the database inside the transaction.
-        catalogue = rt.targets()
-        with session_scope(rt.sessions) as session:
-            now = datetime.now(UTC)
-            lease = rt.settings.job_lease_seconds
-            job = jobs.claim(session, job_id, worker_id=rt.worker_id, now=now, lease_seconds=lease, commit=False)
-            if job is None:
-                return None, None
-            try:
-                planned = dispatch.plan(rt, job, catalogue, refresh=False)
-            except Exception as exc:  # a routing bug must not undo the claim
-                planned = _crashed(rt, exc)
-            if isinstance(planned, dispatch.Plan):
-                dispatch.record_decision(session, rt, job, planned.decision)
-            return job, planned
-
-    def route_again(job: Job) -> dispatch.Plan | dispatch.Terminal:
-        # Nothing in the cached catalogue could take the job: one may have been registered since.
-        planned = dispatch.plan(rt, job, rt.targets(refresh=True), refresh=False)
-        if isinstance(planned, dispatch.Plan):
-            with session_scope(rt.sessions) as session:
-                dispatch.record_decision(session, rt, job, planned.decision)
-        return planned
-
-    job, planned = _with_db_retry(rt, claim_and_route)
-    if isinstance(planned, dispatch.Terminal) and planned.fields.get("error_kind") == "no_targets":
-        planned = _with_db_retry(rt, lambda: route_again(job))
+    """Claim, route, call and persist one job. Any step that raises a non-transient error ends
+    the job ``failed`` with ``internal_error: <step> failed: <reason>`` at once (a poison job
+    must not loop); only an unreachable database leaves it to the reconciler. Database retries
+    wrap database steps only, never a model call."""
+    step = Step()
+    try:
+        job, planned = with_db_retry(rt.settings, lambda: _claim_and_route(rt, job_id, step))
+        if isinstance(planned, dispatch.Terminal) and planned.fields.get("error_kind") == "no_targets":
+            planned = with_db_retry(rt.settings, lambda: _route_again(rt, job))
+    except Exception as exc:
+        if database_down(exc):
+            raise  # still queued in Postgres: the reconciler delivers it again (bounded by JOB_MAX_REQUEUES)
+        return _give_up(rt, job_id, step.name, exc)
     if job is None:
         log.info("job not claimable (duplicate delivery or already finished); skipped")
         return {"status": "skipped", "target": None}
     if job.started_at and job.claim_count == 1:
         JOB_QUEUE_WAIT.observe((job.started_at - job.created_at).total_seconds())
-    rt.leases.add(job_id)
+    rt.leases.add(job_id, hold_seconds=longest_run_seconds(rt.settings, planned))
     try:
-        if isinstance(planned, dispatch.Terminal):
-            terminal = planned
-        else:
-            try:
-                terminal = _with_db_retry(rt, lambda: dispatch.execute_plan(rt, job, planned))
-            except Exception as exc:
-                terminal = _crashed(rt, exc)
-        persist(rt, job, terminal)
+        terminal = _run(rt, job, planned)
+        try:
+            persist(rt, job, terminal)
+        except Exception as exc:
+            if database_down(exc):
+                raise  # the lease lapses and the reconciler runs it again (bounded by JOB_MAX_CLAIMS)
+            return _give_up(rt, job_id, "persist", exc)
     finally:
         rt.leases.discard(job_id)
     return {"status": terminal.status.value, "target": terminal.fields.get("target")}
 
 
-def _crashed(rt: Runtime, exc: Exception) -> dispatch.Terminal:
+def _claim_and_route(rt: Runtime, job_id: uuid.UUID, step: Step) -> Claimed:
+    """One transaction: the claim, the routing decision and their audit rows. The decision is
+    committed before any model call, so a crash still leaves an honest trail. The target
+    catalogue is read first: nothing else may touch the database inside the transaction."""
+    step.name = "claim"
+    catalogue = rt.targets()
+    with session_scope(rt.sessions) as session:
+        now = datetime.now(UTC)
+        lease = rt.settings.job_lease_seconds
+        job = jobs.claim(session, job_id, worker_id=rt.worker_id, now=now, lease_seconds=lease, commit=False)
+        if job is None:
+            return None, None
+        step.name = "route"
+        try:
+            planned = dispatch.plan(rt, job, catalogue, refresh=False)
+        except Exception as exc:  # a routing bug must not undo the claim
+            planned = _crashed(rt, exc, "route")
+        if isinstance(planned, dispatch.Plan):
+            dispatch.record_decision(session, rt, job, planned.decision)
+        return job, planned
+
+
+def _route_again(rt: Runtime, job: Job) -> dispatch.Plan | dispatch.Terminal:
+    """Nothing in the cached catalogue could take the job: one may have been registered since."""
+    planned = dispatch.plan(rt, job, rt.targets(refresh=True), refresh=False)
+    if isinstance(planned, dispatch.Plan):
+        with session_scope(rt.sessions) as session:
+            dispatch.record_decision(session, rt, job, planned.decision)
+    return planned
+
+
+def _run(rt: Runtime, job: Job, planned: dispatch.Plan | dispatch.Terminal) -> dispatch.Terminal:
+    """The model calls of a claimed job (no DB retry around them: only their writes retry)."""
+    if isinstance(planned, dispatch.Terminal):
+        return planned
+    try:
+        return dispatch.execute_plan(rt, job, planned)
+    except Exception as exc:
+        return _crashed(rt, exc, "call")
+
+
+def _crashed(rt: Runtime, exc: Exception, step: str) -> dispatch.Terminal:
     """The terminal state of a job whose run raised: a reason, never the exception's text (it
     may quote the job's data)."""
-    if _database_down(exc):
+    if database_down(exc):
         attempts = rt.settings.db_retry_attempts
         log.error("database unavailable through every retry; failing the job", extra={"attempts": attempts})
         return dispatch.failed("database_unavailable", f"the database was unreachable on {attempts} attempts")
-    log.exception("job crashed in the worker; failing it")
-    return dispatch.failed("internal_error", f"worker error ({type(exc).__name__})")
+    log.exception("job crashed in the worker; failing it", extra={"step": step})
+    return dispatch.failed("internal_error", step_failed(step, exc))
+
+
+def _give_up(rt: Runtime, job_id: uuid.UUID, step: str, exc: Exception) -> dict[str, str | None]:
+    """End a job whose ``step`` raised a deterministic error: ``failed`` now, with the step and a
+    PHI-free reason, instead of leaving it to be delivered (or recovered) again and again."""
+    reason = step_failed(step, exc)
+    log.error("job step failed; failing the job", extra={"step": step, "reason": reason})
+    JOB_STEP_FAILURES.labels(step).inc()
+
+    def write() -> bool:
+        with session_scope(rt.sessions) as session:
+            now = datetime.now(UTC)
+            return jobs.give_up(
+                session, job_id, worker_id=rt.worker_id, now=now, error_kind="internal_error", error=reason
+            )
+
+    if not with_db_retry(rt.settings, write):
+        log.info("job already taken or finished elsewhere; left alone")
+        return {"status": "skipped", "target": None}
+    JOBS_FAILED.labels("none", "internal_error").inc()
+    return {"status": JobStatus.FAILED.value, "target": None}
 
 
 def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
@@ -205,10 +248,10 @@ def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
     def write() -> bool:
         with session_scope(rt.sessions) as session:
             if terminal.winner is not None:
-                dispatch.attempt_audit(session, job.id, rt.worker_id, terminal.winner, fields.get("attempts", 1))
+                dispatch.attempt_audit(session, job, rt.worker_id, terminal.winner, fields.get("attempts", 1))
             return jobs.finish(session, job.id, terminal.status, actor=rt.worker_id, now=now, **fields)
 
-    written = _with_db_retry(rt, write)
+    written = with_db_retry(rt.settings, write)
     if not written:
         log.info("job already finished elsewhere; this result is discarded")
         return False
@@ -297,6 +340,8 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         rt = build_runtime(settings, concurrency=concurrency)
         if not _has_targets(rt):
             raise ConfigError(NO_TARGETS_MESSAGE)
+        check_id_fits(rt.engine, rt.worker_id)
+        check_targets_fit_the_lease(settings, rt.static_targets)
     except ConfigError as exc:
         click.echo(f"worker: {exc.message}", err=True)
         sys.exit(2)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -255,12 +255,28 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 # --- worker side -----------------------------------------------------------------------------
 
 
+def database_now(session: Session) -> datetime:
+    """The database's clock (aware UTC): leases are set and judged on it, so a worker's or the
+    reconciler's clock skew cannot recover a live job. SQLite (dev, unit tests): this host's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(text("SELECT clock_timestamp()"))
+    return utcnow()
+
+
+def _lease_until(session: Session, lease_seconds: float, fallback: datetime):
+    """``lease_seconds`` from now on the database's clock, as an SQL expression on Postgres."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.clock_timestamp() + timedelta(seconds=lease_seconds)
+    return fallback + timedelta(seconds=lease_seconds)
+
+
 def claim(
     session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, lease_seconds: float, commit: bool = True
 ) -> Job | None:
     """Atomically move a queued job to running for this worker (and commit, unless ``commit``
     is False: the caller adds to the transaction). Returns the job, or None when it is not
-    queued (already claimed, finished, or unknown): a duplicate delivery."""
+    queued (already claimed, finished, or unknown): a duplicate delivery. The lease runs on the
+    database's clock; ``now`` (this host's) is the job's start time in its record."""
     job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
@@ -268,7 +284,7 @@ def claim(
             status=JobStatus.RUNNING.value,
             started_at=now,
             claim_count=Job.claim_count + 1,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_expires_at=_lease_until(session, lease_seconds, now),
             worker_id=worker_id,
         )
         .returning(Job)  # one round trip: the claim and the row it claimed
@@ -283,18 +299,44 @@ def claim(
     return job
 
 
-def renew_leases(session: Session, job_ids: list[uuid.UUID], *, worker_id: str, until: datetime) -> int:
-    """Extend the lease of this worker's running jobs; returns how many were extended."""
+def renew_leases(session: Session, job_ids: list[uuid.UUID], *, worker_id: str, lease_seconds: float) -> int:
+    """Extend the lease of this worker's running jobs to ``lease_seconds`` from now on the
+    database's clock; returns how many were extended."""
     if not job_ids:
         return 0
     result = session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING.value, Job.worker_id == worker_id)
-        .values(lease_expires_at=until)
+        .values(lease_expires_at=_lease_until(session, lease_seconds, utcnow()))
         .execution_options(synchronize_session=False)
     )
     session.commit()
     return result.rowcount
+
+
+def give_up(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, error_kind: str, error: str) -> bool:
+    """Fail a job this worker could not run (a step raised), and commit: only if it is still
+    queued (the claim was rolled back) or running under ``worker_id``, so a job another worker
+    claimed meanwhile is left alone. ``error`` must be PHI-free. False when nothing changed."""
+    table = Job.__table__
+    mine = or_(
+        table.c.status == JobStatus.QUEUED.value,
+        and_(table.c.status == JobStatus.RUNNING.value, table.c.worker_id == worker_id),
+    )
+    result = session.execute(
+        update(table)
+        .where(table.c.id == job_id, mine)
+        .values(
+            status=JobStatus.FAILED.value, finished_at=now, lease_expires_at=None, error_kind=error_kind, error=error
+        )
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    details = {"error_kind": error_kind}
+    audit.record(session, job_id, JobStatus.FAILED.value, worker_id, at=now, outcome="failed", details=details)
+    session.commit()
+    return True
 
 
 def finish(session: Session, job_id: uuid.UUID, status: JobStatus, *, actor: str, now: datetime, **fields) -> bool:

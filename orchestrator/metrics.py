@@ -154,6 +154,20 @@ ROUTING_DECISIONS = TargetCounter(
 FAILOVERS = TargetCounter("pedi_failovers_total", "Fail-overs away from a target after a failed call.", ["target"])
 HEDGES = TargetCounter("pedi_hedges_total", "Backup (hedged) calls started, by backup target.", ["target"])
 JOBS_RECOVERED = Counter("pedi_jobs_recovered_total", "Jobs the reconciler repaired, by what it found.", ["reason"])
+JOBS_UNDELIVERABLE = Counter(
+    "pedi_jobs_undeliverable_total",
+    "Queued jobs failed as undeliverable: requeued JOB_MAX_REQUEUES times and never claimed.",
+)
+JOB_STEP_FAILURES = Counter(
+    "pedi_job_step_failures_total",
+    "Jobs a worker failed because a step (claim, route, persist) raised a non-transient error.",
+    ["step"],
+)
+STALE_RETRIES = Counter(
+    "pedi_model_call_stale_connection_retries_total",
+    "Model calls sent again on a new connection: the reused one was closed by the server.",
+    ["target"],
+)
 DB_ERRORS = Counter("pedi_db_errors_total", "Database errors, by component.", ["component"])
 REDIS_ERRORS = Counter("pedi_redis_errors_total", "Redis errors caught and survived, by component.", ["component"])
 REDIS_COMPONENTS = ("api_enqueue", "readyz", "metrics", "worker", "quota")

@@ -8,7 +8,9 @@ One pass (``reconcile_once``) repairs what a crash or a Redis loss leaves behind
   call runs a bounded number of times;
 * a job ``queued`` in Postgres that is on no RQ list (Redis restarted or was flushed, the API's
   enqueue failed, a worker died between taking it and claiming it) is enqueued again (audit
-  ``requeued``).
+  ``requeued``), or, once it has been requeued JOB_MAX_REQUEUES times since its last claim
+  (every delivery failed before a worker could claim it: a poison job), ends ``failed`` with
+  error_kind ``undeliverable``, counted by pedi_jobs_undeliverable_total.
 
 Every change is a conditional UPDATE or an enqueue the worker's claim makes idempotent, so two
 passes overlapping, or racing a worker, are safe. ``Reconciler`` runs passes in a daemon thread
@@ -29,29 +31,28 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import click
 import redis
 from rq import Queue
-from rq.registry import StartedJobRegistry
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import audit
 from orchestrator.constants import RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.errors import ConfigError
+from orchestrator.jobs import database_now
 from orchestrator.logs import configure_logging
-from orchestrator.metrics import JOBS_FAILED, JOBS_RECOVERED
-from orchestrator.models import Audit, Job, JobStatus
+from orchestrator.metrics import JOBS_FAILED, JOBS_RECOVERED, JOBS_UNDELIVERABLE
+from orchestrator.models import Job, JobStatus
 from orchestrator.queue_rq import enqueue_job, get_queue, make_redis
+from orchestrator.queue_view import BATCH, missing, queued_before, requeues_since_claim, rq_view
 from orchestrator.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
-"""Jobs read from Postgres per query (rows): passes stay short and memory flat with any backlog."""
 CONFIRM_SECONDS = 1.0
 """Pause before re-reading a job that looked missing from Redis (s). A worker takes a job from the
 list and claims it in Postgres within milliseconds; a job still queued and still on no list after
@@ -59,14 +60,11 @@ this pause is really lost."""
 LOCK_TTL_FRACTION = 0.8
 """The fleet-wide lock lives this fraction of the interval, so whichever process ran the last
 pass can always run the next one on time: passes are 0.8 to 1 interval apart."""
-ACTOR_MAX_CHARS = 64
-"""Audit actors are VARCHAR(64)."""
-ENQUEUE_EVENTS = ("submitted", "requeued", "recovered")
-"""Audit events after which a job is (supposed to be) on the queue."""
 
 REASON_REQUEUED = "missing_from_queue"
 REASON_RECOVERED = "lease_expired"
 REASON_ABANDONED = "abandoned"
+REASON_UNDELIVERABLE = "undeliverable"
 
 
 @dataclass
@@ -76,13 +74,19 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
+    undeliverable: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return len(self.requeued) + len(self.recovered) + len(self.abandoned)
+        return len(self.requeued) + len(self.recovered) + len(self.abandoned) + len(self.undeliverable)
 
     def counts(self) -> dict[str, int]:
-        return {"requeued": len(self.requeued), "recovered": len(self.recovered), "abandoned": len(self.abandoned)}
+        return {
+            "requeued": len(self.requeued),
+            "recovered": len(self.recovered),
+            "abandoned": len(self.abandoned),
+            "undeliverable": len(self.undeliverable),
+        }
 
     def to_dict(self) -> dict[str, list[str]]:
         return asdict(self)
@@ -92,14 +96,19 @@ def reconcile_once(
     sessions: sessionmaker[Session],
     queue: Queue,
     *,
-    now: datetime,
     settings: Settings,
+    now: datetime | None = None,
     actor: str = "reconciler",
     confirm_seconds: float = CONFIRM_SECONDS,
 ) -> ReconcileReport:
-    """One reconciliation pass as of ``now`` (aware UTC). Raises DatabaseUnavailable or a Redis
-    error when a store is down; whatever was repaired before that stays repaired."""
-    one = _Pass(sessions, queue, now, settings, actor[:ACTOR_MAX_CHARS], confirm_seconds)
+    """One reconciliation pass as of ``now`` (aware UTC; default: the database's clock, the one
+    leases are written on, so no host's clock skew recovers a live job). Raises
+    DatabaseUnavailable or a Redis error when a store is down; whatever was repaired before
+    that stays repaired."""
+    if now is None:
+        with session_scope(sessions) as session:
+            now = database_now(session)
+    one = _Pass(sessions, queue, now, settings, audit.fit_actor(actor), confirm_seconds)
     one.recover_expired()
     one.requeue_missing()
     return one.report
@@ -183,24 +192,59 @@ class _Pass:
             audit.record(session, job_id, event, self.actor, at=self.now, outcome=outcome, details=details)
         return True
 
+    def _undeliverable(self, job_id: uuid.UUID, requeues: int) -> bool:
+        """queued -> failed (undeliverable): it was put on the queue ``requeues`` times since its
+        last claim and no worker could claim it (each delivery failed before the claim)."""
+        limit = self.settings.job_max_requeues
+        message = (
+            f"undeliverable: requeued {requeues} times without a claim (JOB_MAX_REQUEUES={limit}); every "
+            "delivery failed before a worker could claim it (see the workers' logs for the job id)"
+        )
+        with session_scope(self.sessions) as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.FAILED.value, finished_at=self.now, error_kind=REASON_UNDELIVERABLE, error=message
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return False
+            details = {"error_kind": REASON_UNDELIVERABLE, "requeues": requeues}
+            audit.record(
+                session, job_id, JobStatus.FAILED.value, self.actor, at=self.now, outcome="failed", details=details
+            )
+        JOBS_UNDELIVERABLE.inc()
+        JOBS_FAILED.labels("none", REASON_UNDELIVERABLE).inc()
+        log.error(
+            "job undeliverable: requeued too often without a claim", extra={"job_id": str(job_id), "requeues": requeues}
+        )
+        return True
+
     # --- queued jobs that Redis lost ------------------------------------------------------------
 
     def requeue_missing(self) -> None:
         # A worker that took a job but has not claimed it yet is trusted this long after the
         # enqueue; past it, it died between the two (RQ itself notices only after ~15 minutes).
         trust_taken_after = self.cutoff - timedelta(seconds=self.settings.job_lease_seconds)
-        candidates = _queued_before(self.sessions, self.cutoff)
-        suspects = _missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
+        candidates = queued_before(self.sessions, self.cutoff)
+        suspects = missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
         if not suspects:
             return
         time.sleep(self.confirm_seconds)
-        suspects = _missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
+        suspects = missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
         with session_scope(self.sessions) as session:
             still_queued = set(
                 session.scalars(select(Job.id).where(Job.id.in_(suspects), Job.status == JobStatus.QUEUED.value))
             )
+        requeues = requeues_since_claim(self.sessions, list(still_queued))
         done, failure = [], None
         for job_id in (j for j in suspects if j in still_queued):
+            if requeues.get(job_id, 0) >= self.settings.job_max_requeues:
+                if self._undeliverable(job_id, requeues[job_id]):
+                    self.report.undeliverable.append(str(job_id))
+                continue
             try:
                 enqueue_job(self.queue, str(job_id))
             except redis.RedisError as exc:
@@ -238,79 +282,12 @@ def _enqueue_quietly(queue: Queue, job_id: uuid.UUID) -> None:
         log.warning("enqueue of a recovered job failed; a later pass retries", extra={"error": type(exc).__name__})
 
 
-@dataclass(frozen=True)
-class RQView:
-    """Where RQ has job ids: ``waiting`` on the queue list; ``taken`` by a worker (moved to the
-    intermediate list, or registered as started and not yet expired)."""
-
-    waiting: frozenset[str]
-    taken: frozenset[str]
-
-
-def rq_view(queue: Queue, now: datetime) -> RQView:
-    """One consistent read of the queue list, the intermediate list and the started registry."""
-    started_key = StartedJobRegistry(queue=queue).key
-    with queue.connection.pipeline(transaction=True) as pipe:
-        pipe.lrange(queue.key, 0, -1)
-        pipe.lrange(queue.intermediate_queue_key, 0, -1)
-        pipe.zrangebyscore(started_key, now.timestamp(), "+inf")
-        waiting, intermediate, started = pipe.execute()
-    taken = {_text(i) for i in intermediate} | {StartedJobRegistry.parse_job_id(_text(e)) for e in started}
-    return RQView(frozenset(_text(i) for i in waiting), frozenset(taken))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _queued_before(sessions: sessionmaker[Session], cutoff: datetime) -> dict[uuid.UUID, datetime]:
-    """Jobs queued in Postgres whose last enqueue (submit, requeue, recovery) is older than
-    ``cutoff``, with that time. Reads every such job, BATCH rows at a time."""
-    found: dict[uuid.UUID, datetime] = {}
-    after: tuple[datetime, uuid.UUID] | None = None
-    with session_scope(sessions) as session:
-        while True:
-            stmt = select(Job.id, Job.created_at).where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
-            if after is not None:
-                stmt = stmt.where(or_(Job.created_at > after[0], and_(Job.created_at == after[0], Job.id > after[1])))
-            page = session.execute(stmt.order_by(Job.created_at, Job.id).limit(BATCH)).all()
-            if not page:
-                return found
-            last = _last_enqueue(session, [job_id for job_id, _ in page])
-            for job_id, created_at in page:
-                enqueued_at = last.get(job_id, created_at)
-                if enqueued_at < cutoff:
-                    found[job_id] = enqueued_at
-            after = (page[-1].created_at, page[-1].id)
-
-
-def _last_enqueue(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
-    rows = session.execute(
-        select(Audit.job_id, func.max(Audit.at))
-        .where(Audit.job_id.in_(job_ids), Audit.event.in_(ENQUEUE_EVENTS))
-        .group_by(Audit.job_id)
-    ).all()
-    return dict(rows)
-
-
-def _missing(candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime) -> list[uuid.UUID]:
-    missing = []
-    for job_id, enqueued_at in candidates.items():
-        key = str(job_id)
-        if key in view.waiting:
-            continue
-        if key in view.taken and enqueued_at >= trust_taken_after:
-            continue
-        missing.append(job_id)
-    return missing
-
-
 # --- the runner -------------------------------------------------------------------------------
 
 
 def actor_name(role: str) -> str:
     """``reconciler:<role>:<host>:<pid>``, cut to fit the audit's actor column."""
-    return f"reconciler:{role}:{socket.gethostname()}:{os.getpid()}"[:ACTOR_MAX_CHARS]
+    return audit.fit_actor(f"reconciler:{role}:{socket.gethostname()}:{os.getpid()}")
 
 
 class Reconciler:
@@ -330,7 +307,7 @@ class Reconciler:
         self.sessions = sessions
         self.queue = queue
         self.settings = settings
-        self.actor = actor[:ACTOR_MAX_CHARS]
+        self.actor = audit.fit_actor(actor)
         self.interval = interval or settings.reconciler_interval_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -344,9 +321,7 @@ class Reconciler:
         """One pass if this process gets the lock, else None."""
         if not self.acquire():
             return None
-        report = reconcile_once(
-            self.sessions, self.queue, now=now or datetime.now(UTC), settings=self.settings, actor=self.actor
-        )
+        report = reconcile_once(self.sessions, self.queue, now=now, settings=self.settings, actor=self.actor)
         record_pass(self.queue.connection)
         if report.total:
             log.info("reconciliation pass repaired jobs", extra=report.counts())
@@ -401,7 +376,7 @@ def main(once: bool, interval: float | None) -> None:
     sessions, queue = make_session_factory(engine), get_queue(connection)
     try:
         if once:
-            report = reconcile_once(sessions, queue, now=datetime.now(UTC), settings=settings, actor=actor_name("cli"))
+            report = reconcile_once(sessions, queue, settings=settings, actor=actor_name("cli"))
             try:
                 record_pass(connection)
             except redis.RedisError as exc:  # the pass itself may not have needed Redis

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.constants import RQ_JOB_TIMEOUT_SECONDS
 from orchestrator.errors import ConfigError
 from orchestrator.principals import (
     Principal,
@@ -130,6 +131,13 @@ class Settings(BaseSettings):
     """A running job whose worker stops renewing this lease is recovered by the reconciler."""
     job_max_claims: int = Field(3, ge=1, le=20)
     """A job is claimed (its model call run) at most this many times before it is failed."""
+    job_max_requeues: int = Field(5, ge=1, le=100)
+    """A queued job the reconciler had to put back on the queue this many times since its last
+    claim (every delivery failed before a worker could claim it) ends ``failed``
+    (``undeliverable``) instead of looping; pedi_jobs_undeliverable_total counts it."""
+    worker_hostname: str | None = Field(None, min_length=1, max_length=253)
+    """Host name in the worker id ``<host>:<pid>:<hex>`` (default: the machine's; a pod sets its
+    own). An id longer than the audit's actor column is cut and suffixed with a digest."""
     db_retry_attempts: int = Field(8, ge=1, le=50)
     """Tries of a worker's database work during an outage, with jittered exponential backoff
     capped at 5 s: 8 tries wait about 16-20 s in all, longer than a Postgres restart. After the
@@ -147,6 +155,10 @@ class Settings(BaseSettings):
     """How long after its last enqueue a queued job may be absent from Redis, and how long a lease
     may be overdue, before the reconciler acts (s): covers the API's commit-then-enqueue gap and
     clock skew between hosts."""
+    max_clock_skew_seconds: float = Field(1.0, ge=0, le=600)
+    """The largest clock difference expected between hosts (s). Leases run on the database's
+    clock; the reconciler's other checks (a job's age since its enqueue) compare hosts' clocks,
+    so RECONCILER_GRACE_SECONDS must exceed this."""
     redis_retry_attempts: int = Field(3, ge=1, le=20)
     """Tries of one Redis command whose connection dropped (API and worker; 50-500 ms jittered
     backoff). A Redis that stays down gives 503 in the API and leaves jobs to the reconciler."""
@@ -208,6 +220,33 @@ class Settings(BaseSettings):
     spans go to ``<url>/v1/traces``. Unset (and no OTEL_EXPORTER_OTLP_ENDPOINT): no tracing."""
 
     _principals: dict[str, Principal] | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Refuse settings that contradict each other (each message names the variables)."""
+        problems = []
+        if self.job_lease_seconds < self.routing_timeout_seconds:
+            problems.append(
+                f"JOB_LEASE_SECONDS ({self.job_lease_seconds:g}) must be at least ROUTING_TIMEOUT_SECONDS "
+                f"({self.routing_timeout_seconds:g}): a lease shorter than the longest call"
+            )
+        if self.routing_timeout_seconds > RQ_JOB_TIMEOUT_SECONDS:
+            problems.append(
+                f"ROUTING_TIMEOUT_SECONDS ({self.routing_timeout_seconds:g}) must not exceed RQ's job timeout "
+                f"({RQ_JOB_TIMEOUT_SECONDS} s)"
+            )
+        if self.default_sla_ms / 1000.0 > RQ_JOB_TIMEOUT_SECONDS:
+            problems.append(
+                f"DEFAULT_SLA_MS ({self.default_sla_ms}) must not exceed RQ's job timeout ({RQ_JOB_TIMEOUT_SECONDS} s)"
+            )
+        if self.reconciler_grace_seconds <= self.max_clock_skew_seconds:
+            problems.append(
+                f"RECONCILER_GRACE_SECONDS ({self.reconciler_grace_seconds:g}) must exceed MAX_CLOCK_SKEW_SECONDS "
+                f"({self.max_clock_skew_seconds:g})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

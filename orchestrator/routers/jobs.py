@@ -169,8 +169,7 @@ def to_public(job: Job, trail: list[Audit], reader: Principal) -> JobPublic:
             error_kind=(row.details or {}).get("error_kind"),
             hedge=bool((row.details or {}).get("hedge")),
         )
-        for row in trail
-        if row.event == "attempt"
+        for row in audit.attempt_rows(trail)  # a call started but never ended shows as "started"
     ]
     total_ms = (job.finished_at - job.created_at).total_seconds() * 1000 if job.finished_at else None
     return JobPublic(

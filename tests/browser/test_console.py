@@ -123,6 +123,7 @@ def test_a_submitted_case_is_followed_to_completed_and_its_timeline_opens(consol
         "submitted",
         "claimed",
         "routed",
+        "call_started",
         "attempt",
         "completed",
     ]

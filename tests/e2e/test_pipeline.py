@@ -42,10 +42,10 @@ def test_a_submitted_case_is_screened_and_audited(stack, pg_url):
     assert routing["chosen"] == done["target"] and len(routing["candidates"]) == 2
     assert all(c["reason"].startswith(c["target"] + ":") for c in routing["candidates"])
     events = trail(pg_url, accepted["job_id"])
-    assert [e.event for e in events] == ["submitted", "claimed", "routed", "attempt", "completed"]
+    assert [e.event for e in events] == ["submitted", "claimed", "routed", "call_started", "attempt", "completed"]
     assert events[0].actor == "anonymous" and events[-1].target == done["target"]
     timeline = [e["event"] for e in api.http.get(f"/api/jobs/{accepted['job_id']}/events").json()]
-    assert timeline == ["submitted", "claimed", "routed", "attempt", "completed"]
+    assert timeline == ["submitted", "claimed", "routed", "call_started", "attempt", "completed"]
     assert [datetime.fromisoformat(done[k]) for k in ("created_at", "started_at", "finished_at")] == sorted(
         datetime.fromisoformat(done[k]) for k in ("created_at", "started_at", "finished_at")
     )

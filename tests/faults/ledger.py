@@ -33,11 +33,13 @@ class Outcome:
     duplicates: int
     unaudited: int
     """Terminal in the jobs table without a terminal audit row (must be 0 too)."""
+    max_calls: int = 0
+    """Most model calls any accepted job made (its ``call_started`` audit rows), across claims."""
 
     def line(self) -> str:
         return (
             f"{self.name}: accepted={self.accepted} terminal={self.terminal} lost={self.lost} "
-            f"duplicates={self.duplicates}"
+            f"duplicates={self.duplicates} max_calls_per_job={self.max_calls}"
         )
 
     @property
@@ -105,7 +107,21 @@ class Ledger:
         finals = self.event_counts("completed") + self.event_counts("failed")
         duplicates = sum(1 for i in accepted if finals.get(i, 0) > 1)
         unaudited = sum(1 for i in terminal if finals.get(i, 0) == 0)
-        return Outcome(name, len(accepted), len(terminal), len(accepted) - len(terminal), duplicates, unaudited)
+        calls = self.event_counts("call_started")
+        max_calls = max((calls.get(i, 0) for i in accepted), default=0)
+        lost = len(accepted) - len(terminal)
+        return Outcome(name, len(accepted), len(terminal), lost, duplicates, unaudited, max_calls)
+
+    def calls_by_target(self, ids: Iterable[str]) -> Counter:
+        """``call_started`` rows of these jobs per target: the calls the audit says were made."""
+        wanted = [uuid.UUID(i) for i in ids]
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(Audit.target, func.count())
+                .where(Audit.event == "call_started", Audit.job_id.in_(wanted))
+                .group_by(Audit.target)
+            )
+            return Counter({target: count for target, count in rows})
 
 
 @dataclass

@@ -24,7 +24,12 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.postgres, pytest.
 REQUEST_BOUND_S = 8.0
 """Slowest acceptable answer while Postgres is down (s): DB_CONNECT_TIMEOUT_SECONDS is 3."""
 DOWN_FOR_S = 4.0
-KNOBS = {"RECONCILER_INTERVAL_SECONDS": "1", "RECONCILER_GRACE_SECONDS": "2", "JOB_LEASE_SECONDS": "5"}
+KNOBS = {
+    "RECONCILER_INTERVAL_SECONDS": "1",
+    "RECONCILER_GRACE_SECONDS": "2",
+    "JOB_LEASE_SECONDS": "5",
+    "ROUTING_TIMEOUT_SECONDS": "5",  # a lease never shorter than the longest call
+}
 
 
 @pytest.fixture

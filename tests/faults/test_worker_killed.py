@@ -88,7 +88,13 @@ def test_sigkill_the_work_horse_of_a_stock_rq_worker(stack, ledger, report):
     """Plain RQ moves a killed work-horse's job to its failed registry and forgets it; the lease
     and the reconciler bring it back. Faster knobs: this test is about the RQ path, not timing."""
     stack.model_server("gpu", tier="gpu", latency_ms=3000, jitter=0, fail_rate=0, capacity=64)
-    knobs = {"JOB_LEASE_SECONDS": "3", "RECONCILER_INTERVAL_SECONDS": "1", "RECONCILER_GRACE_SECONDS": "1"}
+    knobs = {
+        "JOB_LEASE_SECONDS": "4",
+        "ROUTING_TIMEOUT_SECONDS": "4",  # a lease never shorter than the longest call
+        "RECONCILER_INTERVAL_SECONDS": "1",
+        "RECONCILER_GRACE_SECONDS": "1",
+        "MAX_CLOCK_SKEW_SECONDS": "0.5",  # one host: the grace only has to exceed this
+    }
     api = stack.api(**knobs)
     parent = stack.worker(kind="rq", name="rq-victim", **knobs)
     job = api.submit(observations="babbles", sla_ms=120_000)

@@ -70,10 +70,27 @@ def test_leases_are_renewed_only_for_the_owning_worker(pg_engine):
     with Session(pg_engine) as session:
         jobs.claim(session, mine, worker_id="me", now=now, lease_seconds=5)
         jobs.claim(session, theirs, worker_id="them", now=now, lease_seconds=5)
-        until = now + timedelta(seconds=60)
-        assert jobs.renew_leases(session, [mine, theirs], worker_id="me", until=until) == 1
-        assert session.get(Job, mine).lease_expires_at == until
-        assert session.get(Job, theirs).lease_expires_at == now + timedelta(seconds=5)
+        theirs_before = session.get(Job, theirs).lease_expires_at
+        assert jobs.renew_leases(session, [mine, theirs], worker_id="me", lease_seconds=60) == 1
+        db_now = jobs.database_now(session)
+        session.expire_all()
+        assert timedelta(seconds=59) < session.get(Job, mine).lease_expires_at - db_now <= timedelta(seconds=60)
+        assert session.get(Job, theirs).lease_expires_at == theirs_before
+
+
+def test_leases_run_on_the_database_clock_whatever_the_workers_clock_says(pg_engine):
+    """A worker whose clock is an hour off (either way) still gets a lease of lease_seconds from
+    the database's now, so the reconciler (on the same clock) never sees it expired early."""
+    early, late = submit(pg_engine), submit(pg_engine)
+    with Session(pg_engine) as session:
+        skew = timedelta(hours=1)
+        jobs.claim(session, early, worker_id="slow-clock", now=datetime.now(UTC) - skew, lease_seconds=15)
+        jobs.claim(session, late, worker_id="fast-clock", now=datetime.now(UTC) + skew, lease_seconds=15)
+        db_now = jobs.database_now(session)
+        session.expire_all()
+        for job_id in (early, late):
+            left = session.get(Job, job_id).lease_expires_at - db_now
+            assert timedelta(seconds=14) < left <= timedelta(seconds=15), left
 
 
 def test_idempotency_keys_survive_a_race(pg_engine):

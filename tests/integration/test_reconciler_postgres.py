@@ -50,15 +50,15 @@ def events(sessions, event: str) -> dict[uuid.UUID, int]:
 def test_concurrent_passes_recover_each_expired_job_exactly_once(sessions, queue):
     settings = load_settings()
     ids = submit_many(sessions, 40)
-    claimed_at = datetime.now(UTC) - timedelta(minutes=5)
     with sessions() as session:
         for job_id in ids:
-            jobs.claim(session, job_id, worker_id="dead", now=claimed_at, lease_seconds=15)
+            jobs.claim(session, job_id, worker_id="dead", now=datetime.now(UTC), lease_seconds=15)
     reports, start = [], threading.Barrier(4)
+    later = datetime.now(UTC) + timedelta(minutes=5)  # leases run on the database's clock: move the pass
 
     def one_pass():
         start.wait()
-        reports.append(reconcile_once(sessions, queue, now=datetime.now(UTC), settings=settings, confirm_seconds=0))
+        reports.append(reconcile_once(sessions, queue, now=later, settings=settings, confirm_seconds=0))
 
     threads = [threading.Thread(target=one_pass) for _ in range(4)]
     for thread in threads:
@@ -91,8 +91,9 @@ def test_abandoning_on_postgres_writes_one_terminal_row(sessions, queue):
     settings = load_settings().model_copy(update={"job_max_claims": 1})
     (job_id,) = submit_many(sessions, 1)
     with sessions() as session:
-        jobs.claim(session, job_id, worker_id="dead", now=datetime.now(UTC) - timedelta(minutes=5), lease_seconds=15)
-    report = reconcile_once(sessions, queue, now=datetime.now(UTC), settings=settings, confirm_seconds=0)
+        jobs.claim(session, job_id, worker_id="dead", now=datetime.now(UTC), lease_seconds=15)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    report = reconcile_once(sessions, queue, now=later, settings=settings, confirm_seconds=0)
     assert report.abandoned == [str(job_id)]
     with sessions() as session:
         job = session.get(Job, job_id)

@@ -190,7 +190,7 @@ def test_a_renewed_lease_is_left_alone(sessions, queue, settings):
     start = datetime.now(UTC)
     claim(sessions, job_id, start)
     with sessions() as session:
-        jobs.renew_leases(session, [job_id], worker_id="w1", until=start + timedelta(seconds=60))
+        jobs.renew_leases(session, [job_id], worker_id="w1", lease_seconds=60)
     assert run(sessions, queue, settings, start + timedelta(seconds=LEASE_S + GRACE_S + 1)).total == 0
     assert load(sessions, job_id)[0].status == "running"
 
@@ -300,3 +300,66 @@ def test_the_cli_names_a_bad_variable(monkeypatch):
     monkeypatch.setenv("RECONCILER_INTERVAL_SECONDS", "soon")
     result = CliRunner().invoke(reconciler_module.main, ["--once"])
     assert result.exit_code == 2 and "RECONCILER_INTERVAL_SECONDS" in result.output
+
+
+# --- issue 11: a job no worker can claim ends undeliverable instead of looping ---------------------------
+
+
+def test_a_job_requeued_too_often_without_a_claim_ends_undeliverable(sessions, queue, settings):
+    """Defect 1's loop: Redis keeps losing a job (its deliveries fail before any claim). It is
+    requeued JOB_MAX_REQUEUES times, then failed with the reason, counted, and never enqueued again."""
+    from orchestrator.metrics import JOBS_UNDELIVERABLE
+
+    limit = settings.job_max_requeues
+    job_id = submit(sessions)
+    before = JOBS_UNDELIVERABLE._value.get()
+    passes = []
+    for n in range(limit + 3):
+        queue.connection.delete(queue.key)  # the delivery was taken and lost, unclaimed
+        passes.append(run(sessions, queue, settings, later(60 * (n + 1))))
+    requeued = sum(len(p.requeued) for p in passes)
+    undeliverable = [j for p in passes for j in p.undeliverable]
+    job, events = load(sessions, job_id)
+    assert requeued == limit and undeliverable == [str(job_id)]
+    assert job.status == "failed" and job.error_kind == "undeliverable" and f"requeued {limit} times" in job.error
+    assert events.count("requeued") == limit and events[-1] == "failed"
+    assert JOBS_UNDELIVERABLE._value.get() == before + 1
+    assert waiting(queue) == []
+
+
+def test_a_claim_resets_the_requeue_count(sessions, queue, settings):
+    """Requeues are counted since the last claim: a job recovered after running is not charged
+    for the deliveries before its claim."""
+    limit = settings.job_max_requeues
+    job_id = submit(sessions)
+    for n in range(limit - 1):
+        queue.connection.delete(queue.key)
+        run(sessions, queue, settings, later(60 * (n + 1)))
+    claim(sessions, job_id, later(60 * limit))
+    with sessions() as session:  # the worker died: its lease lapses and the job is recovered
+        session.get(Job, job_id).lease_expires_at = later(60 * limit)
+        session.commit()
+    report = run(sessions, queue, settings, later(60 * limit + LEASE_S + GRACE_S + 60))
+    assert report.recovered == [str(job_id)]
+    queue.connection.delete(queue.key)
+    report = run(sessions, queue, settings, later(60 * limit + 600))
+    assert report.requeued == [str(job_id)] and report.undeliverable == []
+
+
+def test_the_pass_judges_leases_on_the_database_clock_by_default(sessions, queue, settings, monkeypatch):
+    """No ``now``: the pass reads the database's clock (jobs.database_now), never the caller's."""
+    read = []
+    real = reconciler_module.database_now
+    monkeypatch.setattr(reconciler_module, "database_now", lambda session: read.append(1) or real(session))
+    reconcile_once(sessions, queue, settings=settings, confirm_seconds=0)
+    assert read == [1]
+
+
+def test_long_actor_names_fit_and_stay_distinct():
+    from orchestrator.audit import ACTOR_MAX_CHARS, fit_actor
+
+    pod = "pedi-orchestrator-worker-7c9f8d6b5-" + "x" * 28  # 63 characters, a Helm release's pod
+    one, two = fit_actor(f"{pod}:1234:abcdef"), fit_actor(f"{pod}:1234:abcdeg")
+    assert len(one) == len(two) == ACTOR_MAX_CHARS == 64 and one != two
+    assert fit_actor(one) == one and fit_actor("short") == "short"
+    assert reconciler_module.actor_name("w" * 80) != reconciler_module.actor_name("w" * 81)

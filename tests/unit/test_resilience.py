@@ -26,7 +26,7 @@ from modelreasoner.runtime import Runtime
 from modelreasoner.worker import execute
 from orchestrator import jobs
 from orchestrator.db import make_engine, make_session_factory, ping
-from orchestrator.errors import DatabaseUnavailable
+from orchestrator.errors import DatabaseUnavailable, ModelCallError
 from orchestrator.models import Audit, Job
 from orchestrator.queue_rq import make_redis
 from orchestrator.routing import InMemoryStatsStore, RedisStatsStore, Router, Target
@@ -42,9 +42,13 @@ EDGE = Target("edge", "edge", url="http://edge", cost_per_call_usd=0.0002, prior
 @dataclass
 class CountingClient:
     calls: list[str] = field(default_factory=list)
+    fail: set[str] = field(default_factory=set)
+    """Targets that answer HTTP 500."""
 
     def call(self, target: Target, job: CallInput, timeout_s: float) -> CallResult:
         self.calls.append(target.name)
+        if target.name in self.fail:
+            raise ModelCallError("http_5xx", "HTTP 500")
         return CallResult(result=ANSWER, latency_ms=5.0, cost_usd=0.0)
 
 
@@ -53,7 +57,7 @@ def dead_redis() -> redis.Redis:
     return redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
 
 
-def runtime(engine, store, client, **settings) -> Runtime:
+def runtime(engine, store, client, targets=(EDGE,), **settings) -> Runtime:
     sessions = make_session_factory(engine)
     return Runtime(
         settings=load_settings().model_copy(update=settings),
@@ -65,7 +69,7 @@ def runtime(engine, store, client, **settings) -> Runtime:
         http=httpx.Client(),
         leases=LeaseKeeper(sessions, worker_id="w-test", lease_seconds=15),
         worker_id="w-test",
-        static_targets=[EDGE],
+        static_targets=list(targets),
     )
 
 
@@ -119,7 +123,7 @@ def test_a_job_completes_while_redis_is_down(sqlite_engine):
     summary = execute(runtime(sqlite_engine, ResilientStatsStore(RedisStatsStore(dead_redis())), client), job_id)
     job, events = load(sqlite_engine, job_id)
     assert summary["status"] == "completed" and job.status == "completed" and client.calls == ["edge"]
-    assert events == ["submitted", "claimed", "routed", "attempt", "completed"]
+    assert events == ["submitted", "claimed", "routed", "call_started", "attempt", "completed"]
 
 
 # --- database drops in the worker -------------------------------------------------------------------
@@ -129,34 +133,41 @@ def connection_dropped() -> OperationalError:
     return OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
 
 
-def test_a_database_blip_mid_job_is_retried_and_the_job_completes(sqlite_engine, monkeypatch):
-    real_run, runs = dispatch.execute_plan, []
+def flaky_audit(monkeypatch, event: str, failures: int, error=connection_dropped) -> list[int]:
+    """The next ``failures`` audit INSERTs of ``event`` rows fail as if Postgres dropped."""
+    real_record, tries = dispatch.audit.record, []
 
-    def flaky_run(rt, job, planned):
-        runs.append(1)
-        if len(runs) == 1:
-            raise DatabaseUnavailable()
-        return real_run(rt, job, planned)
+    def record(session, job_id, name, *args, **kwargs):
+        if name == event:
+            tries.append(1)
+            if len(tries) <= failures:
+                raise error()
+        return real_record(session, job_id, name, *args, **kwargs)
 
-    monkeypatch.setattr(dispatch, "execute_plan", flaky_run)
+    monkeypatch.setattr(dispatch.audit, "record", record)
+    return tries
+
+
+def test_a_database_blip_mid_job_retries_the_write_and_never_the_model_call(sqlite_engine, monkeypatch):
+    """Issue 11, defect 4: the retry wraps the failed attempt's audit write, not the calls."""
+    client = CountingClient(fail={"edge"})
+    tries = flaky_audit(monkeypatch, "attempt", failures=2)
     job_id = submit(sqlite_engine)
-    execute(runtime(sqlite_engine, InMemoryStatsStore(), CountingClient(), db_retry_attempts=3), job_id)
+    gpu = Target("gpu", "gpu", url="http://gpu", cost_per_call_usd=0.004, prior_latency_ms=400)
+    execute(runtime(sqlite_engine, InMemoryStatsStore(), client, (EDGE, gpu), db_retry_attempts=3), job_id)
     job, events = load(sqlite_engine, job_id)
-    assert len(runs) == 2 and job.status == "completed" and events.count("completed") == 1
+    assert client.calls == ["edge", "gpu"], "each target called once: the blip repeated no call"
+    assert len(tries) >= 3 and job.status == "completed" and events.count("completed") == 1
+    assert events.count("call_started") == 2 and events.count("attempt") == 2
 
 
 def test_after_the_last_attempt_the_job_fails_with_the_reason(sqlite_engine, monkeypatch):
-    runs = []
-
-    def always_down(rt, job, planned):
-        runs.append(1)
-        raise connection_dropped()
-
-    monkeypatch.setattr(dispatch, "execute_plan", always_down)
+    client = CountingClient()
+    tries = flaky_audit(monkeypatch, "call_started", failures=99, error=DatabaseUnavailable)
     job_id = submit(sqlite_engine)
-    execute(runtime(sqlite_engine, InMemoryStatsStore(), CountingClient(), db_retry_attempts=2), job_id)
+    execute(runtime(sqlite_engine, InMemoryStatsStore(), client, db_retry_attempts=2), job_id)
     job, events = load(sqlite_engine, job_id)
-    assert len(runs) == 2
+    assert len(tries) == 2 and client.calls == [], "no call without its call_started row"
     assert job.status == "failed" and job.error_kind == "database_unavailable"
     assert job.error == "the database was unreachable on 2 attempts"
     assert events[-1] == "failed"

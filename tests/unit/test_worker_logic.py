@@ -94,8 +94,9 @@ def test_a_job_completes_on_the_first_choice_with_a_full_trail(sqlite_engine, fa
     assert job.status == "completed" and job.result == ANSWER and job.target == "edge"
     assert job.sla_met is True and job.attempts == 1 and job.cost_usd == pytest.approx(0.0002)
     assert job.decision["chosen"] == "edge" and job.lease_expires_at is None
-    assert [a.event for a in trail] == ["submitted", "claimed", "routed", "attempt", "completed"]
-    assert trail[3].target == "edge" and trail[3].outcome == "ok" and trail[3].actor == "w-test"
+    assert [a.event for a in trail] == ["submitted", "claimed", "routed", "call_started", "attempt", "completed"]
+    assert trail[3].target == "edge" and trail[3].details == {"claim": 1, "call": 1, "hedge": False}
+    assert trail[4].target == "edge" and trail[4].outcome == "ok" and trail[4].actor == "w-test"
 
 
 def test_a_failing_target_fails_over_to_the_next_candidate(sqlite_engine, fake_redis):
@@ -152,12 +153,33 @@ def test_no_configured_target_fails_the_job_with_that_reason(sqlite_engine, fake
     assert job.status == "failed" and job.error_kind == "no_targets"
 
 
-def test_an_unexpected_crash_still_ends_the_job_failed(sqlite_engine, fake_redis):
-    client = ScriptedClient({"edge": [ZeroDivisionError("bug")]})
+def test_any_exception_from_a_client_is_a_failed_attempt_that_fails_over(sqlite_engine, fake_redis):
+    """Issue 11, defect 2: whatever class a client throws, the call is a failed attempt (audited,
+    fed to the stats) and the next target is tried; the job is not crashed."""
+    client = ScriptedClient({"edge": [ZeroDivisionError("bug"), RecursionError("deep"), TypeError("list")]})
+    runtime = make_runtime(sqlite_engine, fake_redis, client)
+    for _ in range(3):
+        job_id = submit(sqlite_engine)
+        execute(runtime, job_id)
+        job, trail = load(sqlite_engine, job_id)
+        assert job.status == "completed" and job.target == "gpu", job.error
+        assert [(a.target, a.outcome) for a in trail if a.event == "attempt"][0][0] == "edge"
+    edge = runtime.router.store.snapshot(["edge"], time.time())["edge"]
+    assert edge.consecutive_failures == 3
+
+
+def test_an_unexpected_crash_still_ends_the_job_failed_naming_the_step(sqlite_engine, fake_redis, monkeypatch):
+    from modelreasoner import dispatch
+
+    def crash(*_args):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(dispatch, "execute_plan", crash)
     job_id = submit(sqlite_engine)
-    execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    execute(make_runtime(sqlite_engine, fake_redis, ScriptedClient()), job_id)
     job, _ = load(sqlite_engine, job_id)
-    assert job.status == "failed" and job.error_kind == "internal_error" and "ZeroDivisionError" in job.error
+    assert job.status == "failed" and job.error_kind == "internal_error"
+    assert job.error == "call failed: ZeroDivisionError"
 
 
 def test_the_call_timeout_is_the_configured_one_or_the_time_left_whichever_is_smaller(sqlite_engine, fake_redis):
@@ -261,7 +283,16 @@ def test_attempt_rows_come_before_the_terminal_row_in_the_timeline(sqlite_engine
     execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
     with Session(sqlite_engine) as session:
         by_time = [a.event for a in session.scalars(select(Audit).where(Audit.job_id == job_id).order_by(Audit.at))]
-    assert by_time == ["submitted", "claimed", "routed", "attempt", "attempt", "completed"]
+    assert by_time == [
+        "submitted",
+        "claimed",
+        "routed",
+        "call_started",
+        "attempt",
+        "call_started",
+        "attempt",
+        "completed",
+    ]
 
 
 def test_a_task_with_no_runner_target_fails_saying_so(sqlite_engine, fake_redis):
@@ -273,3 +304,57 @@ def test_a_task_with_no_runner_target_fails_saying_so(sqlite_engine, fake_redis)
     execute(make_runtime(sqlite_engine, fake_redis, ScriptedClient()), job_id)
     job, _ = load(sqlite_engine, job_id)
     assert job.status == "failed" and job.error_kind == "no_targets" and "runner-contract" in job.error
+
+
+def test_a_call_whose_answer_was_lost_shows_as_started(sqlite_engine, fake_redis, monkeypatch):
+    """Issue 11, defect 10: the worker dies after the model answered, before any write. The
+    call's ``call_started`` row, committed before the request left, is all that remains; the
+    status view lists it as ``started``. The rerun's call is listed with its outcome."""
+    from modelreasoner import dispatch
+    from orchestrator.audit import attempt_rows
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: nothing after it runs."""
+
+    def killed_after_the_call(rt, job, attempt, number):
+        raise Killed()
+
+    client = ScriptedClient({"edge": [ModelCallError("http_5xx", "HTTP 500")]})
+    runtime = make_runtime(sqlite_engine, fake_redis, client)
+    job_id = submit(sqlite_engine)
+    monkeypatch.setattr(dispatch, "_record_failover", killed_after_the_call)
+    with pytest.raises(Killed):
+        execute(runtime, job_id)
+    monkeypatch.undo()
+    with Session(sqlite_engine) as session:  # the lease lapsed; the reconciler put it back
+        job = session.get(Job, job_id)
+        job.status, job.worker_id, job.lease_expires_at = "queued", None, None
+        session.commit()
+    execute(runtime, job_id)
+    _, trail = load(sqlite_engine, job_id)
+    calls = [(row.target, row.outcome, row.details["claim"]) for row in attempt_rows(trail)]
+    assert calls == [("edge", "started", 1), ("edge", "ok", 2)]
+    assert [name for name, _ in client.calls] == ["edge", "edge"]
+
+
+def test_a_hedge_whose_start_cannot_be_recorded_is_not_sent(sqlite_engine, fake_redis, monkeypatch):
+    """No call without its ``call_started`` row: when the hedge's row cannot be written, the job
+    waits for its first call instead of sending an unrecorded backup."""
+    from modelreasoner import dispatch
+    from orchestrator.errors import DatabaseUnavailable
+
+    real = dispatch.CallLog.__call__
+
+    def no_row_for_hedges(self, target, hedge):
+        if hedge:
+            raise DatabaseUnavailable()
+        return real(self, target, hedge)
+
+    monkeypatch.setattr(dispatch.CallLog, "__call__", no_row_for_hedges)
+    client = ScriptedClient(delays={"edge": 0.6})
+    job_id = submit(sqlite_engine, sla_ms=800)
+    execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5), job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert [name for name, _ in client.calls] == ["edge"]
+    assert job.status == "completed" and job.target == "edge"
+    assert [a.target for a in trail if a.event == "call_started"] == ["edge"]
