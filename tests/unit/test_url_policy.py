@@ -115,7 +115,8 @@ def test_a_name_that_turns_bad_is_refused_before_the_call_and_nothing_is_sent():
         sent.append(str(request.url))
         return httpx.Response(200, json=INFER_ANSWER)
 
-    client = ModelClient(httpx.Client(transport=httpx.MockTransport(handler)), policy(table, clock=lambda: now[0]))
+    transport = httpx.Client(transport=httpx.MockTransport(handler))
+    client = ModelClient(transport, url_policy=policy(table, clock=lambda: now[0]))
     target = Target(name="gpu-x", tier="gpu", url="http://gpu.example.org:8001", cost_per_call_usd=0.0)
     job = CallInput(job_id="j", sla_ms=1000, observations="x")
     assert client.call(target, job, 1.0).result["risk_level"] == "low"
