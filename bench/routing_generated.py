@@ -166,8 +166,7 @@ def render(results: dict[int, dict[str, list[Run]]], seeds: Sequence[int], worst
     policies = [p for p in POLICIES if all(p in r for r in results.values())]
     equal = [v.cost_ratio for v in vs if v.ours >= v.oracle - 0.005]
     lines = [
-        f"Scenarios: {len(vs)} ({min(results)}..{max(results)}); seeds {', '.join(map(str, seeds))}; "
-        "means over seeds.",
+        f"Scenarios: {len(vs)} ({min(results)}..{max(results)}); seeds {', '.join(map(str, seeds))}; means over seeds.",
         "",
         f"* **Ours >= best baseline - 0.05 pp: {kept} of {len(vs)} scenarios ({kept / max(len(vs), 1):.1%}).**",
         f"* Ours' cost per on-time job / the oracle's, all scenarios: {_quantiles([v.cost_ratio for v in vs])}",
@@ -177,7 +176,9 @@ def render(results: dict[int, dict[str, list[Run]]], seeds: Sequence[int], worst
         "",
         "### Per policy and SLA class (jobs pooled over scenarios and seeds)",
         "",
-        "| policy | all % | " + " | ".join(f"{c[0]} %" for c in CLASSES) + " | $ per 1k on-time | scenarios it is the best baseline |",
+        "| policy | all % | "
+        + " | ".join(f"{c[0]} %" for c in CLASSES)
+        + " | $ per 1k on-time | scenarios it is the best baseline |",
         "|---|---|" + "---|" * len(CLASSES) + "---|---|",
     ]
     for p in policies:
@@ -196,7 +197,8 @@ def render(results: dict[int, dict[str, list[Run]]], seeds: Sequence[int], worst
         "Rerun one: `python -m bench.routing_generated --only INDEX --seeds "
         f"{len(seeds)}`{' --held-out' if min(seeds) >= HELD_OUT_FIRST_SEED else ''}.",
         "",
-        "| scenario | ours % | best baseline | its % | margin pp | oracle % | cost / oracle | targets | events | mix (SLA ms, share) |",
+        "| scenario | ours % | best baseline | its % | margin pp | oracle % | cost / oracle | targets | events "
+        "| mix (SLA ms, share) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in sorted(vs, key=lambda v: v.margin_pp)[:worst]:
@@ -219,7 +221,9 @@ def dump(results: dict[int, dict[str, list[Run]]]) -> dict:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--scenarios", type=click.IntRange(1, 100_000), default=200, show_default=True, help="How many.")
-@click.option("--first", type=click.IntRange(1), default=None, help="First scenario index (default 1, or the held-out start).")
+@click.option(
+    "--first", type=click.IntRange(1), default=None, help="First scenario index (default 1, or the held-out start)."
+)
 @click.option("--only", default="", help="Comma-separated scenario indices (instead of --scenarios/--first).")
 @click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True, help="Seeds per scenario.")
 @click.option("--held-out", is_flag=True, help="Draw from the held-out scenario and seed ranges.")

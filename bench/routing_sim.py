@@ -235,7 +235,11 @@ def parse_overrides(overrides: Sequence[str]) -> RoutingConfig:
             raise click.BadParameter(f"{item!r}: expected KNOB=VALUE with a RoutingConfig knob", param_hint="--set")
         kind = type(getattr(DEFAULT_CONFIG, name))
         try:
-            changes[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+            if kind is tuple:  # slo_objectives: "500:0.999,3000:0.99"
+                pairs = (p.split(":") for p in raw.split(",") if p)
+                changes[name] = tuple((float(a), float(b)) for a, b in pairs)
+            else:
+                changes[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         except ValueError:
             raise click.BadParameter(f"{item!r}: not a valid {kind.__name__}", param_hint="--set") from None
     return dataclasses.replace(DEFAULT_CONFIG, **changes)

@@ -17,6 +17,7 @@ from typing import Any
 from bench.sim_engine import CallOutcome, Plan, World
 from bench.sim_scenarios import FLEET, Job, SimTarget
 
+
 def _names(fleet: tuple[SimTarget, ...] | None) -> tuple[str, ...]:
     return tuple(t.name for t in (fleet or FLEET))
 

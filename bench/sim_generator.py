@@ -21,10 +21,11 @@ The space (every range is uniform unless it says otherwise):
   after every 5-15 s up), cold start (down 2-5 s, then 3-10x slower fading out over 5-15 s),
   gray failure (2-5x slower and 2-10% errors for 15-30 s), error burst (30-90% errors for 3-10
   s), correlated degradation (2-3 targets 1.5-4x slower with 0-10% errors at once, 10-25 s).
-* **Load**: Poisson, 15-40 jobs/s; in 30% of scenarios a ramp of one SLA class to 1.1-1.5x the
-  fleet's total throughput over 5-10 s, held 5-15 s.
-* **SLA mix**: 2-3 classes of tight (200-500 ms), medium (1-3 s) and loose (5-15 s), with
-  random shares (each at least 10%). No budgets (the public ``cost_pressure`` scenario has them).
+* **Load**: Poisson, 15-40 jobs/s; in 30% of scenarios a ramp of one SLA class to 1.05-1.3x the
+  fleet's total throughput over 5-10 s, held 3-10 s.
+* **SLA mix**: 2-3 classes of tight (200-500 ms, and at least 3x the fastest target's median),
+  medium (1-3 s) and loose (5-15 s), with random shares (each at least 10% before
+  normalising). No budgets (the public ``cost_pressure`` scenario has them).
 * **What the router is told** (catalogue): the true price; the prior latency right (within
   0.8-1.25x, 50%), wrong (0.25-4x, log-uniform, 30%) or unknown (the 200 ms default, 20%);
   the slot count right (70%) or half / double the truth (30%).
@@ -138,7 +139,14 @@ class GenScenario:
         for t in self.fleet:
             prior = {} if t.told_prior_ms is None else {"prior_latency_ms": t.told_prior_ms}
             out.append(
-                Target(t.name, t.tier, url=f"sim://{t.name}", cost_per_call_usd=t.cost_usd, capacity=t.told_capacity, **prior)
+                Target(
+                    t.name,
+                    t.tier,
+                    url=f"sim://{t.name}",
+                    cost_per_call_usd=t.cost_usd,
+                    capacity=t.told_capacity,
+                    **prior,
+                )
             )
         return out
 
@@ -204,12 +212,15 @@ def _scaled(rng: random.Random, fleet: list[GenTarget], rate: float) -> tuple[Ge
     return tuple(out)
 
 
-def _mix(rng: random.Random) -> tuple[SlaClass, ...]:
+def _mix(rng: random.Random, fastest_ms: float) -> tuple[SlaClass, ...]:
+    """2-3 classes; a tight SLA is at least 3x the fastest target's median (else no router can
+    meet it and the class only measures the fleet)."""
     kinds = rng.sample([(200.0, 500.0), (1000.0, 3000.0), (5000.0, 15000.0)], rng.choice((2, 3)))
     weights = [rng.uniform(0.1, 1.0) for _ in kinds]
     total = sum(weights)
     return tuple(
-        SlaClass(float(round(rng.uniform(lo, hi), -1)), w / total) for (lo, hi), w in sorted(zip(kinds, weights))
+        SlaClass(float(round(max(rng.uniform(lo, hi), 3.0 * fastest_ms), -1)), w / total)
+        for (lo, hi), w in sorted(zip(kinds, weights, strict=True))
     )
 
 
@@ -252,17 +263,17 @@ def draw_scenario(index: int) -> GenScenario:
     raw = [_target(rng, f"{tier}-{i}", tier) for i, tier in enumerate(tiers)]
     rate = rng.uniform(15.0, 40.0)
     fleet = _scaled(rng, raw, rate)
-    mix = _mix(rng)
+    mix = _mix(rng, min(t.median_ms for t in fleet))
     names = [t.name for t in fleet]
     kinds = [rng.choice(EVENT_KINDS) for _ in range(rng.randint(0, 3))]
     effects = tuple(e for kind in kinds for e in _event(rng, kind, names))
     surge = None
     if rng.random() < 0.3:
         throughput = sum(t.capacity / t.mean_service_s() for t in fleet)
-        extra = min(max(rng.uniform(1.1, 1.5) * throughput - rate, 5.0), MAX_RATE - rate)
+        extra = min(max(rng.uniform(1.05, 1.3) * throughput - rate, 5.0), MAX_RATE - rate)
         start = rng.uniform(15.0, 35.0)
         full = start + rng.uniform(5.0, 10.0)
-        surge = (start, full, full + rng.uniform(5.0, 15.0), extra, rng.choice(mix).sla_ms)
+        surge = (start, full, full + rng.uniform(3.0, 10.0), extra, rng.choice(mix).sla_ms)
         kinds.append("ramp")
     return GenScenario(index, fleet, mix, rate, effects, tuple(kinds), surge)
 

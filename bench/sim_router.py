@@ -83,5 +83,8 @@ class OurRouterPolicy:
             Outcome(target, outcome.ok, outcome.latency_ms, EPOCH + outcome.at, outcome.error_kind, outcome.cost_usd)
         )
 
+    def job_ended(self, job: Job, on_time: bool, at: float | None) -> None:
+        self.router.record_job(job.sla_ms, on_time, EPOCH + (at if at is not None else job.arrival))
+
     def hedge_allowed(self, job: Job, now: float) -> bool:
         return self.budget.try_acquire(EPOCH + now)

@@ -14,7 +14,8 @@ Types (frozen dataclasses, ``orchestrator.routing.types``)
                       ``reason``; ``.chosen``, ``.call_order``, ``.to_dict()``
     ``Outcome``       one call: target, ok, latency_ms, at (epoch s), error_kind, cost_usd
     ``TargetStats``   what was learned about a target; ``RoutingConfig`` the tunables
-                      (docs/routing.md explains every one); ``HedgeSpec`` a hedge to send
+                      (docs/routing.md explains every one); ``HedgeSpec`` a hedge to send;
+                      ``SloClassStats`` how one SLA class is doing (for its objective)
 
 Calls
     ``decide(request, targets, stats, now, config=DEFAULT_CONFIG, u=1.0) -> Decision``
@@ -25,7 +26,8 @@ Calls
     ``hedge_plan(decision, request, config) -> HedgeSpec | None``
         when (``delay_s`` after the decision) and where (``backup``) to send a backup call
     ``Router(store, config, rng)`` with ``.decide(request, targets, now)``,
-        ``.record(outcome)``, ``.call_started(target, now) -> call_id``, ``.call_ended(...)``,
+        ``.record(outcome)``, ``.record_job(sla_ms, on_time, at)`` (a finished job, for the
+        SLO objective of its class; optional), ``.call_started(target, now) -> call_id``, ``.call_ended(...)``,
         ``.record_telemetry(target, at=..., latency_ms=..., utilization=..., queue_depth=...,
         up=...)``, ``.stats(targets, now)``
     ``InMemoryStatsStore()`` / ``RedisStatsStore(redis_connection)``: the ``StatsStore``s
@@ -85,6 +87,7 @@ from orchestrator.routing.types import (
     Decision,
     Outcome,
     RouteRequest,
+    SloClassStats,
     Target,
     TargetStats,
 )
@@ -103,6 +106,7 @@ __all__ = [
     "RouteRequest",
     "Router",
     "RoutingConfig",
+    "SloClassStats",
     "StatsStore",
     "Target",
     "TargetStats",
