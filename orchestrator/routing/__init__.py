@@ -34,15 +34,19 @@ Calls
     ``HedgeBudget(max_share, window_s)`` / ``RedisHedgeBudget(redis_connection, ...)``:
         ``.note_call(now)`` for every call, ``.try_acquire(now)`` before every hedge
 
-Example: the production router in simulated time against two synthetic targets. The cheap edge
-box is fine until it turns slow at t=60 s; within a few calls the router moves the 300 ms jobs
-to the GPU, and the edge box wins them back after it recovers at t=120 s.
+Example: the production router in simulated time against two synthetic targets. The operator
+asks for 99% of the jobs up to 500 ms on time and lets the router save cost beyond that (the
+default objective, "deadline first", would keep them on the GPU until the edge box has proved
+nearly as likely to be on time). The cheap edge box is fine until it turns slow at t=60 s;
+within a few calls the router moves the 300 ms jobs to the GPU, and the edge box wins them back
+after it recovers at t=120 s.
 
 >>> import random
->>> from orchestrator.routing import InMemoryStatsStore, Outcome, RouteRequest, Router, Target
+>>> from orchestrator.routing import InMemoryStatsStore, Outcome, RouteRequest, Router, RoutingConfig, Target
 >>> targets = [Target("edge", "edge", cost_per_call_usd=0.0002, prior_latency_ms=80),
 ...            Target("gpu", "gpu", cost_per_call_usd=0.004, prior_latency_ms=60)]
->>> router = Router(InMemoryStatsStore(), rng=random.Random(7))
+>>> config = RoutingConfig(slo_objectives=((500, 0.99),))
+>>> router = Router(InMemoryStatsStore(), config, rng=random.Random(7))
 >>> def edge_latency(t):  # synthetic behaviour: slow between 60 s and 120 s
 ...     return 900.0 if 60 <= t < 120 else 70.0
 >>> chosen = []
@@ -64,7 +68,7 @@ answered by its predicted p95; the shared budget admits a hedge only while hedge
 >>> from orchestrator.routing import HedgeBudget, hedge_plan
 >>> job = RouteRequest(job_id="h", sla_ms=300, submitted_at=180.0)
 >>> decision = router.decide(job, targets, 180.0)
->>> plan = hedge_plan(decision, job)
+>>> plan = hedge_plan(decision, job, config)
 >>> decision.chosen.target, plan.backup, plan.delay_s < 0.3
 ('edge', 'gpu', True)
 >>> budget = HedgeBudget(max_share=0.1)
