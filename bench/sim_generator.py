@@ -16,13 +16,14 @@ The space (every range is uniform unless it says otherwise):
 * **Latency shape** per target: log-normal (50%); heavy-tailed (25%: a log-normal body with a
   2-10% Pareto tail, alpha 1.2-2.5, starting at 3x the median); bimodal (25%: 10-40% of calls in
   a slow mode 3-8x the fast one).
-* **Events** (0-3 per scenario): level shift (one target 2-6x slower, or 2-3x faster, from a
-  point on), slow drift (a target slows 2-5x over 15-30 s and stays slow), flapping (down 2-6 s
-  after every 5-15 s up), cold start (down 2-5 s, then 3-10x slower fading out over 5-15 s),
-  gray failure (2-5x slower and 2-10% errors for 15-30 s), error burst (30-90% errors for 3-10
-  s), correlated degradation (2-3 targets 1.5-4x slower with 0-10% errors at once, 10-25 s).
+* **Events** (0-3 per scenario, starting at 6-22 s): level shift (one target 2-6x slower, or
+  2-3x faster, from then on), slow drift (a target slows 2-5x over 8-15 s and stays slow),
+  flapping (down 1-4 s after every 3-8 s up), cold start (down 1-3 s, then 3-10x slower fading
+  out over 3-8 s), gray failure (2-5x slower and 2-10% errors for 8-15 s), error burst (30-90%
+  errors for 2-6 s), correlated degradation (2-3 targets 1.5-4x slower with 0-10% errors at
+  once, for 5-12 s).
 * **Load**: Poisson, 15-40 jobs/s; in 30% of scenarios a ramp of one SLA class to 1.05-1.3x the
-  fleet's total throughput over 5-10 s, held 3-10 s.
+  fleet's total throughput over 3-6 s (from 8-18 s), held 2-6 s.
 * **SLA mix**: 2-3 classes of tight (200-500 ms, and at least 3x the fastest target's median),
   medium (1-3 s) and loose (5-15 s), with random shares (each at least 10% before
   normalising). No budgets (the public ``cost_pressure`` scenario has them).
@@ -30,7 +31,8 @@ The space (every range is uniform unless it says otherwise):
   0.8-1.25x, 50%), wrong (0.25-4x, log-uniform, 30%) or unknown (the 200 ms default, 20%);
   the slot count right (70%) or half / double the truth (30%).
 
-Runs are 60 s, of which the first 10 s are not counted.
+Runs are 30 s, of which the first 5 s are not counted (short, so that 200 scenarios x 3 seeds x
+8 policies fit in minutes on a shared 2-core machine; the public scenarios run 200 s).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from bench.sim_engine import World
 from bench.sim_scenarios import Condition, Job, SimTarget, SlaClass, _arrivals, _surge_rate
 from orchestrator.routing import Target
 
-DURATION_S = 60.0
-WARMUP_S = 10.0
+DURATION_S = 30.0
+WARMUP_S = 5.0
 MAX_DELAY_FACTOR = 50.0
 """A latency draw is capped at 50x the target's median (the heavy tails need room)."""
 MAX_RATE = 100.0
@@ -225,34 +227,34 @@ def _mix(rng: random.Random, fastest_ms: float) -> tuple[SlaClass, ...]:
 
 
 def _event(rng: random.Random, kind: str, names: list[str]) -> list[GenEffect]:
-    start = rng.uniform(12.0, 45.0)
+    start = rng.uniform(6.0, 22.0)
     one = rng.choice(names)
     if kind == "shift":
         x = rng.uniform(2.0, 6.0) if rng.random() < 0.7 else 1.0 / rng.uniform(2.0, 3.0)
         return [GenEffect(one, start, DURATION_S, latency_x=x)]
     if kind == "drift":
-        return [GenEffect(one, start, start + rng.uniform(15.0, 30.0), latency_x=rng.uniform(2.0, 5.0), ramp="up")]
+        return [GenEffect(one, start, start + rng.uniform(8.0, 15.0), latency_x=rng.uniform(2.0, 5.0), ramp="up")]
     if kind == "flap":
         out, t = [], start
         while t < DURATION_S:
-            down = rng.uniform(2.0, 6.0)
+            down = rng.uniform(1.0, 4.0)
             out.append(GenEffect(one, t, min(t + down, DURATION_S), down=True))
-            t += down + rng.uniform(5.0, 15.0)
+            t += down + rng.uniform(3.0, 8.0)
         return out
     if kind == "cold":
-        down = rng.uniform(2.0, 5.0)
-        fade = rng.uniform(5.0, 15.0)
+        down = rng.uniform(1.0, 3.0)
+        fade = rng.uniform(3.0, 8.0)
         return [
             GenEffect(one, start, start + down, down=True),
             GenEffect(one, start + down, start + down + fade, latency_x=rng.uniform(3.0, 10.0), ramp="down"),
         ]
     if kind == "gray":
         x, err = rng.uniform(2.0, 5.0), rng.uniform(0.02, 0.1)
-        return [GenEffect(one, start, start + rng.uniform(15.0, 30.0), latency_x=x, error_rate=err)]
+        return [GenEffect(one, start, start + rng.uniform(8.0, 15.0), latency_x=x, error_rate=err)]
     if kind == "errors":
-        return [GenEffect(one, start, start + rng.uniform(3.0, 10.0), error_rate=rng.uniform(0.3, 0.9))]
+        return [GenEffect(one, start, start + rng.uniform(2.0, 6.0), error_rate=rng.uniform(0.3, 0.9))]
     hit = rng.sample(names, min(len(names), rng.choice((2, 3))))
-    end, x, err = start + rng.uniform(10.0, 25.0), rng.uniform(1.5, 4.0), rng.uniform(0.0, 0.1)
+    end, x, err = start + rng.uniform(5.0, 12.0), rng.uniform(1.5, 4.0), rng.uniform(0.0, 0.1)
     return [GenEffect(n, start, end, latency_x=x, error_rate=err) for n in hit]
 
 
@@ -271,9 +273,9 @@ def draw_scenario(index: int) -> GenScenario:
     if rng.random() < 0.3:
         throughput = sum(t.capacity / t.mean_service_s() for t in fleet)
         extra = min(max(rng.uniform(1.05, 1.3) * throughput - rate, 5.0), MAX_RATE - rate)
-        start = rng.uniform(15.0, 35.0)
-        full = start + rng.uniform(5.0, 10.0)
-        surge = (start, full, full + rng.uniform(3.0, 10.0), extra, rng.choice(mix).sla_ms)
+        start = rng.uniform(8.0, 18.0)
+        full = start + rng.uniform(3.0, 6.0)
+        surge = (start, full, full + rng.uniform(2.0, 6.0), extra, rng.choice(mix).sla_ms)
         kinds.append("ramp")
     return GenScenario(index, fleet, mix, rate, effects, tuple(kinds), surge)
 
