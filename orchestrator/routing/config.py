@@ -6,7 +6,7 @@ measured with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +144,15 @@ class RoutingConfig:
 
 
 DEFAULT_CONFIG = RoutingConfig()
+
+
+def parse_objectives(text: str) -> tuple[tuple[float, float], ...]:
+    """``"500:0.999,3000:0.99"`` -> ((500.0, 0.999), (3000.0, 0.99)): the ROUTING_SLO_OBJECTIVES format."""
+    pairs = (item.split(":") for item in text.split(",") if item.strip())
+    return tuple(sorted((float(bound), float(goal)) for bound, goal in pairs))
+
+
+def config_with_objectives(objectives: str, default_objective: float = 1.0) -> RoutingConfig:
+    """The default config with the operator's SLO objectives (ROUTING_SLO_OBJECTIVES,
+    ROUTING_SLO_DEFAULT_OBJECTIVE)."""
+    return replace(DEFAULT_CONFIG, slo_objectives=parse_objectives(objectives), slo_default_objective=default_objective)

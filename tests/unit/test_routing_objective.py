@@ -142,3 +142,20 @@ def test_a_timeout_cut_short_by_the_deadline_does_not_trip_the_breaker_but_a_lon
     for i in range(5):
         long = observe(long, Outcome("edge", False, 2000.0, NOW + i * 0.01, "timeout"))
     assert long.circuit is CircuitState.OPEN
+
+
+def test_the_operator_names_objectives_in_the_environment_and_a_malformed_value_is_refused(monkeypatch):
+    from orchestrator.errors import ConfigError
+    from orchestrator.routing.config import config_with_objectives
+    from orchestrator.settings import load_settings
+
+    monkeypatch.setenv("ROUTING_SLO_OBJECTIVES", "3000:0.99,500:0.999")
+    monkeypatch.setenv("ROUTING_SLO_DEFAULT_OBJECTIVE", "0.95")
+    settings = load_settings()
+    config = config_with_objectives(settings.routing_slo_objectives, settings.routing_slo_default_objective)
+    assert config.slo_objectives == ((500.0, 0.999), (3000.0, 0.99)) and config.slo_default_objective == 0.95
+    assert slo_class(config, 400) == ("le500ms", 0.999)
+    for bad in ("500=0.999", "500:1.5", "fast:0.9"):
+        monkeypatch.setenv("ROUTING_SLO_OBJECTIVES", bad)
+        with pytest.raises(ConfigError, match="ROUTING_SLO_OBJECTIVES"):
+            load_settings()
