@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from orchestrator.routing.config import RoutingConfig
 from orchestrator.routing.objective import Bar
-from orchestrator.routing.types import Candidate, RouteRequest
+from orchestrator.routing.types import RouteRequest
 
 PROBE_WHY = {
     "new": "little evidence yet",
@@ -24,34 +24,32 @@ PROBE_WHY = {
 
 
 def candidate_reason(
-    c: Candidate, request: RouteRequest, skip_reason: str, probe_kind: str, hints: dict, config: RoutingConfig
+    c: dict, request: RouteRequest, skip_reason: str, probe_kind: str, hints: dict, config: RoutingConfig
 ) -> str:
-    name = c.target
-    if not c.eligible:
+    """The reason of the candidate whose fields (``Candidate``'s, but the reason) are ``c``."""
+    name = c["target"]
+    if not c["eligible"]:
         return f"{name}: {skip_reason}; skipped"
-    likely = c.p_on_time >= c.on_time_needed
-    if likely and c.error_rate > config.max_error_rate:
-        head = (
-            f"{name}: error rate {c.error_rate:.0%} > {config.max_error_rate:.0%} allowed ({c.p_on_time:.2%} on time)"
-        )
+    p, needed, error = c["p_on_time"], c["on_time_needed"], c["error_rate"]
+    likely = p >= needed
+    if likely and error > config.max_error_rate:
+        head = f"{name}: error rate {error:.0%} > {config.max_error_rate:.0%} allowed ({p:.2%} on time)"
     else:
-        sign = ">=" if likely else "<"
-        head = f"{name}: {c.p_on_time:.2%} on time {sign} {c.on_time_needed:.2%} needed ({c.rule})"
-    fits = "<=" if c.predicted_p95_ms <= c.time_left_ms else ">"
+        head = f"{name}: {p:.2%} on time {'>=' if likely else '<'} {needed:.2%} needed ({c['rule']})"
+    p95, left = c["predicted_p95_ms"], c["time_left_ms"]
     text = (
-        f"{head}; p95 {c.predicted_p95_ms:.0f} ms {fits} {c.time_left_ms:.0f} ms left of the "
-        f"{request.sla_ms:.0f} ms SLA"
+        f"{head}; p95 {p95:.0f} ms {'<=' if p95 <= left else '>'} {left:.0f} ms left of the {request.sla_ms:.0f} ms SLA"
     )
-    if c.failover_counted:
+    if c["failover_counted"]:
         text += "; failover counted"
-    text += f"; ${c.cost_usd:.4f}/call"
-    if c.queue_wait_ms >= 1.0:
-        text += f"; ~{c.queue_wait_ms:.0f} ms queue ({c.in_flight} in flight)"
-    if not c.within_budget:
+    text += f"; ${c['cost_usd']:.4f}/call"
+    if c["queue_wait_ms"] >= 1.0:
+        text += f"; ~{c['queue_wait_ms']:.0f} ms queue ({c['in_flight']} in flight)"
+    if not c["within_budget"]:
         text += f"; over the ${request.budget_usd:.4f} budget"
     if hints.get("preferred") == name:
         text += "; preferred by the submitter"
-    if c.probe:
+    if c["probe"]:
         text += f"; probing ({PROBE_WHY[probe_kind]})"
     return text
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
 from orchestrator.routing.explain import candidate_reason, decision_reason
@@ -286,27 +286,26 @@ def _candidate(
     needed: Bar,
     config: RoutingConfig,
 ) -> Candidate:
-    candidate = Candidate(
-        target=view.target.name,
-        tier=view.target.tier,
-        rank=rank,
-        eligible=view.eligible,
-        meets_sla=view.meets,
-        within_budget=view.within_budget,
-        predicted_p50_ms=view.p50,
-        predicted_p95_ms=view.p95,
-        time_left_ms=time_left,
-        cost_usd=view.target.cost_per_call_usd,
-        error_rate=view.error_rate,
-        circuit=view.circuit.value,
-        in_flight=view.stats.in_flight,
-        probe=hints.get("probe") == view.target.name,
-        reason="",
-        p_on_time=view.p_on_time,
-        queue_wait_ms=view.wait,
-        on_time_needed=needed.needed,
-        rule=needed.rule,
-        failover_counted=view.failover,
-    )
-    why = candidate_reason(candidate, request, view.skip_reason, view.probe_kind, hints, config)
-    return replace(candidate, reason=why)
+    fields = {
+        "target": view.target.name,
+        "tier": view.target.tier,
+        "rank": rank,
+        "eligible": view.eligible,
+        "meets_sla": view.meets,
+        "within_budget": view.within_budget,
+        "predicted_p50_ms": view.p50,
+        "predicted_p95_ms": view.p95,
+        "time_left_ms": time_left,
+        "cost_usd": view.target.cost_per_call_usd,
+        "error_rate": view.error_rate,
+        "circuit": view.circuit.value,
+        "in_flight": view.stats.in_flight,
+        "probe": hints.get("probe") == view.target.name,
+        "p_on_time": view.p_on_time,
+        "queue_wait_ms": view.wait,
+        "on_time_needed": needed.needed,
+        "rule": needed.rule,
+        "failover_counted": view.failover,
+    }
+    why = candidate_reason(fields, request, view.skip_reason, view.probe_kind, hints, config)
+    return Candidate(reason=why, **fields)
