@@ -19,7 +19,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +81,24 @@ def _task(args: tuple[int, int, str, RoutingConfig]) -> tuple[int, int, str, Run
     return index, seed, policy, run_one(draw_scenario(index), seed, policy, config)
 
 
-def run_all(
-    indices: Sequence[int], seeds: Sequence[int], policies: Sequence[str], processes: int, config: RoutingConfig
+def _complete(
+    raw: dict[tuple[int, str, int], Run], indices: Sequence[int], seeds: Sequence[int], policies: Sequence[str]
 ) -> dict[int, dict[str, list[Run]]]:
-    """Runs by scenario index, then policy (one Run per seed, in seed order)."""
+    """The scenarios whose every (policy, seed) has run."""
+    done = [i for i in indices if all((i, p, s) in raw for p in policies for s in seeds)]
+    return {i: {p: [raw[(i, p, s)] for s in seeds] for p in policies} for i in done}
+
+
+def run_all(
+    indices: Sequence[int],
+    seeds: Sequence[int],
+    policies: Sequence[str],
+    processes: int,
+    config: RoutingConfig,
+    checkpoint: Callable[[dict[int, dict[str, list[Run]]]], None] | None = None,
+) -> dict[int, dict[str, list[Run]]]:
+    """Runs by scenario index, then policy (one Run per seed, in seed order). ``checkpoint``
+    gets the scenarios completed so far every 100 runs (a run cut short keeps them)."""
     tasks = [(i, s, p, config) for i in indices for s in seeds for p in policies]
     raw: dict[tuple[int, str, int], Run] = {}
     pool = multiprocessing.get_context("fork").Pool(processes) if processes > 1 else None
@@ -94,11 +108,13 @@ def run_all(
             raw[(index, policy, seed)] = run
             if done % 50 == 0 or done == len(tasks):
                 print(f"[{done}/{len(tasks)}] runs done", file=sys.stderr, flush=True)
+            if checkpoint is not None and done % 100 == 0:
+                checkpoint(_complete(raw, indices, seeds, policies))
     finally:
         if pool:
             pool.close()
             pool.join()
-    return {i: {p: [raw[(i, p, s)] for s in seeds] for p in policies} for i in indices}
+    return _complete(raw, indices, seeds, policies)
 
 
 def attainment(runs: list[Run]) -> float:
@@ -212,6 +228,18 @@ def render(results: dict[int, dict[str, list[Run]]], seeds: Sequence[int], worst
     return "\n".join(lines) + "\n"
 
 
+def load(path: Path) -> tuple[dict[int, dict[str, list[Run]]], list[int]]:
+    """The results and seeds of a ``--json`` file (complete or a checkpoint)."""
+    data = json.loads(path.read_text())
+    results = {
+        int(i): {
+            p: [Run(a, b, c, {k: tuple(v) for k, v in d.items()}) for a, b, c, d in runs] for p, runs in by.items()
+        }
+        for i, by in data["runs"].items()
+    }
+    return results, data["seeds"]
+
+
 def dump(results: dict[int, dict[str, list[Run]]]) -> dict:
     return {
         str(i): {p: [[r.on_time, r.jobs, r.cost_usd, r.by_class] for r in runs] for p, runs in by.items()}
@@ -233,6 +261,13 @@ def dump(results: dict[int, dict[str, list[Run]]]) -> dict:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown report.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Raw runs.")
 @click.option("--describe", is_flag=True, help="Print the scenarios' parameters as JSON and exit.")
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Render the report from a --json file (e.g. the checkpoint of a run cut short) instead of running.",
+)
 def main(
     scenarios: int,
     first: int | None,
@@ -245,6 +280,7 @@ def main(
     out: Path | None,
     json_out: Path | None,
     describe: bool,
+    from_json: Path | None,
 ) -> None:
     """Run every policy on generated scenarios and report how ours compares."""
     config = parse_overrides(overrides)
@@ -258,16 +294,29 @@ def main(
     unknown = [p for p in names if p not in POLICIES]
     if unknown or OURS not in names:
         raise click.BadParameter(f"policies must include {OURS!r} and come from {', '.join(POLICIES)}")
-    began = time.perf_counter()
-    results = run_all(indices, seed_list, names, processes, config)
-    elapsed = time.perf_counter() - began
     argv = " ".join(sys.argv[1:])
+    if from_json is not None:
+        results, seed_list = load(from_json)
+        report = f"Rendered by `python -m bench.routing_generated {argv}`.\n\n" + render(results, seed_list)
+        _write(out, report)
+        return
+
+    def save(done: dict[int, dict[str, list[Run]]]) -> None:
+        if json_out is not None:
+            json_out.write_text(json.dumps({"seeds": seed_list, "overrides": list(overrides), "runs": dump(done)}))
+
+    began = time.perf_counter()
+    results = run_all(indices, seed_list, names, processes, config, checkpoint=save)
+    elapsed = time.perf_counter() - began
     report = (
         f"Made by `python -m bench.routing_generated {argv}` in {elapsed:.0f} s on {machine.describe()}.\n\n"
         + render(results, seed_list)
     )
-    if json_out is not None:
-        json_out.write_text(json.dumps({"seeds": seed_list, "overrides": list(overrides), "runs": dump(results)}))
+    save(results)
+    _write(out, report)
+
+
+def _write(out: Path | None, report: str) -> None:
     if out is None:
         sys.stdout.write(report)
     else:

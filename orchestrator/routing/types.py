@@ -144,7 +144,8 @@ class Outcome:
 class Candidate:
     """One target as the policy saw it for one job, with the components of its score.
 
-    ``meets_sla``: eligible and ``p_on_time`` at least the configured on-time target. ``probe``:
+    ``meets_sla``: eligible, ``p_on_time`` at least ``on_time_needed`` (the bar of the job's SLA
+    class objective) and the error rate within bounds. ``probe``:
     sent first to learn about it (new, stale or half-open), not because it ranked first."""
 
     target: str
@@ -164,7 +165,7 @@ class Candidate:
     reason: str
     p_on_time: float = 1.0
     """Predicted probability that a call started now succeeds by the deadline:
-    P(latency <= time left) x (1 - error rate)."""
+    P(latency <= time left) x (1 - error rate), plus a failover's chance after an error."""
     queue_wait_ms: float = 0.0
     """Predicted wait for a free slot (ms), from the calls in flight against the capacity."""
     on_time_needed: float = 0.0
