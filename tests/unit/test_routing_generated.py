@@ -113,3 +113,13 @@ def test_the_held_out_range_is_not_the_development_range():
     result = CliRunner().invoke(routing_generated.main, ["--held-out", "--scenarios", "2", "--describe"])
     indices = [s["index"] for s in json.loads(result.output)]
     assert indices == [routing_generated.HELD_OUT_FIRST_SCENARIO, routing_generated.HELD_OUT_FIRST_SCENARIO + 1]
+
+
+def test_a_report_renders_again_from_the_saved_runs(tmp_path):
+    raw, first, again = tmp_path / "runs.json", tmp_path / "a.md", tmp_path / "b.md"
+    args = ["--only", "6", "--seeds", "1", "--policies", "ours,random,oracle", "--json", str(raw), "--out", str(first)]
+    assert CliRunner().invoke(routing_generated.main, args).exit_code == 0
+    result = CliRunner().invoke(routing_generated.main, ["--from-json", str(raw), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    body = lambda path: path.read_text().split("\n", 2)[2]  # noqa: E731 (the first line names the command)
+    assert body(first) == body(again) and "| 6 |" in body(again)
