@@ -211,7 +211,8 @@ def render(results: dict[int, dict[str, list[Run]]], seeds: Sequence[int], worst
         f"### The {worst} scenarios where ours does worst against the best baseline",
         "",
         "Rerun one: `python -m bench.routing_generated --only INDEX --seeds "
-        f"{len(seeds)}`{' --held-out' if min(seeds) >= HELD_OUT_FIRST_SEED else ''}.",
+        f"{len(seeds)}{' --held-out' if min(seeds) >= HELD_OUT_FIRST_SEED else ''}`; its parameters: "
+        "add `--describe`.",
         "",
         "| scenario | ours % | best baseline | its % | margin pp | oracle % | cost / oracle | targets | events "
         "| mix (SLA ms, share) |",
