@@ -103,10 +103,6 @@ class RoutingConfig:
     evidence only: it neither counts as an error nor moves the breaker. Found by the scenario
     generator: with tight SLAs and a queue, deadline-bound timeouts opened every circuit in the
     fleet. A hung or unreachable target still trips it (connects give up after 2 s)."""
-    circuit_timeout_quantile: float = 0.0
-    """Experimental, off (0): with e.g. 0.999, a timeout counts as a failure only once the call
-    ran past that quantile of the target's learned latency (and ``circuit_min_timeout_s``), so
-    timeouts that the target's own (queued) latencies explain do not open its breaker."""
     circuit_base_open_s: float = 10.0
     circuit_max_open_s: float = 300.0
     """Stay open 10 s, doubling with each re-opening up to 300 s (Envoy's max_ejection_time):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from statistics import NormalDist
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
 from orchestrator.routing.types import CircuitState, Outcome, SloClassStats, TargetStats
@@ -57,7 +56,7 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     samples, log_mean, log_var = current.samples, current.log_mean, current.log_var
     if outcome.ok or outcome.error_kind in LATENCY_BEARING_ERRORS:
         samples, log_mean, log_var = _fold_latency(current, outcome.latency_ms, config)
-    if outcome.error_kind in LATENCY_BEARING_ERRORS and outcome.latency_ms < _hung_after_ms(current, config):
+    if outcome.error_kind in LATENCY_BEARING_ERRORS and outcome.latency_ms < config.circuit_min_timeout_s * 1000.0:
         # A call cut short by its job's deadline says the target is slow for that deadline (the
         # latency model learns it), not that it is broken: no error, no step towards the breaker.
         return replace(
@@ -87,17 +86,6 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
         last_call_at=max(current.last_call_at, outcome.at),
     )
     return _next_circuit(updated, outcome, config)
-
-
-def _hung_after_ms(stats: TargetStats, config: RoutingConfig) -> float:
-    """How long a call must have run before its timeout counts as a failure: at least
-    ``circuit_min_timeout_s``, and with ``circuit_timeout_quantile`` set, past that quantile of
-    what the target has been answering in (a timeout its own latencies explain is no failure)."""
-    floor = config.circuit_min_timeout_s * 1000.0
-    if config.circuit_timeout_quantile <= 0.0 or stats.samples <= 0.0:
-        return floor
-    z = NormalDist().inv_cdf(config.circuit_timeout_quantile)
-    return max(floor, math.exp(stats.log_mean + z * math.sqrt(max(stats.log_var, 0.0))))
 
 
 def _fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig) -> tuple[float, float, float]:
