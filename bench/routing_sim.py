@@ -36,7 +36,7 @@ from bench.sim_engine import Harness, World
 from bench.sim_metrics import RunMetrics, Summary, run_metrics, summarize
 from bench.sim_router import OurRouterPolicy
 from bench.sim_scenarios import SCENARIOS, Scenario, make_draws, make_jobs
-from orchestrator.routing import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing import DEFAULT_CONFIG, RoutingConfig, Target
 
 OURS = "ours"
 ORACLE = "oracle"
@@ -49,18 +49,26 @@ ORACLE_COST_RATIO = 1.10
 """Target: at no more than 1.10x the oracle's cost per on-time job."""
 
 
-def make_policy(name: str, world: World, seed: int, config: RoutingConfig = DEFAULT_CONFIG):
-    """A fresh policy for one run; ``config`` is what our router runs with."""
+def make_policy(
+    name: str,
+    world: World,
+    seed: int,
+    config: RoutingConfig = DEFAULT_CONFIG,
+    catalogue: Sequence[Target] | None = None,
+):
+    """A fresh policy for one run over ``world``'s targets; ``config`` is what our router runs
+    with, ``catalogue`` what it is told about the targets (default: the public fleet's)."""
     rng = random.Random(f"{seed}:{name}:policy")
+    fleet = tuple(world.targets.values())
     factories = {
-        OURS: lambda: OurRouterPolicy(rng, config, name=OURS),
-        "ours-no-hedge": lambda: OurRouterPolicy(rng, config, hedging=False, name="ours-no-hedge"),
-        "random": lambda: RandomPolicy(rng),
-        "round-robin": RoundRobinPolicy,
-        "always-cheapest": CheapestPolicy,
-        "least-EWMA": LeastEwmaPolicy,
-        "P2C peak-EWMA": lambda: PeakEwmaP2CPolicy(rng),
-        "LiteLLM latency": LiteLLMLatencyPolicy,
+        OURS: lambda: OurRouterPolicy(rng, config, name=OURS, targets=catalogue),
+        "ours-no-hedge": lambda: OurRouterPolicy(rng, config, hedging=False, name="ours-no-hedge", targets=catalogue),
+        "random": lambda: RandomPolicy(rng, fleet),
+        "round-robin": lambda: RoundRobinPolicy(fleet),
+        "always-cheapest": lambda: CheapestPolicy(fleet),
+        "least-EWMA": lambda: LeastEwmaPolicy(fleet),
+        "P2C peak-EWMA": lambda: PeakEwmaP2CPolicy(rng, fleet),
+        "LiteLLM latency": lambda: LiteLLMLatencyPolicy(fleet),
         ORACLE: lambda: OraclePolicy(world),
     }
     return factories[name]()
@@ -227,7 +235,11 @@ def parse_overrides(overrides: Sequence[str]) -> RoutingConfig:
             raise click.BadParameter(f"{item!r}: expected KNOB=VALUE with a RoutingConfig knob", param_hint="--set")
         kind = type(getattr(DEFAULT_CONFIG, name))
         try:
-            changes[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+            if kind is tuple:  # slo_objectives: "500:0.999,3000:0.99"
+                pairs = (p.split(":") for p in raw.split(",") if p)
+                changes[name] = tuple((float(a), float(b)) for a, b in pairs)
+            else:
+                changes[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         except ValueError:
             raise click.BadParameter(f"{item!r}: not a valid {kind.__name__}", param_hint="--set") from None
     return dataclasses.replace(DEFAULT_CONFIG, **changes)

@@ -17,9 +17,9 @@ from typing import Any
 from bench.sim_engine import CallOutcome, Plan, World
 from bench.sim_scenarios import FLEET, Job, SimTarget
 
-NAMES = tuple(t.name for t in FLEET)
-COST = {t.name: t.cost_usd for t in FLEET}
-BY_COST = tuple(sorted(NAMES, key=lambda n: COST[n]))
+
+def _names(fleet: tuple[SimTarget, ...] | None) -> tuple[str, ...]:
+    return tuple(t.name for t in (fleet or FLEET))
 
 
 def _learns_latency(outcome: CallOutcome) -> bool:
@@ -44,11 +44,12 @@ class RandomPolicy(_Base):
 
     name = "random"
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, fleet: tuple[SimTarget, ...] | None = None) -> None:
         self.rng = rng
+        self.names = _names(fleet)
 
     def plan(self, job: Job, now: float) -> Plan:
-        order = list(NAMES)
+        order = list(self.names)
         self.rng.shuffle(order)
         return Plan(tuple(order))
 
@@ -58,12 +59,14 @@ class RoundRobinPolicy(_Base):
 
     name = "round-robin"
 
-    def __init__(self) -> None:
+    def __init__(self, fleet: tuple[SimTarget, ...] | None = None) -> None:
         self.next = 0
+        self.names = _names(fleet)
 
     def plan(self, job: Job, now: float) -> Plan:
-        i, self.next = self.next, (self.next + 1) % len(NAMES)
-        return Plan(NAMES[i:] + NAMES[:i])
+        names = self.names
+        i, self.next = self.next, (self.next + 1) % len(names)
+        return Plan(names[i:] + names[:i])
 
 
 class CheapestPolicy(_Base):
@@ -71,8 +74,12 @@ class CheapestPolicy(_Base):
 
     name = "always-cheapest"
 
+    def __init__(self, fleet: tuple[SimTarget, ...] | None = None) -> None:
+        fleet = fleet or FLEET
+        self.order = tuple(t.name for t in sorted(fleet, key=lambda t: t.cost_usd))
+
     def plan(self, job: Job, now: float) -> Plan:
-        return Plan(BY_COST)
+        return Plan(self.order)
 
 
 class LeastEwmaPolicy(_Base):
@@ -82,11 +89,12 @@ class LeastEwmaPolicy(_Base):
     name = "least-EWMA"
     ALPHA = 0.3
 
-    def __init__(self) -> None:
+    def __init__(self, fleet: tuple[SimTarget, ...] | None = None) -> None:
         self.ewma: dict[str, float] = {}
+        self.names = _names(fleet)
 
     def plan(self, job: Job, now: float) -> Plan:
-        return Plan(tuple(sorted(NAMES, key=lambda n: self.ewma.get(n, 0.0))))
+        return Plan(tuple(sorted(self.names, key=lambda n: self.ewma.get(n, 0.0))))
 
     def call_ended(self, target: str, token: Any, outcome: CallOutcome) -> None:
         if _learns_latency(outcome):
@@ -109,11 +117,12 @@ class PeakEwmaP2CPolicy(_Base):
     DECAY_S = 10.0
     PENALTY = 1e9
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, fleet: tuple[SimTarget, ...] | None = None) -> None:
         self.rng = rng
+        self.names = _names(fleet)
         self.ewma: dict[str, float] = {}
         self.stamp: dict[str, float] = {}
-        self.outstanding = dict.fromkeys(NAMES, 0)
+        self.outstanding = dict.fromkeys(self.names, 0)
 
     def _cost(self, name: str) -> float:
         ewma, busy = self.ewma.get(name, 0.0), self.outstanding[name]
@@ -122,9 +131,9 @@ class PeakEwmaP2CPolicy(_Base):
         return ewma * (busy + 1)
 
     def plan(self, job: Job, now: float) -> Plan:
-        a, b = self.rng.sample(NAMES, 2)
+        a, b = self.rng.sample(self.names, 2)
         first, second = (a, b) if self._cost(a) <= self._cost(b) else (b, a)
-        rest = tuple(sorted((n for n in NAMES if n not in (a, b)), key=self._cost))
+        rest = tuple(sorted((n for n in self.names if n not in (a, b)), key=self._cost))
         return Plan((first, second, *rest))
 
     def call_started(self, target: str, now: float) -> Any:
@@ -161,20 +170,21 @@ class LiteLLMLatencyPolicy(_Base):
     ALLOWED_FAILS = 3
     COOLDOWN_S = 5.0
 
-    def __init__(self) -> None:
-        self.latencies = {n: deque(maxlen=self.WINDOW) for n in NAMES}
-        self.minute = dict.fromkeys(NAMES, -1)
-        self.calls = dict.fromkeys(NAMES, 0)
-        self.fails = dict.fromkeys(NAMES, 0)
-        self.cooldown_until = dict.fromkeys(NAMES, -1.0)
+    def __init__(self, fleet: tuple[SimTarget, ...] | None = None) -> None:
+        self.names = names = _names(fleet)
+        self.latencies = {n: deque(maxlen=self.WINDOW) for n in names}
+        self.minute = dict.fromkeys(names, -1)
+        self.calls = dict.fromkeys(names, 0)
+        self.fails = dict.fromkeys(names, 0)
+        self.cooldown_until = dict.fromkeys(names, -1.0)
 
     def _latency(self, name: str) -> float:
         values = self.latencies[name]
         return sum(values) / len(values) if values else 0.0
 
     def plan(self, job: Job, now: float) -> Plan:
-        healthy = [n for n in NAMES if self.cooldown_until[n] <= now]
-        cooling = [n for n in NAMES if self.cooldown_until[n] > now]
+        healthy = [n for n in self.names if self.cooldown_until[n] <= now]
+        cooling = [n for n in self.names if self.cooldown_until[n] > now]
         order = sorted(healthy, key=self._latency) + sorted(cooling, key=self._latency)
         return Plan(tuple(order))
 
@@ -205,16 +215,18 @@ class OraclePolicy(_Base):
 
     def __init__(self, world: World) -> None:
         self.world = world
+        self.names = tuple(world.targets)
+        self.cost = {n: t.cost_usd for n, t in world.targets.items()}
 
     def plan(self, job: Job, now: float) -> Plan:
-        seen = {n: self.world.peek(n, job, now) for n in NAMES}
+        seen = {n: self.world.peek(n, job, now) for n in self.names}
         left = job.deadline - now
         meets = [n for n, (ok, wait) in seen.items() if ok and wait <= left]
         if meets:
-            first = min(meets, key=lambda n: (COST[n], seen[n][1]))
+            first = min(meets, key=lambda n: (self.cost[n], seen[n][1]))
         else:
-            first = min(NAMES, key=lambda n: (not seen[n][0], seen[n][1]))
-        rest = sorted((n for n in NAMES if n != first), key=lambda n: seen[n][1])
+            first = min(self.names, key=lambda n: (not seen[n][0], seen[n][1]))
+        rest = sorted((n for n in self.names if n != first), key=lambda n: seen[n][1])
         return Plan((first, *rest))
 
 

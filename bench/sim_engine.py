@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from bench.sim_scenarios import (
     FLEET,
     UNREACHABLE_CONNECT_S,
+    Condition,
     Draws,
     Effect,
     Job,
@@ -76,16 +77,24 @@ class World:
     def _response(self, name: str, job: Job, now: float) -> tuple[float, bool, float]:
         """(seconds until the server answers, whether it fails, when its slot frees up)."""
         target, d = self.targets[name], self.draws[name]
-        cond = condition(target, self.effects, now)
+        cond = self.condition(target, now)
         if cond.down:
             return UNREACHABLE_CONNECT_S, False, -1.0
         i = job.index
-        busy = service_ms(target, cond, d.z[i]) / 1000.0
+        busy = self.service_s(target, cond, i)
         fails = d.u_error[i] < cond.error_rate
         if fails:
             busy *= d.error_frac[i]
         start = max(now, self.slots[name][0])
         return start + busy - now, fails, start + busy
+
+    def condition(self, target: SimTarget, now: float) -> Condition:
+        """The target's behaviour at ``now`` (generated worlds override this)."""
+        return condition(target, self.effects, now)
+
+    def service_s(self, target: SimTarget, cond: Condition, i: int) -> float:
+        """Seconds the server needs for job ``i`` under ``cond`` (generated worlds override this)."""
+        return service_ms(target, cond, self.draws[target.name].z[i]) / 1000.0
 
     def peek(self, name: str, job: Job, now: float) -> tuple[bool, float]:
         """(would succeed, seconds until it answers) for a call made now: what a clairvoyant
@@ -175,12 +184,19 @@ class Harness:
         state = _State(self.records[job.index], list(plan.order))
         if not plan.run or not plan.order:
             state.record.end_at = now
+            self._job_ended(state.record)
             return
         state.record.first = plan.order[0]
         self._start(state, plan.order[0], now)
         if plan.hedge is not None:
             delay, backup = plan.hedge
             self._push(now + delay, self._HEDGE, (state, backup))
+
+    def _job_ended(self, record: JobRecord) -> None:
+        """Tell a policy that learns from whole jobs (``job_ended``) how this one ended."""
+        hook = getattr(self.policy, "job_ended", None)
+        if hook is not None:
+            hook(record.job, record.on_time, record.end_at)
 
     def _start(self, state: _State, target: str, now: float) -> None:
         job = state.record.job
@@ -211,6 +227,7 @@ class Harness:
         if outcome.ok:
             state.done = True
             record.winner, record.success_at, record.end_at = outcome.target, outcome.at, outcome.at
+            self._job_ended(record)
             return
         if state.pending:
             return  # the other (hedged) call may still win
@@ -218,5 +235,6 @@ class Harness:
         if nxt is None:
             state.done = True
             record.end_at = outcome.at
+            self._job_ended(record)
             return
         self._start(state, nxt, outcome.at)

@@ -6,10 +6,11 @@ back every call's ``Outcome``, with hedging planned and budgeted by ``orchestrat
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from bench.sim_engine import CallOutcome, Plan
-from bench.sim_scenarios import FLEET, Job
+from bench.sim_scenarios import FLEET, Job, SimTarget
 from orchestrator.routing import (
     DEFAULT_CONFIG,
     HedgeBudget,
@@ -26,7 +27,7 @@ EPOCH = 1_700_000_000.0
 """Simulated t=0 as an epoch second, so the router sees realistic timestamps."""
 
 
-def fleet_targets() -> list[Target]:
+def fleet_targets(fleet: Sequence[SimTarget] = FLEET) -> list[Target]:
     """The catalogue entries the router is given (tier defaults: cost, capacity, prior)."""
     return [
         Target(
@@ -37,7 +38,7 @@ def fleet_targets() -> list[Target]:
             capacity=t.capacity,
             prior_latency_ms=t.prior_latency_ms,
         )
-        for t in FLEET
+        for t in fleet
     ]
 
 
@@ -46,12 +47,17 @@ class OurRouterPolicy:
     shared hedge budget, as ``modelreasoner.dispatch`` does."""
 
     def __init__(
-        self, rng: random.Random, config: RoutingConfig = DEFAULT_CONFIG, hedging: bool = True, name: str = "ours"
+        self,
+        rng: random.Random,
+        config: RoutingConfig = DEFAULT_CONFIG,
+        hedging: bool = True,
+        name: str = "ours",
+        targets: Sequence[Target] | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.router = Router(InMemoryStatsStore(), config, rng)
-        self.targets = fleet_targets()
+        self.targets = list(targets) if targets is not None else fleet_targets()
         self.hedging = hedging
         self.budget = HedgeBudget()
 
@@ -76,6 +82,9 @@ class OurRouterPolicy:
         self.router.record(
             Outcome(target, outcome.ok, outcome.latency_ms, EPOCH + outcome.at, outcome.error_kind, outcome.cost_usd)
         )
+
+    def job_ended(self, job: Job, on_time: bool, at: float | None) -> None:
+        self.router.record_job(job.sla_ms, on_time, EPOCH + (at if at is not None else job.arrival))
 
     def hedge_allowed(self, job: Job, now: float) -> bool:
         return self.budget.try_acquire(EPOCH + now)

@@ -27,6 +27,8 @@ STATS_KEY = REDIS_PREFIX + "stats:{target}"
 """JSON snapshot of one target's learned latency/error statistics and circuit state."""
 INFLIGHT_KEY = REDIS_PREFIX + "inflight:{target}"
 """Sorted set of in-flight call ids scored by start time (epoch s), shared by all workers."""
+SLO_CLASS_KEY = REDIS_PREFIX + "slo:{label}"
+"""JSON record of how one SLA class is doing fleet-wide (recent miss rate), for its objective."""
 INFLIGHT_STALE_SECONDS = 120.0
 """An in-flight entry older than this (s) is ignored: its worker died without removing it."""
 HEDGE_CALLS_KEY = REDIS_PREFIX + "hedge:calls"

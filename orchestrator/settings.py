@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     """Longest one model call may take (s); each call gets min(this, time left to the SLA)."""
     default_sla_ms: int = Field(2000, ge=1, le=3_600_000)
     """Latency SLA (ms) of a job submitted without ``sla_ms``."""
+    routing_slo_objectives: str = Field(
+        "", pattern=r"^(\d+(\.\d+)?:(0?\.\d+|1(\.0+)?))?" r"(,\d+(\.\d+)?:(0?\.\d+|1(\.0+)?))*$"
+    )
+    """SLO objective per SLA class, ``MAX_SLA_MS:ATTAINMENT`` pairs, e.g. ``500:0.999,3000:0.99``
+    (99.9% of jobs up to 500 ms on time, 99% up to 3 s); empty: every class deadline first."""
+    routing_slo_default_objective: float = Field(1.0, gt=0, le=1)
+    """Objective of jobs above every bound of ROUTING_SLO_OBJECTIVES; 1 = deadline first (docs/routing.md)."""
     hedge_enabled: bool = True
     """Send a backup call when a job's first call is late and its deadline is at risk (docs/routing.md)."""
     hedge_max_share: float = Field(0.1, ge=0, le=1)

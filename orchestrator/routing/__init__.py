@@ -14,7 +14,8 @@ Types (frozen dataclasses, ``orchestrator.routing.types``)
                       ``reason``; ``.chosen``, ``.call_order``, ``.to_dict()``
     ``Outcome``       one call: target, ok, latency_ms, at (epoch s), error_kind, cost_usd
     ``TargetStats``   what was learned about a target; ``RoutingConfig`` the tunables
-                      (docs/routing.md explains every one); ``HedgeSpec`` a hedge to send
+                      (docs/routing.md explains every one); ``HedgeSpec`` a hedge to send;
+                      ``SloClassStats`` how one SLA class is doing (for its objective)
 
 Calls
     ``decide(request, targets, stats, now, config=DEFAULT_CONFIG, u=1.0) -> Decision``
@@ -25,22 +26,27 @@ Calls
     ``hedge_plan(decision, request, config) -> HedgeSpec | None``
         when (``delay_s`` after the decision) and where (``backup``) to send a backup call
     ``Router(store, config, rng)`` with ``.decide(request, targets, now)``,
-        ``.record(outcome)``, ``.call_started(target, now) -> call_id``, ``.call_ended(...)``,
+        ``.record(outcome)``, ``.record_job(sla_ms, on_time, at)`` (a finished job, for the
+        SLO objective of its class; optional), ``.call_started(target, now) -> call_id``, ``.call_ended(...)``,
         ``.record_telemetry(target, at=..., latency_ms=..., utilization=..., queue_depth=...,
         up=...)``, ``.stats(targets, now)``
     ``InMemoryStatsStore()`` / ``RedisStatsStore(redis_connection)``: the ``StatsStore``s
     ``HedgeBudget(max_share, window_s)`` / ``RedisHedgeBudget(redis_connection, ...)``:
         ``.note_call(now)`` for every call, ``.try_acquire(now)`` before every hedge
 
-Example: the production router in simulated time against two synthetic targets. The cheap edge
-box is fine until it turns slow at t=60 s; within a few calls the router moves the 300 ms jobs
-to the GPU, and the edge box wins them back after it recovers at t=120 s.
+Example: the production router in simulated time against two synthetic targets. The operator
+asks for 99% of the jobs up to 500 ms on time and lets the router save cost beyond that (the
+default objective, "deadline first", would keep them on the GPU until the edge box has proved
+nearly as likely to be on time). The cheap edge box is fine until it turns slow at t=60 s;
+within a few calls the router moves the 300 ms jobs to the GPU, and the edge box wins them back
+after it recovers at t=120 s.
 
 >>> import random
->>> from orchestrator.routing import InMemoryStatsStore, Outcome, RouteRequest, Router, Target
+>>> from orchestrator.routing import InMemoryStatsStore, Outcome, RouteRequest, Router, RoutingConfig, Target
 >>> targets = [Target("edge", "edge", cost_per_call_usd=0.0002, prior_latency_ms=80),
 ...            Target("gpu", "gpu", cost_per_call_usd=0.004, prior_latency_ms=60)]
->>> router = Router(InMemoryStatsStore(), rng=random.Random(7))
+>>> config = RoutingConfig(slo_objectives=((500, 0.99),))
+>>> router = Router(InMemoryStatsStore(), config, rng=random.Random(7))
 >>> def edge_latency(t):  # synthetic behaviour: slow between 60 s and 120 s
 ...     return 900.0 if 60 <= t < 120 else 70.0
 >>> chosen = []
@@ -62,7 +68,7 @@ answered by its predicted p95; the shared budget admits a hedge only while hedge
 >>> from orchestrator.routing import HedgeBudget, hedge_plan
 >>> job = RouteRequest(job_id="h", sla_ms=300, submitted_at=180.0)
 >>> decision = router.decide(job, targets, 180.0)
->>> plan = hedge_plan(decision, job)
+>>> plan = hedge_plan(decision, job, config)
 >>> decision.chosen.target, plan.backup, plan.delay_s < 0.3
 ('edge', 'gpu', True)
 >>> budget = HedgeBudget(max_share=0.1)
@@ -85,6 +91,7 @@ from orchestrator.routing.types import (
     Decision,
     Outcome,
     RouteRequest,
+    SloClassStats,
     Target,
     TargetStats,
 )
@@ -103,6 +110,7 @@ __all__ = [
     "RouteRequest",
     "Router",
     "RoutingConfig",
+    "SloClassStats",
     "StatsStore",
     "Target",
     "TargetStats",

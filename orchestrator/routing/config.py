@@ -6,7 +6,7 @@ measured with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +44,31 @@ class RoutingConfig:
 
     # --- feasibility ------------------------------------------------------------------------
     on_time_target: float = 0.90
-    """A target 'meets' the SLA when a job started on it now is predicted to succeed by the
-    deadline (failover included) with at least this probability; among those, the cheapest
-    wins. 0.9 and not 0.95: most jobs have far more than a 90% chance on their cheapest
-    target, the rest are caught by hedging and failover; in the simulator 0.95 costs ~4-6% more
-    per on-time job for ~0.1 point more attainment (measured trade-off: docs/routing.md)."""
+    """The floor: a target less likely than this (or than the class's objective, if lower) to
+    answer by the deadline (failover included) never counts as meeting the SLA; when no target
+    reaches it the SLA is unmeetable and a strict job fails fast. Above the floor, the class's
+    objective sets the bar (``slo_objectives``)."""
+    slo_objectives: tuple[tuple[float, float], ...] = ()
+    """Per SLA class, (largest ``sla_ms`` of the class, attainment objective), e.g.
+    ``((500, 0.999), (3000, 0.99))``: 99.9% of jobs with an SLA up to 500 ms on time, 99% up to
+    3 s. Empty (the default): every class takes ``slo_default_objective``. ``objective.py``
+    explains how the router meets an objective first and then saves cost."""
+    slo_default_objective: float = 1.0
+    """The objective of jobs above every bound in ``slo_objectives``. 1.0 (the default) is
+    "deadline first": the cheapest of the targets nearly as likely to be on time as the best,
+    so the default trades no deadlines for cost; lower values let the router save cost."""
+    deadline_first_slack: float = 0.002
+    """'Nearly as likely': a target within 0.2 points of the best target's chance of being on
+    time counts as meeting the SLA. A 300 ms job then goes to an idle edge box that is on
+    time 99.6% of the time rather than to a GPU at 20x the price that is on time 99.99%."""
+    slo_alpha: float = 0.02
+    """Weight of one finished job in its class's miss-rate EWMA (about the last 50 jobs)."""
+    slo_min_jobs: float = 20.0
+    """A class's record counts fully once it holds 20 jobs; before, the bar stays near the
+    objective."""
+    slo_loosen_max: float = 4.0
+    """A class that misses less than its objective allows may let one job use up to 4x its
+    miss allowance (an objective of 99% lets a job go to a target 96% likely to be on time)."""
     queue_price_ratio: float = 5.0
     """Queueing costs everyone behind: a job does not wait for a slot on a busy target when
     another target that meets its SLA has a free slot at no more than 5x the price. A cheap
@@ -78,6 +98,11 @@ class RoutingConfig:
     """Or open when the error-rate EWMA (about the last 50 calls) passes 50% once 20 calls
     were seen (resilience4j's 50% failure-rate threshold, with a smaller minimum than its 100
     so a fleet of a few workers reacts within seconds, not minutes)."""
+    circuit_min_timeout_s: float = 1.0
+    """A timeout after less than 1 s (a call cut short by its job's deadline) is latency
+    evidence only: it neither counts as an error nor moves the breaker. Found by the scenario
+    generator: with tight SLAs and a queue, deadline-bound timeouts opened every circuit in the
+    fleet. A hung or unreachable target still trips it (connects give up after 2 s)."""
     circuit_base_open_s: float = 10.0
     circuit_max_open_s: float = 300.0
     """Stay open 10 s, doubling with each re-opening up to 300 s (Envoy's max_ejection_time):
@@ -119,3 +144,15 @@ class RoutingConfig:
 
 
 DEFAULT_CONFIG = RoutingConfig()
+
+
+def parse_objectives(text: str) -> tuple[tuple[float, float], ...]:
+    """``"500:0.999,3000:0.99"`` -> ((500.0, 0.999), (3000.0, 0.99)): the ROUTING_SLO_OBJECTIVES format."""
+    pairs = (item.split(":") for item in text.split(",") if item.strip())
+    return tuple(sorted((float(bound), float(goal)) for bound, goal in pairs))
+
+
+def config_with_objectives(objectives: str, default_objective: float = 1.0) -> RoutingConfig:
+    """The default config with the operator's SLO objectives (ROUTING_SLO_OBJECTIVES,
+    ROUTING_SLO_DEFAULT_OBJECTIVE)."""
+    return replace(DEFAULT_CONFIG, slo_objectives=parse_objectives(objectives), slo_default_objective=default_objective)

@@ -11,7 +11,7 @@ import math
 from dataclasses import replace
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
-from orchestrator.routing.types import CircuitState, Outcome, TargetStats
+from orchestrator.routing.types import CircuitState, Outcome, SloClassStats, TargetStats
 
 LATENCY_BEARING_ERRORS = frozenset({"timeout"})
 """Failures whose elapsed time is a (censored) latency observation: a timeout means 'at least
@@ -56,6 +56,18 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     samples, log_mean, log_var = current.samples, current.log_mean, current.log_var
     if outcome.ok or outcome.error_kind in LATENCY_BEARING_ERRORS:
         samples, log_mean, log_var = _fold_latency(current, outcome.latency_ms, config)
+    if outcome.error_kind in LATENCY_BEARING_ERRORS and outcome.latency_ms < config.circuit_min_timeout_s * 1000.0:
+        # A call cut short by its job's deadline says the target is slow for that deadline (the
+        # latency model learns it), not that it is broken: no error, no step towards the breaker.
+        return replace(
+            current,
+            samples=samples,
+            log_mean=log_mean,
+            log_var=log_var,
+            calls=current.calls + 1,
+            updated_at=max(current.updated_at, outcome.at),
+            last_call_at=max(current.last_call_at, outcome.at),
+        )
     failed = 0.0 if outcome.ok else 1.0
     error_rate = current.error_rate + config.error_alpha * (failed - current.error_rate)
     consecutive = 0 if outcome.ok else current.consecutive_failures + 1
@@ -160,4 +172,16 @@ def with_telemetry(
         telemetry_queue_depth=queue_depth if queue_depth is not None else stats.telemetry_queue_depth,
         telemetry_up=up if up is not None else stats.telemetry_up,
         telemetry_at=at,
+    )
+
+
+def observe_job(
+    record: SloClassStats, on_time: bool, at: float, config: RoutingConfig = DEFAULT_CONFIG
+) -> SloClassStats:
+    """Fold one finished job into its SLA class's record: the miss-rate EWMA (``slo_alpha``)."""
+    missed = 0.0 if on_time else 1.0
+    return SloClassStats(
+        jobs=min(record.jobs + 1.0, 1.0 / config.slo_alpha),
+        miss_rate=record.miss_rate + config.slo_alpha * (missed - record.miss_rate),
+        updated_at=max(record.updated_at, at),
     )

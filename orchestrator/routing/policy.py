@@ -12,7 +12,8 @@ error), where e is the target's error rate and an error is assumed to come back 
 target's median latency.
 
 Order of concerns, for targets whose circuit admits a call:
-1. meet the deadline: ``p_on_time`` at least ``on_time_target``;
+1. meet the deadline: ``p_on_time`` at least the bar of the job's SLA class objective
+   (``objective.bar``: by default, nearly as likely as the likeliest target);
 2. then cost: within the job's budget before over it; no queueing where a free target meets
    the SLA at a modest premium (``queue_price_ratio``); cheapest first;
 3. then health: the likelier to be on time first.
@@ -28,9 +29,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.explain import candidate_reason, decision_reason
 from orchestrator.routing.latency import Model, model, p_latency, predict_latency
 from orchestrator.routing.learning import decay_factor
-from orchestrator.routing.types import Candidate, CircuitState, Decision, RouteRequest, Target, TargetStats
+from orchestrator.routing.objective import Bar, bar
+from orchestrator.routing.types import (
+    Candidate,
+    CircuitState,
+    Decision,
+    RouteRequest,
+    SloClassStats,
+    Target,
+    TargetStats,
+)
 
 __all__ = ["decide", "predict_latency"]
 
@@ -59,6 +70,7 @@ class _View:
     within_budget: bool
     queue_behind: bool
     probe_kind: str
+    failover: bool = False
 
 
 def _circuit(stats: TargetStats, now: float) -> CircuitState:
@@ -124,10 +136,8 @@ def _view(
     )
 
 
-def _with_failover(views: list[_View], time_left: float, config: RoutingConfig) -> None:
-    """Fill in ``p_on_time`` (counting one failover after an error), ``meets`` and
-    ``queue_behind``. The failover goes to the other eligible target likeliest to answer
-    within the full time left."""
+def _best_two(views: list[_View]) -> tuple[_View | None, _View | None]:
+    """The two eligible targets likeliest to answer within the time left (failover goes there)."""
     best = second = None
     for view in views:
         if not view.eligible:
@@ -136,22 +146,37 @@ def _with_failover(views: list[_View], time_left: float, config: RoutingConfig) 
             best, second = view, best
         elif second is None or view.p_latency > second.p_latency:
             second = view
-    cheapest_idle = math.inf
-    for view in views:
-        if not view.eligible:
-            continue
+    return best, second
+
+
+def _with_failover(
+    views: list[_View], request: RouteRequest, time_left: float, config: RoutingConfig, slo: SloClassStats | None
+) -> Bar:
+    """Fill in ``p_on_time`` (counting one failover after an error), ``meets`` (against the
+    class objective's bar, which it returns) and ``queue_behind``. The failover goes to the
+    other eligible target likeliest to answer within the full time left."""
+    best, second = _best_two(views)
+    eligible = [v for v in views if v.eligible]
+    best_p = 0.0
+    for view in eligible:
         error = view.error_rate
         view.p_on_time = view.p_latency * (1.0 - error)
         backup = second if view is best else best
         if error > 0.0 and backup is not None:
             after_error = p_latency(backup.model, time_left - view.p50) * (1.0 - backup.error_rate)
             view.p_on_time += error * after_error
-        view.meets = view.p_on_time >= config.on_time_target and error <= config.max_error_rate
-        if view.meets and view.wait <= 0.0:
-            cheapest_idle = min(cheapest_idle, view.target.cost_per_call_usd)
-    for view in views:
+            view.failover = True
+        if error <= config.max_error_rate:
+            best_p = max(best_p, view.p_on_time)
+    needed = bar(config, request.sla_ms, best_p, slo)
+    for view in eligible:
+        view.meets = view.p_on_time >= needed.needed and view.error_rate <= config.max_error_rate
+    idle = [v.target.cost_per_call_usd for v in eligible if v.meets and v.wait <= 0.0]
+    cheapest_idle = min(idle, default=math.inf)
+    for view in eligible:
         if view.meets and view.wait > 0.0:
             view.queue_behind = cheapest_idle <= config.queue_price_ratio * view.target.cost_per_call_usd
+    return needed
 
 
 def _rank_key(view: _View) -> tuple:
@@ -207,6 +232,7 @@ def decide(
     now: float,
     config: RoutingConfig = DEFAULT_CONFIG,
     u: float = 1.0,
+    slo: SloClassStats | None = None,
 ) -> Decision:
     """Rank ``targets`` for ``request`` at time ``now`` (epoch s).
 
@@ -217,9 +243,9 @@ def decide(
     """
     time_left = (request.deadline - now) * 1000.0
     views = [_view(t, stats.get(t.name, _EMPTY), request, time_left, now, config) for t in targets]
-    _with_failover(views, time_left, config)
-    views.sort(key=_rank_key)
     hints: dict[str, object] = {}
+    needed = _with_failover(views, request, time_left, config, slo)
+    views.sort(key=_rank_key)
     if request.preferred_target not in ("auto", ""):
         preferred = [v for v in views if v.eligible and _matches(v, request.preferred_target)]
         if preferred:
@@ -237,89 +263,49 @@ def decide(
     run = bool(eligible) and not (request.strict_sla and unmeetable)
     if eligible and request.budget_usd is not None and not eligible[0].within_budget:
         hints["over_budget"] = True
-    candidates = tuple(_candidate(rank, v, request, time_left, hints) for rank, v in enumerate(views, start=1))
+    candidates = tuple(
+        _candidate(rank, v, request, time_left, hints, needed, config) for rank, v in enumerate(views, start=1)
+    )
     return Decision(
         job_id=request.job_id,
         decided_at=now,
         candidates=candidates,
         sla_unmeetable=unmeetable,
         run=run,
-        reason=_decision_reason(eligible, unmeetable, run, request, time_left, hints),
+        reason=decision_reason([v.target.name for v in eligible], unmeetable, run, request, time_left, hints, needed),
         hints=hints,
     )
 
 
-def _candidate(rank: int, view: _View, request: RouteRequest, time_left: float, hints: dict) -> Candidate:
-    return Candidate(
-        target=view.target.name,
-        tier=view.target.tier,
-        rank=rank,
-        eligible=view.eligible,
-        meets_sla=view.meets,
-        within_budget=view.within_budget,
-        predicted_p50_ms=view.p50,
-        predicted_p95_ms=view.p95,
-        time_left_ms=time_left,
-        cost_usd=view.target.cost_per_call_usd,
-        error_rate=view.error_rate,
-        circuit=view.circuit.value,
-        in_flight=view.stats.in_flight,
-        probe=hints.get("probe") == view.target.name,
-        reason=_candidate_reason(view, request, time_left, hints),
-        p_on_time=view.p_on_time,
-        queue_wait_ms=view.wait,
-    )
-
-
-def _candidate_reason(view: _View, request: RouteRequest, time_left: float, hints: dict) -> str:
-    name, cost = view.target.name, view.target.cost_per_call_usd
-    if not view.eligible:
-        return f"{name}: {view.skip_reason}; skipped"
-    sla, left = f"{request.sla_ms:.0f} ms SLA", max(time_left, 0.0)
-    chance = f"{view.p_on_time:.1%} on time"
-    if view.meets:
-        text = f"{name}: p95 {view.p95:.0f} ms fits the {sla} ({left:.0f} ms left), {chance}; ${cost:.4f}/call"
-    elif view.error_rate > 0.05 and view.p95 <= time_left:
-        text = f"{name}: error rate {view.error_rate:.0%} too high for the {sla}, {chance}; ${cost:.4f}/call"
-    else:
-        text = f"{name}: p95 {view.p95:.0f} ms exceeds the {left:.0f} ms left of the {sla}, {chance}; ${cost:.4f}/call"
-    if view.wait >= 1.0:
-        text += f"; ~{view.wait:.0f} ms queue ({view.stats.in_flight} in flight)"
-    if not view.within_budget:
-        text += f"; over the ${request.budget_usd:.4f} budget"
-    if hints.get("preferred") == name:
-        text += "; preferred by the submitter"
-    if hints.get("probe") == name:
-        text += f"; probing ({_PROBE_WHY[view.probe_kind]})"
-    return text
-
-
-_PROBE_WHY = {
-    _NEW: "little evidence yet",
-    _STALE: "not called recently",
-    _HALF_OPEN: "circuit half-open",
-    "": "exploration",
-}
-
-
-def _decision_reason(
-    eligible: list[_View], unmeetable: bool, run: bool, request: RouteRequest, time_left: float, hints: dict
-) -> str:
-    if not eligible:
-        return "no_eligible_target: every target is disabled, down or has its circuit open"
-    first = eligible[0].target.name
-    if unmeetable:
-        gap = (
-            f"no target is likely enough to answer in the {max(time_left, 0):.0f} ms left "
-            f"of the {request.sla_ms:.0f} ms SLA"
-        )
-        if not run:
-            return f"sla_unmeetable: {gap}; strict SLA requested, so the job is not run"
-        return f"sla_unmeetable: {gap}; running on the least-bad target {first}"
-    if "preferred" in hints:
-        return f"{first} chosen: preferred by the submitter"
-    if "probe" in hints:
-        return f"{first} chosen: probe of a target that is {_PROBE_WHY[str(hints['probe_kind'])]}"
-    if hints.get("over_budget"):
-        return f"{first} chosen: cheapest target likely on time, over the job's budget (none within it is)"
-    return f"{first} chosen: cheapest target likely to answer on time"
+def _candidate(
+    rank: int,
+    view: _View,
+    request: RouteRequest,
+    time_left: float,
+    hints: dict,
+    needed: Bar,
+    config: RoutingConfig,
+) -> Candidate:
+    fields = {
+        "target": view.target.name,
+        "tier": view.target.tier,
+        "rank": rank,
+        "eligible": view.eligible,
+        "meets_sla": view.meets,
+        "within_budget": view.within_budget,
+        "predicted_p50_ms": view.p50,
+        "predicted_p95_ms": view.p95,
+        "time_left_ms": time_left,
+        "cost_usd": view.target.cost_per_call_usd,
+        "error_rate": view.error_rate,
+        "circuit": view.circuit.value,
+        "in_flight": view.stats.in_flight,
+        "probe": hints.get("probe") == view.target.name,
+        "p_on_time": view.p_on_time,
+        "queue_wait_ms": view.wait,
+        "on_time_needed": needed.needed,
+        "rule": needed.rule,
+        "failover_counted": view.failover,
+    }
+    why = candidate_reason(fields, request, view.skip_reason, view.probe_kind, hints, config)
+    return Candidate(reason=why, **fields)

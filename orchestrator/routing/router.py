@@ -10,6 +10,7 @@ from functools import partial
 
 from orchestrator.routing import learning, policy
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
+from orchestrator.routing.objective import slo_class
 from orchestrator.routing.stats import StatsStore
 from orchestrator.routing.types import Decision, Outcome, RouteRequest, Target, TargetStats
 
@@ -33,7 +34,17 @@ class Router:
     def decide(self, request: RouteRequest, targets: Sequence[Target], now: float) -> Decision:
         """The ranked decision for ``request`` at ``now`` (epoch s), from live shared stats."""
         stats = self.store.snapshot([t.name for t in targets], now)
-        return policy.decide(request, targets, stats, now, self.config, self._rng.random())
+        label, goal = slo_class(self.config, request.sla_ms)
+        record = self.store.slo_record(label) if goal < 1.0 and hasattr(self.store, "slo_record") else None
+        return policy.decide(request, targets, stats, now, self.config, self._rng.random(), slo=record)
+
+    def record_job(self, sla_ms: float, on_time: bool, at: float) -> None:
+        """Count one finished job (``on_time``: answered successfully by its deadline) in its SLA
+        class's live record, which moves that class's bar towards its objective. Only classes
+        with an objective below 1 keep a record; a store without records ignores it."""
+        label, goal = slo_class(self.config, sla_ms)
+        if goal < 1.0 and hasattr(self.store, "update_slo"):
+            self.store.update_slo(label, partial(learning.observe_job, on_time=on_time, at=at, config=self.config))
 
     def record(self, outcome: Outcome) -> TargetStats:
         """Fold one call's outcome into the shared stats (latency, errors, circuit)."""

@@ -15,11 +15,12 @@ from typing import Protocol
 
 import redis
 
-from orchestrator.constants import INFLIGHT_KEY, INFLIGHT_STALE_SECONDS, STATS_KEY
+from orchestrator.constants import INFLIGHT_KEY, INFLIGHT_STALE_SECONDS, SLO_CLASS_KEY, STATS_KEY
 from orchestrator.errors import StatsContention
-from orchestrator.routing.types import TargetStats
+from orchestrator.routing.types import SloClassStats, TargetStats
 
 Update = Callable[[TargetStats], TargetStats]
+SloUpdate = Callable[[SloClassStats], SloClassStats]
 
 _NEVER = TargetStats()
 
@@ -50,6 +51,9 @@ class StatsStore(Protocol):
 
     def call_ended(self, name: str, call_id: str) -> None: ...
 
+    # Optional (a store without them leaves objectives below 1 at their static bar):
+    # ``slo_record(label) -> SloClassStats`` and ``update_slo(label, fn) -> SloClassStats``.
+
 
 class InMemoryStatsStore:
     """A StatsStore for one process: simulations, tests and the dry-run of a single worker."""
@@ -57,6 +61,7 @@ class InMemoryStatsStore:
     def __init__(self) -> None:
         self._stats: dict[str, TargetStats] = {}
         self._inflight: dict[str, dict[str, float]] = {}
+        self._slo: dict[str, SloClassStats] = {}
         self._lock = threading.Lock()
 
     def snapshot(self, names: Iterable[str], now: float) -> dict[str, TargetStats]:
@@ -78,6 +83,16 @@ class InMemoryStatsStore:
         with self._lock:
             new = _stored(fn(self._stats.get(name, _NEVER)))
             self._stats[name] = new
+            return new
+
+    def slo_record(self, label: str) -> SloClassStats:
+        """How the SLA class ``label`` is doing."""
+        with self._lock:
+            return self._slo.get(label, SloClassStats())
+
+    def update_slo(self, label: str, fn: SloUpdate) -> SloClassStats:
+        with self._lock:
+            new = self._slo[label] = fn(self._slo.get(label, SloClassStats()))
             return new
 
     def call_started(self, name: str, call_id: str, now: float) -> None:
@@ -118,21 +133,31 @@ class RedisStatsStore:
         return result
 
     def update(self, name: str, fn: Update) -> TargetStats:
-        key = STATS_KEY.format(target=name)
+        return self._update(STATS_KEY.format(target=name), TargetStats, lambda s: _stored(fn(s)))
+
+    def slo_record(self, label: str) -> SloClassStats:
+        """How the SLA class ``label`` is doing, fleet-wide."""
+        blob = self._redis.get(SLO_CLASS_KEY.format(label=label))
+        return SloClassStats.from_dict(json.loads(blob)) if blob else SloClassStats()
+
+    def update_slo(self, label: str, fn: SloUpdate) -> SloClassStats:
+        return self._update(SLO_CLASS_KEY.format(label=label), SloClassStats, fn)
+
+    def _update(self, key: str, kind, fn):
+        """Optimistic read-modify-write of one JSON record (WATCH/MULTI, retried on a race)."""
         with self._redis.pipeline() as pipe:
             for _ in range(REDIS_UPDATE_RETRIES):
                 try:
                     pipe.watch(key)
                     blob = pipe.get(key)
-                    current = TargetStats.from_dict(json.loads(blob)) if blob else TargetStats()
-                    new = _stored(fn(current))
+                    new = fn(kind.from_dict(json.loads(blob)) if blob else kind())
                     pipe.multi()
                     pipe.set(key, json.dumps(new.to_dict()))
                     pipe.execute()
                     return new
                 except redis.WatchError:
                     continue
-        raise StatsContention(f"stats update for {name} lost {REDIS_UPDATE_RETRIES} races in a row")
+        raise StatsContention(f"stats update of {key} lost {REDIS_UPDATE_RETRIES} races in a row")
 
     def call_started(self, name: str, call_id: str, now: float) -> None:
         key = INFLIGHT_KEY.format(target=name)

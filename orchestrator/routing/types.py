@@ -107,6 +107,24 @@ class TargetStats:
 
 
 @dataclass(frozen=True, slots=True)
+class SloClassStats:
+    """How one SLA class is doing, fleet-wide: ``jobs`` (a count, capped) and ``miss_rate`` (an
+    EWMA over about the last 1 / ``slo_alpha`` finished jobs of the class)."""
+
+    jobs: float = 0.0
+    miss_rate: float = 0.0
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SloClassStats:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened on one model-server call. ``at`` is the epoch second the call ended.
 
@@ -126,7 +144,8 @@ class Outcome:
 class Candidate:
     """One target as the policy saw it for one job, with the components of its score.
 
-    ``meets_sla``: eligible and ``p_on_time`` at least the configured on-time target. ``probe``:
+    ``meets_sla``: eligible, ``p_on_time`` at least ``on_time_needed`` (the bar of the job's SLA
+    class objective) and the error rate within bounds. ``probe``:
     sent first to learn about it (new, stale or half-open), not because it ranked first."""
 
     target: str
@@ -146,9 +165,15 @@ class Candidate:
     reason: str
     p_on_time: float = 1.0
     """Predicted probability that a call started now succeeds by the deadline:
-    P(latency <= time left) x (1 - error rate)."""
+    P(latency <= time left) x (1 - error rate), plus a failover's chance after an error."""
     queue_wait_ms: float = 0.0
     """Predicted wait for a free slot (ms), from the calls in flight against the capacity."""
+    on_time_needed: float = 0.0
+    """The bar ``p_on_time`` had to reach for this job (the class objective's rule)."""
+    rule: str = ""
+    """That rule in words, e.g. "objective 99.00% for SLA <= 500ms"."""
+    failover_counted: bool = False
+    """``p_on_time`` includes the chance of a failover rescuing an error in time."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -156,6 +181,7 @@ class Candidate:
             data[key] = round(data[key], 1)
         data["error_rate"] = round(data["error_rate"], 4)
         data["p_on_time"] = round(data["p_on_time"], 4)
+        data["on_time_needed"] = round(data["on_time_needed"], 4)
         return data
 
 

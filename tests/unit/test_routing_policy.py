@@ -45,8 +45,9 @@ def test_the_cheapest_target_that_fits_the_sla_is_first():
     decision = decide(job(sla_ms=2000), TARGETS, stats, NOW)
     assert ranked(decision) == ["edge", "cloud", "gpu"]
     assert decision.chosen.target == "edge" and not decision.sla_unmeetable and decision.run
-    assert decision.candidates[0].reason.startswith("edge: p95 ")
-    assert "fits the 2000 ms SLA" in decision.candidates[0].reason and "$0.0002/call" in decision.candidates[0].reason
+    reason = decision.candidates[0].reason
+    assert reason.startswith("edge: 100.00% on time >= ") and "needed (deadline first: best 100.00%" in reason
+    assert "p95 184 ms <= 2000 ms left of the 2000 ms SLA" in reason and "$0.0002/call" in reason
 
 
 def test_a_tight_sla_moves_the_job_to_the_target_that_can_meet_it():
@@ -54,7 +55,7 @@ def test_a_tight_sla_moves_the_job_to_the_target_that_can_meet_it():
     decision = decide(job(sla_ms=300), TARGETS, stats, NOW)
     assert decision.chosen.target == "gpu"
     edge = next(c for c in decision.candidates if c.target == "edge")
-    assert not edge.meets_sla and "exceeds" in edge.reason
+    assert not edge.meets_sla and " on time < " in edge.reason and "ms > 300 ms left" in edge.reason
 
 
 def test_time_already_spent_in_the_queue_counts_against_the_sla():

@@ -51,7 +51,8 @@ def test_errors_count_against_a_tight_job_but_failover_covers_a_lax_one():
     # after an error at ~100 ms there are ~150 ms left, and the backup needs ~400 ms
     assert candidate(tight, "cheap").p_on_time == pytest.approx(0.7, abs=0.02)
     assert not candidate(tight, "cheap").meets_sla
-    assert "error rate 30% too high" in candidate(tight, "cheap").reason
+    assert "70.12% on time < 90.00% needed" in candidate(tight, "cheap").reason
+    assert "failover counted" in candidate(tight, "cheap").reason
 
 
 def test_calls_beyond_capacity_add_a_queue_wait_to_the_prediction():

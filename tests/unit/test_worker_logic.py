@@ -237,7 +237,8 @@ def test_the_abandoned_call_still_teaches_the_router_when_it_ends(sqlite_engine,
     while runtime.router.stats([EDGE], time.time())["edge"].calls == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     edge = runtime.router.stats([EDGE], time.time())["edge"]
-    assert edge.calls == 1 and edge.failures == 1 and edge.in_flight == 0  # its real outcome: a timeout
+    # its real outcome, a timeout cut short by the 800 ms deadline: latency evidence, not a failure
+    assert edge.calls == 1 and edge.samples > 0 and edge.failures == 0 and edge.in_flight == 0
 
 
 def test_when_the_backup_fails_the_first_call_can_still_win(sqlite_engine, fake_redis):
