@@ -6,6 +6,9 @@ set -uo pipefail
 PROXY="http://127.0.0.1:$1"; shift
 export http_proxy="$PROXY" https_proxy="$PROXY" HTTP_PROXY="$PROXY" HTTPS_PROXY="$PROXY"
 export no_proxy=127.0.0.1,localhost,::1 NO_PROXY=127.0.0.1,localhost,::1
+# The system trust store (fresh-machine adds the host's extra anchors to it): pip and node
+# otherwise use their own bundles.
+export PIP_CERT=/etc/ssl/certs/ca-certificates.crt NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 say() { printf '[fresh] %s\n' "$*"; }
 cd /root/pedi-orchestrator
 API=http://127.0.0.1:9000
