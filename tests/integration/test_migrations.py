@@ -1,10 +1,16 @@
-"""Alembic revision 0001 and migrations/001_create_tables.sql build the same Postgres schema,
-which is also exactly what the ORM models describe; the audit table refuses UPDATE/DELETE."""
+"""Alembic's revisions and migrations/NNN_*.sql build the same Postgres schema, which is also
+exactly what the ORM models describe; each SQL file records the Alembic revision it equals, so
+the two paths mix (SQL first, then `alembic upgrade head`); the audit table refuses UPDATE/DELETE.
+The rule for SQL files: migrations/README.md."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -63,28 +69,72 @@ def two_databases(pg_server_url):
         postgres.drop_database(url)
 
 
-def apply_sql_file(url: str) -> None:
+def sql_files() -> list[Path]:
+    """migrations/NNN_*.sql in the order they are applied."""
+    return sorted((ROOT / "migrations").glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def alembic_chain() -> list[str]:
+    """Alembic's revisions from the first to head."""
+    script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+
+
+def apply_sql_file(url: str, path: Path | None = None) -> None:
     engine = create_engine(url)
     raw = engine.raw_connection()
     try:
         with raw.cursor() as cursor:
-            cursor.execute((ROOT / "migrations" / "001_create_tables.sql").read_text())
+            cursor.execute((path or sql_files()[0]).read_text())
         raw.commit()
     finally:
         raw.close()
         engine.dispose()
 
 
-def test_sql_file_and_alembic_build_the_same_schema(two_databases):
+def recorded_revisions(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    engine.dispose()
+    return list(versions)
+
+
+def test_sql_files_and_alembic_build_the_same_schema(two_databases):
     from tests.conftest import migrate
 
     alembic_url, sql_url = two_databases
     migrate(alembic_url)
-    apply_sql_file(sql_url)
+    for path in sql_files():
+        apply_sql_file(sql_url, path)
     via_alembic, via_sql = describe(alembic_url), describe(sql_url)
     assert set(via_alembic) >= {"cases", "jobs", "audit", "targets", "telemetry_samples", "_triggers"}
     assert via_alembic["_triggers"], "the append-only trigger is missing"
     assert via_alembic == via_sql
+
+
+def test_each_sql_file_records_the_alembic_revision_it_equals(two_databases):
+    url = two_databases[0]
+    files, chain = sql_files(), alembic_chain()
+    assert [path.name[:3] for path in files] == [f"{n:03d}" for n in range(1, len(files) + 1)], "gap in NNN_*.sql"
+    assert len(files) == len(chain), f"SQL files {[p.name for p in files]} vs Alembic revisions {chain}"
+    for path, revision in zip(files, chain, strict=True):
+        apply_sql_file(url, path)
+        assert recorded_revisions(url) == [revision], f"{path.name} must end by recording revision {revision}"
+
+
+def test_alembic_upgrade_head_continues_after_the_sql_path(two_databases):
+    """The reported failure: psql -f 001_create_tables.sql, then `alembic upgrade head` died on
+    DuplicateTable. It must upgrade from there (a no-op while 0001 is head) to the same schema."""
+    from tests.conftest import migrate
+
+    sql_url, alembic_url = two_databases
+    apply_sql_file(sql_url, sql_files()[0])
+    migrate(sql_url)
+    migrate(sql_url)  # and again: at head, nothing to do
+    migrate(alembic_url)
+    assert recorded_revisions(sql_url) == recorded_revisions(alembic_url) == [alembic_chain()[-1]]
+    assert describe(sql_url) == describe(alembic_url)
 
 
 def test_init_db_on_postgres_builds_the_same_schema_as_alembic(two_databases):
@@ -112,8 +162,6 @@ def test_alembic_schema_matches_the_orm_models(two_databases):
 
 
 def test_alembic_downgrade_removes_everything(two_databases):
-    from alembic.config import Config
-
     from alembic import command
 
     url = two_databases[0]
