@@ -246,10 +246,11 @@ def main(api_port: int, model_port: int, concurrency: int, prometheus: bool) -> 
 def start_prometheus(supervisor: Supervisor, binary: str, api_port: int, metrics_port: int) -> str:
     """Prometheus with the repo's scrape jobs pointed at this stack and the repo's alert rules."""
     config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    port = PROMETHEUS_PORT if port_free(PROMETHEUS_PORT) else free_port()
     addresses = {
         "pedi-orchestrator": f"127.0.0.1:{api_port}",
         "pedi-worker": f"127.0.0.1:{metrics_port}",
-        "prometheus": f"127.0.0.1:{PROMETHEUS_PORT}",
+        "prometheus": f"127.0.0.1:{port}",
     }
     config["rule_files"] = [str(path) for path in sorted((ROOT / "prometheus" / "rules").glob("*.yaml"))]
     for job in config["scrape_configs"]:
@@ -262,10 +263,10 @@ def start_prometheus(supervisor: Supervisor, binary: str, api_port: int, metrics
         binary,
         f"--config.file={workdir / 'prometheus.yml'}",
         f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+        f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+    url = f"http://127.0.0.1:{port}"
     supervisor.start("prometheus", argv, ready_url=f"{url}/-/ready")
     return url
 
