@@ -17,6 +17,7 @@ import random
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import fakeredis
 import httpx
@@ -183,6 +184,8 @@ def test_a_submitted_case_is_processed_at_once_with_result_routing_and_audit(pip
     candidates = {c["target"]: c for c in routing["candidates"]}
     assert set(candidates) == set(SERVERS)
     assert all(c["reason"] for c in candidates.values())
+    decided = datetime.fromisoformat(routing["decided_at_iso"])  # every time in the API is ISO 8601
+    assert decided.timestamp() == pytest.approx(routing["decided_at"], abs=1e-3)
     assert job["sla_met"] is True and len(job["attempts"]) == 1
     events = [e["event"] for e in run.events(job_id)]
     assert events == ["submitted", "claimed", "routed", "attempt", "completed"]
