@@ -6,17 +6,14 @@ SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/pedi-check-XXXXXX")"
 chmod 0755 "$SCRATCH"   # a throwaway cluster runs as the postgres user, inside it
 export TMPDIR="$SCRATCH"
 
-scratch_pids() {
-  local dir cmd pid
-  for dir in /proc/[0-9]*; do
-    pid="${dir#/proc/}"
-    [[ "$pid" == "$$" ]] && continue
-    cmd="$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null)" || continue
-    [[ "$cmd" == *"$SCRATCH/"* ]] && echo "$pid"
-  done
+scratch_pids() {  # processes whose command line names a path in $SCRATCH (the pattern comes
+  # from a file descriptor, so grep's own command line does not match)
+  grep -laF -f <(printf '%s\n' "$SCRATCH/") /proc/[0-9]*/cmdline 2>/dev/null \
+    | awk -F/ -v self="$$" '$3 != self { print $3 }' || true
 }
 
 scratch_cleanup() {
+  set +e   # clean up as much as possible, whatever fails
   local data pg_ctl pids
   for data in "$SCRATCH"/pedi-pg-*/data; do
     [[ -f "$data/postmaster.pid" ]] || continue
@@ -42,3 +39,24 @@ scratch_cleanup() {
 trap scratch_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# run_in_scratch CMD...: run CMD (the test session) so that Ctrl-C and SIGTERM reach it and the
+# cleanup above still runs after it: CMD runs as a job in its own process group (job control on,
+# so it does not inherit an ignored SIGINT), and this shell forwards the signal and waits for it.
+run_in_scratch() {
+  local pid rc
+  set -m
+  "$@" &
+  pid=$!
+  set +m
+  trap 'kill -INT "$pid" 2>/dev/null' INT
+  trap 'kill -TERM "$pid" 2>/dev/null' TERM
+  while :; do
+    rc=0
+    wait "$pid" || rc=$?
+    kill -0 "$pid" 2>/dev/null || break   # a forwarded signal interrupted the wait: wait again
+  done
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  return "$rc"
+}
