@@ -25,6 +25,7 @@ from orchestrator.api_router import api_router
 from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
 from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from orchestrator.app.openapi import install_openapi
 from orchestrator.db import make_engine
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
@@ -44,7 +45,7 @@ forward client baggage; orchestrator.tracing's server span records the route tem
 
 DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
 servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
-Every /api route needs an `x-api-key` header when the server has `API_KEY` set."""
+Errors: every 4xx/5xx body is `{"error": {"code", "message", "field"?}}` (ErrorBody)."""
 
 
 def build_services(settings: Settings) -> Services:
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest
     app.include_router(api_router)
+    install_openapi(app, keys_required=bool(app.state.services.api_key_digests))
     return app
 
 
