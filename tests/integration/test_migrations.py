@@ -1,6 +1,8 @@
 """Alembic's revisions and migrations/NNN_*.sql build the same Postgres schema, which is also
-exactly what the ORM models describe; the audit table refuses UPDATE/DELETE; revision 0002
-(tenants) keeps every existing row, as tenant ``default``, and its SQL is safe to apply twice."""
+exactly what the ORM models describe; each SQL file records the Alembic revision it equals, so
+the two paths mix (SQL first, then `alembic upgrade head`); the audit table refuses UPDATE/DELETE;
+revision 0002 (tenants) keeps every existing row, as tenant ``default``, and its SQL is safe to
+apply twice. The rule for SQL files: migrations/README.md."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -86,9 +90,13 @@ def apply_sql_file(url: str, files: list | None = None) -> None:
         engine.dispose()
 
 
-def alembic_to(url: str, revision: str) -> None:
-    from alembic.config import Config
+def alembic_chain() -> list[str]:
+    """Alembic's revisions from the first to head."""
+    script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
 
+
+def alembic_to(url: str, revision: str) -> None:
     from alembic import command
 
     config = Config(str(ROOT / "alembic.ini"))
@@ -97,11 +105,16 @@ def alembic_to(url: str, revision: str) -> None:
     command.upgrade(config, revision)
 
 
-def test_each_sql_file_matches_an_alembic_revision_in_order():
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
+def recorded_revisions(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    engine.dispose()
+    return list(versions)
 
-    revisions = [r.revision for r in ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).walk_revisions()]
+
+def test_each_sql_file_matches_an_alembic_revision_in_order():
+    revisions = alembic_chain()
     numbers = [path.name[:3] for path in SQL_FILES]
     assert numbers == [f"{n:03d}" for n in range(1, len(SQL_FILES) + 1)], "no gap, no duplicate"
     assert sorted(revisions) == [f"0{number}" for number in numbers]
@@ -170,6 +183,29 @@ def test_rows_from_before_tenants_become_tenant_default_and_keep_their_idempoten
     engine.dispose()
 
 
+def test_each_sql_file_records_the_alembic_revision_it_equals(two_databases):
+    url = two_databases[0]
+    chain = alembic_chain()
+    assert len(SQL_FILES) == len(chain), f"SQL files {[p.name for p in SQL_FILES]} vs Alembic revisions {chain}"
+    for path, revision in zip(SQL_FILES, chain, strict=True):
+        apply_sql_file(url, [path])
+        assert recorded_revisions(url) == [revision], f"{path.name} must end by recording revision {revision}"
+
+
+def test_alembic_upgrade_head_continues_after_the_sql_path(two_databases):
+    """The reported failure: psql -f 001_create_tables.sql, then `alembic upgrade head` died on
+    DuplicateTable. It must upgrade from there to the same schema as Alembic alone."""
+    from tests.conftest import migrate
+
+    sql_url, alembic_url = two_databases
+    apply_sql_file(sql_url, SQL_FILES[:1])
+    migrate(sql_url)
+    migrate(sql_url)  # and again: at head, nothing to do
+    migrate(alembic_url)
+    assert recorded_revisions(sql_url) == recorded_revisions(alembic_url) == [alembic_chain()[-1]]
+    assert describe(sql_url) == describe(alembic_url)
+
+
 def test_init_db_on_postgres_builds_the_same_schema_as_alembic(two_databases):
     from orchestrator.models import init_db
     from tests.conftest import migrate
@@ -195,8 +231,6 @@ def test_alembic_schema_matches_the_orm_models(two_databases):
 
 
 def test_alembic_downgrade_removes_everything(two_databases):
-    from alembic.config import Config
-
     from alembic import command
 
     url = two_databases[0]

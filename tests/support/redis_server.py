@@ -1,4 +1,7 @@
-"""A private redis-server process per test session: nothing on disk, a free port, restartable."""
+"""A private redis-server process per test session: nothing on disk, a free port, restartable.
+
+Its temporary folder exists while the server runs: ``stop`` removes it (``start`` makes it again),
+so a session leaves no ``pedi-redis-*`` folder behind."""
 
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
         argv = [
             self.binary,
             "--port",
@@ -72,6 +76,7 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait(5)
         self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def restart(self) -> None:
         """Stop and start on the same port: with nothing on disk, every key is gone."""

@@ -130,18 +130,19 @@ class Stack:
         self.model_servers[name] = server
         return server
 
-    def api(self, *, api_key: str | None = None, **env: str) -> Api:
-        """Start the API under uvicorn on a free port."""
+    def api(self, *, api_key: str | None = None, module_app: bool = False, **env: str) -> Api:
+        """Start the API under uvicorn on a free port: ``create_app --factory``, or with
+        ``module_app`` the module-level ``orchestrator.app.main:app`` users paste."""
         port = free_port()
         overrides = {**self.target_env(), **env}
         keys = api_key.split(",") if api_key else []
         if keys:  # administrators' keys (a list: rotation): the stack's tests drive every route
             overrides = {**keys_env(*(principal(key, "admin") for key in keys)), **overrides}
+        target = ["orchestrator.app.main:app"] if module_app else ["orchestrator.app.main:create_app", "--factory"]
         argv = python(
             "-m",
             "uvicorn",
-            "orchestrator.app.main:create_app",
-            "--factory",
+            *target,
             "--host",
             "127.0.0.1",
             "--port",

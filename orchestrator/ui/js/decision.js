@@ -118,7 +118,7 @@ export function decisionView(decision) {
     " ",
     decision.run === false ? badge("fails fast: strict SLA or nothing eligible", "bad") : null,
     " decided ",
-    when(decision.decided_at),
+    when(decision.decided_at_iso ?? decision.decided_at),
     isNum(candidates[0]?.time_left_ms) ? ` with ${ms(candidates[0].time_left_ms)} left to the deadline` : null,
   );
   if (!candidates.length) return h("div", { class: "decision" }, headline, flags, sentence("No target was considered."));

@@ -80,6 +80,14 @@ export function isNum(value) {
   return typeof value === "number" && Number.isFinite(value);
 }
 
+/** A number for display: integers as they are; others without float noise (399.9999999999999
+ * reads 400, 12.3456 reads 12.3, 0.000213 stays 0.000213). Anything else as text. */
+export function num(value) {
+  if (!isNum(value)) return String(value);
+  if (Number.isInteger(value)) return String(value);
+  return String(Math.abs(value) >= 100 ? Math.round(value) : Number(value.toPrecision(3)));
+}
+
 /** Milliseconds: "4.2 ms", "312 ms", "12.5 s". */
 export function ms(value) {
   if (!isNum(value)) return DASH;

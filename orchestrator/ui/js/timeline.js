@@ -2,12 +2,12 @@
 // the attempts against the SLA, and one sentence per event.
 
 import { frame, scale, xAxis } from "./charts.js";
-import { badge, h, isNum, ms, sentence, svg, toDate, when } from "./dom.js";
+import { badge, h, isNum, ms, num, sentence, svg, toDate, when } from "./dom.js";
 
 function detailText(details) {
   return Object.entries(details || {})
     .filter(([, v]) => v !== null && v !== undefined && v !== "")
-    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`)
+    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : num(v)}`)
     .join(", ");
 }
 
