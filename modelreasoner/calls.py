@@ -136,6 +136,20 @@ def after_call(rt: Runtime, target: str, call_id: str, outcome: Outcome | None) 
         update()
 
 
+def job_ended(rt: Runtime, sla_ms: float, on_time: bool) -> None:
+    """The job's SLA class learns whether it met its deadline (a fleet-wide record that moves the
+    class towards the operator's objective): on the stats writer when there is one."""
+    at = time.time()
+
+    def update() -> None:
+        rt.router.record_job(sla_ms, on_time, at)
+
+    if rt.stats_writer is not None:
+        rt.stats_writer.submit(update)
+    else:
+        update()
+
+
 def hedged_call(
     rt: Runtime,
     payload: CallInput,

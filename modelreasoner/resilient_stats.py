@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 from orchestrator.errors import StatsContention
-from orchestrator.routing.stats import StatsStore, Update
-from orchestrator.routing.types import TargetStats
+from orchestrator.routing.stats import SloUpdate, StatsStore, Update
+from orchestrator.routing.types import SloClassStats, TargetStats
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,20 @@ class ResilientStatsStore:
             self.inner.call_ended(name, call_id)
         except redis.RedisError as exc:
             self._absorbed("call_ended", exc)
+
+    def slo_record(self, label: str) -> SloClassStats:
+        try:
+            return self.inner.slo_record(label)
+        except redis.RedisError as exc:
+            self._absorbed("slo_record", exc)
+            return SloClassStats()
+
+    def update_slo(self, label: str, fn: SloUpdate) -> SloClassStats:
+        try:
+            return self.inner.update_slo(label, fn)
+        except (redis.RedisError, StatsContention) as exc:
+            self._absorbed("update_slo", exc)
+            return SloClassStats()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

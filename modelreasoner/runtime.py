@@ -31,6 +31,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.models import Audit, Job, init_db
 from orchestrator.queue_rq import make_redis
 from orchestrator.routing import RedisStatsStore, Router, Target
+from orchestrator.routing.config import config_with_objectives
 from orchestrator.settings import Settings, get_settings
 from orchestrator.targets import configured_targets, merge_targets, registered_targets
 from orchestrator.url_policy import policy_for
@@ -139,7 +140,10 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
         engine=engine,
         sessions=sessions,
         redis=connection,
-        router=Router(ResilientStatsStore(RedisStatsStore(connection))),  # a Redis blip must not fail a job
+        router=Router(  # a Redis blip must not fail a job
+            ResilientStatsStore(RedisStatsStore(connection)),
+            config_with_objectives(settings.routing_slo_objectives, settings.routing_slo_default_objective),
+        ),
         client=client,
         http=http,
         leases=LeaseKeeper(sessions, worker_id=worker_id, lease_seconds=settings.job_lease_seconds),

@@ -28,7 +28,7 @@ import click
 from rq import Worker, get_current_job
 from sqlalchemy import select
 
-from modelreasoner import dispatch
+from modelreasoner import calls, dispatch
 from modelreasoner.db_retry import database_down, with_db_retry
 from modelreasoner.lease import check_targets_fit_the_lease, longest_run_seconds
 from modelreasoner.reasons import step_failed
@@ -256,6 +256,7 @@ def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
         log.info("job already finished elsewhere; this result is discarded")
         return False
     target = fields.get("target") or "none"
+    calls.job_ended(rt, job.sla_ms, terminal.status is JobStatus.COMPLETED and fields["sla_met"])
     JOB_E2E_LATENCY.labels(target).observe(total_s)
     if terminal.status is JobStatus.COMPLETED:
         JOBS_COMPLETED.labels(target).inc()

@@ -16,6 +16,7 @@ from orchestrator.db import make_session_factory, session_scope
 from orchestrator.principals import Principal
 from orchestrator.queue_rq import get_queue
 from orchestrator.routing import RedisStatsStore, Router
+from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig, config_with_objectives
 from orchestrator.settings import Settings
 
 
@@ -30,6 +31,8 @@ class Services:
     queue: Queue
     principals: dict[str, Principal] = field(default_factory=dict)
     """sha256 digest of each accepted key -> its principal; empty in dev mode."""
+    routing_config: RoutingConfig = DEFAULT_CONFIG
+    """The routing policy's knobs, with the operator's SLO objectives (ROUTING_SLO_*)."""
 
     @classmethod
     def over(cls, settings: Settings, engine: Engine, connection: redis.Redis) -> Services:
@@ -41,6 +44,9 @@ class Services:
             redis=connection,
             queue=get_queue(connection),
             principals=settings.principals,
+            routing_config=config_with_objectives(
+                settings.routing_slo_objectives, settings.routing_slo_default_objective
+            ),
         )
 
 
@@ -59,7 +65,8 @@ def get_settings_dep(request: Request) -> Settings:
 
 def get_router(request: Request) -> Router:
     """A router over the stats every worker shares in Redis (cheap: no I/O until used)."""
-    return Router(RedisStatsStore(request.app.state.services.redis))
+    services = request.app.state.services
+    return Router(RedisStatsStore(services.redis), services.routing_config)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -45,6 +45,6 @@ def dry_run(body: RouteDryRun, session: SessionDep, services: ServicesDep, _: Op
         strict_sla=body.strict_sla,
         budget_usd=body.budget_usd,
     )
-    router_ = Router(RedisStatsStore(services.redis), rng=NoExploration())
+    router_ = Router(RedisStatsStore(services.redis), services.routing_config, rng=NoExploration())
     decision = router_.decide(request, targets, now)
     return RouteDryRunResult(decision=decision.to_dict(), targets_considered=len(targets))
