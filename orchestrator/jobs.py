@@ -32,6 +32,8 @@ from orchestrator.principals import DEFAULT_TENANT
 from orchestrator.schemas import JobCreate, TaskCreate, decode_embedding
 
 _ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
+ERASED = "erased"
+"""The error kind of a job cancelled because its case was erased (and the audit event of an erasure)."""
 
 
 @dataclass(frozen=True)
@@ -370,3 +372,31 @@ def finish(session: Session, job_id: uuid.UUID, status: JobStatus, *, actor: str
     )
     session.commit()
     return True
+
+
+def cancel_for_erasure(session: Session, job_ids: list[uuid.UUID], *, actor: str, now: datetime) -> list[uuid.UUID]:
+    """End every still-active job of ``job_ids`` as ``failed`` (error_kind ``erased``) in the
+    caller's transaction (the erasure commits it, together with the erasure itself); returns the
+    ids it cancelled. The same conditional UPDATE as ``finish``: a worker's later terminal write
+    finds the job no longer active and changes nothing, so no result is written after an erase."""
+    if not job_ids:
+        return []
+    table = Job.__table__
+    cancelled = list(
+        session.scalars(
+            update(table)
+            .where(table.c.id.in_(job_ids), table.c.status.in_(_ACTIVE_VALUES))
+            .values(
+                status=JobStatus.FAILED.value,
+                finished_at=now,
+                lease_expires_at=None,
+                error_kind=ERASED,
+                error="cancelled: the case was erased",
+            )
+            .returning(table.c.id)
+        )
+    )
+    for job_id in cancelled:
+        details = {"error_kind": ERASED}
+        audit.record(session, job_id, JobStatus.FAILED.value, actor, at=now, outcome="failed", details=details)
+    return cancelled

@@ -201,6 +201,7 @@ class StateCollector(Collector):
         workers_alive: Callable[[], int],
         circuit_states: Callable[[], dict[str, int]],
         reconciler_last_pass_age: Callable[[], float],
+        phi_retention_overdue: Callable[[], float] | None = None,
     ) -> None:
         self._queue_depth = queue_depth
         self._oldest = oldest_queued_age
@@ -208,6 +209,8 @@ class StateCollector(Collector):
         self._workers = workers_alive
         self._circuits = circuit_states
         self._reconciler_age = reconciler_last_pass_age
+        self._phi_overdue = phi_retention_overdue
+        """None: PHI retention is off, and its gauge is not exported."""
 
     def describe(self) -> Iterable:
         return []
@@ -251,6 +254,13 @@ class StateCollector(Collector):
                 "pedi_reconciler_last_pass_age_seconds",
                 "Seconds since any process finished a reconciliation pass (+Inf: none recorded).",
                 value=age,
+            )
+        overdue = self._probe("db", self._phi_overdue) if self._phi_overdue is not None else None
+        if overdue is not None:
+            yield GaugeMetricFamily(
+                "pedi_phi_retention_overdue_seconds",
+                "How long past PHI_RETENTION_DAYS the oldest unerased PHI of a finished job is (0: up to date).",
+                value=overdue,
             )
         yield GaugeMetricFamily(
             "pedi_state_scrape_duration_seconds",

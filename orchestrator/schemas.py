@@ -166,6 +166,7 @@ class OutcomePublic(BaseModel):
     total_ms: float | None = Field(None, description="Submit to finish (ms)")
     cost_usd: float | None
     attempts: list[AttemptPublic] = []
+    erased: bool = Field(False, description="The PHI (inputs and result) was erased: those fields are null")
 
 
 class JobPublic(OutcomePublic):
@@ -467,3 +468,25 @@ class TargetModelMetrics(BaseModel):
 
 class ModelMetrics(BaseModel):
     targets: list[TargetModelMetrics]
+
+
+class CaseErased(BaseModel):
+    """What DELETE /api/cases/{case_id} did. A second erase answers the same way, with every job
+    under ``already_erased_job_ids``."""
+
+    case_id: uuid.UUID
+    erased_job_ids: list[uuid.UUID] = Field(description="Jobs whose PHI this request erased")
+    already_erased_job_ids: list[uuid.UUID] = Field(description="Jobs whose PHI was erased before")
+    cancelled_job_ids: list[uuid.UUID] = Field(
+        description="Jobs still queued or running that this request ended (failed, error_kind erased)"
+    )
+
+
+class CaseExport(BaseModel):
+    """Everything stored about a case (GET /api/cases/{case_id}/export)."""
+
+    case: dict[str, Any]
+    jobs: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
+    exported_at: datetime
+    exported_by: str

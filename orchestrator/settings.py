@@ -217,6 +217,14 @@ class Settings(BaseSettings):
     """How long telemetry pushed to POST /api/telemetry is kept (h). A sample already older is
     dropped on arrival; stored ones are pruned in bounded batches as their target sends more."""
 
+    # --- PHI lifecycle (docs/security.md "PHI lifecycle") ---------------------------------------
+    phi_retention_days: float | None = Field(None, gt=0, le=36500, allow_inf_nan=False)
+    """Days after a job finishes before its PHI (observations, embedding, payload, result) is
+    erased by ``python -m orchestrator.retention``; unset: kept until its case is erased."""
+    phi_retention_batch_size: int = Field(500, ge=1, le=100_000)
+    """Jobs erased per transaction by a retention pass; a pass repeats batches until none is left
+    or ``--max-batches`` is reached, and the next pass resumes with the oldest left."""
+
     # --- observability -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     """Log threshold of every process (JSON lines on stdout)."""

@@ -34,6 +34,7 @@ from orchestrator.metrics import StateCollector, register_state_collector
 from orchestrator.models import init_db
 from orchestrator.queue_rq import make_redis
 from orchestrator.reconciler import Reconciler, actor_name
+from orchestrator.retention import retention_overdue_probe
 from orchestrator.settings import Settings, get_settings
 from orchestrator.targets import configured_targets
 from orchestrator.tracing import API_SERVICE, TracingMiddleware, configure_tracing
@@ -63,6 +64,11 @@ def state_collector(services: Services) -> StateCollector:
         workers_alive=partial(fleet.workers_alive, services.redis, services.queue),
         circuit_states=partial(fleet.circuit_states, services.redis),
         reconciler_last_pass_age=partial(fleet.reconciler_last_pass_age_seconds, services.redis),
+        phi_retention_overdue=(
+            retention_overdue_probe(services.sessions, services.settings.phi_retention_days)
+            if services.settings.phi_retention_days is not None
+            else None
+        ),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from orchestrator import audit, catalogue, jobs
+from orchestrator import audit, catalogue, jobs, lifecycle
 from orchestrator.app.auth import ReadDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
@@ -192,4 +192,5 @@ def to_public(job: Job, trail: list[Audit], reader: Principal) -> JobPublic:
         total_ms=total_ms,
         cost_usd=job.cost_usd,
         attempts=attempts,
+        erased=lifecycle.is_erased(job),
     )

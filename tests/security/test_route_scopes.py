@@ -42,6 +42,8 @@ EXPECTED_SCOPES = {
     ("GET", "/api/jobs"): Scope.READ,
     ("GET", "/api/jobs/{job_id}/events"): Scope.READ,
     ("GET", "/task/{task_id}"): Scope.READ,
+    ("DELETE", "/api/cases/{case_id}"): Scope.SUBMIT,
+    ("GET", "/api/cases/{case_id}/export"): Scope.READ,
     ("GET", "/api/targets"): Scope.OPERATE,
     ("POST", "/api/telemetry"): Scope.OPERATE,
     ("GET", "/api/sla-events"): Scope.OPERATE,
