@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator import audit, jobs
@@ -88,7 +88,7 @@ def erase_jobs(
     rows = session.execute(
         update(_TABLE)
         .where(_TABLE.c.id.in_(job_ids), HOLDS_PHI)
-        .values({name: None for name in PHI_COLUMNS})
+        .values({name: null() for name in PHI_COLUMNS})  # null(): SQL NULL, not JSON null
         .returning(_TABLE.c.id, _TABLE.c.case_id)
     ).all()
     for job_id, case_id in rows:
