@@ -73,3 +73,18 @@ def test_the_console_says_not_assessed_for_insufficient_information(console, con
     else:  # the control: a real risk level keeps its badge and no "not assessed"
         expect(risk.locator(".badge")).to_have_text("low")
         expect(risk).not_to_contain_text("not assessed")
+
+
+def test_the_console_says_erased_where_the_result_was(console, console_stack, pg_database):
+    job = console_stack.api.submit(observations="Says ten words and points.")
+    completed_with(pg_database, job["job_id"], {**ANSWER, "risk_level": "high"})
+    case_id = console_stack.api.status(job["job_id"])["case_id"]
+    assert console_stack.api.http.delete(f"/api/cases/{case_id}").status_code == 200
+
+    console.open(f"jobs/{job['job_id']}")
+    console.login()
+    detail = console.page.locator(f".job-detail .job[data-job-id='{job['job_id']}']")
+    expect(detail).to_have_attribute("data-status", "completed")
+    expect(detail.locator(".result.erased .badge")).to_have_text("erased")
+    expect(detail.locator("p.risk")).to_have_count(0)
+    console.shot("result-erased")

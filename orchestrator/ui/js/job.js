@@ -69,6 +69,10 @@ function screeningResult(result) {
 }
 
 export function resultView(status) {
+  if (status.erased) {
+    const why = status.error_kind === "erased" ? "Its case was erased before it finished." : "Its observations and result were erased (case erasure or retention).";
+    return h("div", { class: "result erased" }, h("p", null, badge("erased", "muted"), " ", why));
+  }
   if (status.status === "failed") {
     return h("div", { class: "result failed" }, h("p", null, badge(status.error_kind || "failed", "bad"), " ", status.error || "The job failed."));
   }

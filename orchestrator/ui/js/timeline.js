@@ -42,6 +42,10 @@ export function eventSentence(e) {
       return `Failed: ${d.error_kind || e.outcome || "unknown reason"}.`;
     case "recovered":
       return `Recovered by ${e.actor}${detailText(d) ? `: ${detailText(d)}` : ": its lease expired"}.`;
+    case "erased":
+      return `PHI erased by ${e.actor} (${d.reason === "retention" ? "retention period" : "case erasure"}).`;
+    case "exported":
+      return `Case exported by ${e.actor}.`;
     case "requeued":
       return `Re-queued by ${e.actor}${detailText(d) ? `: ${detailText(d)}` : ""}.`;
     default: {
