@@ -397,3 +397,32 @@ def test_prometheus_rule_embeds_the_repos_alert_rules():
     )
     (rule,) = of_kind(render("--set", "prometheusRule.enabled=true"), "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+# --- PHI retention ----------------------------------------------------------------------------------
+
+
+def test_retention_cronjob_runs_the_pass_as_the_runtime_role_with_the_apis_period(monkeypatch):
+    assert not of_kind(render(), "CronJob") and "PHI_RETENTION_DAYS" not in of_kind(render(), "ConfigMap")[0]["data"]
+    docs = render("--set", "retention.days=30,retention.cronJob.enabled=true,retention.batchSize=200")
+    [cron] = of_kind(docs, "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["python", "-m", "orchestrator.retention", "--once", "--max-batches", "100"]
+    assert {e["name"] for e in container["env"]} == {"DATABASE_URL"}, "no Redis URL, no API key"
+    assert pod["enableServiceLinks"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["runAsNonRoot"] is True
+    config = of_kind(docs, "ConfigMap")[0]["data"]
+    assert (config["PHI_RETENTION_DAYS"], config["PHI_RETENTION_BATCH_SIZE"]) == ("30", "200")
+    for key, value in config.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://pedi@db:5432/pedi")
+    settings = load_settings()
+    assert (settings.phi_retention_days, settings.phi_retention_batch_size) == (30, 200)
+
+
+def test_retention_cronjob_without_a_period_is_refused():
+    result = run_helm("template", RELEASE, str(CHART), "--set", "retention.cronJob.enabled=true")
+    assert result.returncode != 0 and "needs retention.days" in result.stderr
+    result = run_helm("template", RELEASE, str(CHART), "--set", "retention.days=0")
+    assert result.returncode != 0 and "/retention/days" in result.stdout + result.stderr
