@@ -342,5 +342,12 @@ def test_the_api_and_worker_complete_a_job_as_the_runtime_role(roles, redis_url,
             event for (event,) in rows(roles.app_url, "SELECT event FROM audit WHERE job_id = :j", j=job["job_id"])
         }
         assert {"submitted", "completed"} <= events, events
+        # Erasure (an UPDATE to NULL, never a DELETE) and export work with row privileges only.
+        erased = api.http.delete(f"/api/cases/{done['case_id']}")
+        assert erased.status_code == 200 and erased.json()["erased_job_ids"] == [job["job_id"]], erased.text
+        assert api.http.get(f"/api/cases/{done['case_id']}/export").status_code == 200
+        assert rows(roles.app_url, "SELECT observations, result FROM jobs WHERE id = :j", j=job["job_id"]) == [
+            (None, None)
+        ]
     finally:
         stack.close()
