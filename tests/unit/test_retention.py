@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 from orchestrator.db import make_session_factory
 from orchestrator.lifecycle import is_erased
-from orchestrator.models import Audit, Case, Job, JobKind, JobStatus
+from orchestrator.models import Audit, Case, Job, JobKind, JobStatus, init_db
 from orchestrator.retention import overdue_seconds, run_pass
+from tests.support.env import ROOT
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAYS = 30
+CLI = [sys.executable, "-m", "orchestrator.retention", "--once"]
 
 
 def add_job(session, *, finished_days_ago: float | None, status: str = "completed", kind: str = "screening") -> Job:
@@ -92,3 +98,31 @@ def test_is_erased_reads_the_input_of_each_kind():
     screening = Job(kind=JobKind.SCREENING.value, observations=None, payload=None, status=JobStatus.COMPLETED.value)
     task = Job(kind=JobKind.TASK.value, observations=None, payload={"a": 1}, id=uuid.uuid4())
     assert is_erased(screening) and not is_erased(task)
+
+
+def test_the_cli_runs_one_pass_and_prints_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'pedi.db'}"
+    engine = create_engine(url)
+    init_db(engine)
+    with make_session_factory(engine)() as session:
+        old = add_job(session, finished_days_ago=400).id  # NOW is mid-2026: long past 30 days at any real time
+    engine.dispose()
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+
+    off = subprocess.run(CLI, env=env, capture_output=True, text=True, timeout=60)
+    assert off.returncode == 0 and json.loads(off.stdout) == {"enabled": False}
+    assert "PHI_RETENTION_DAYS is not set" in off.stderr
+
+    env["PHI_RETENTION_DAYS"] = "30"
+    done = subprocess.run(CLI, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (report["enabled"], report["erased"], report["complete"]) == (True, 1, True)
+    engine = create_engine(url)
+    with make_session_factory(engine)() as session:
+        assert is_erased(session.get(Job, old))
+    engine.dispose()
+
+    env["PHI_RETENTION_DAYS"] = "-1"
+    bad = subprocess.run(CLI, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "PHI_RETENTION_DAYS" in bad.stderr
