@@ -93,9 +93,10 @@ carries it, so a client's validator refuses what ``decode_embedding`` would."""
 EMBEDDING_B64_MAX_CHARS = 4 * -(-EMBEDDING_MAX_VALUES * 4 // 3)
 """The base64 length of EMBEDDING_MAX_VALUES float32 values: with the pattern, no more values fit."""
 _PORT = "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-TARGET_URL_PATTERN = rf"^https?://[A-Za-z0-9._~-]+(?::{_PORT})?(?:/[^?#\s]*)?$"
-"""An http(s) URL with a host name or IPv4 address, an optional port (0-65535) and path, and no
-credentials, query or fragment: ``TargetRegister._http_url``'s rules, in the document too."""
+TARGET_URL_PATTERN = rf"^https?://(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]{{2,45}}\])(?::{_PORT})?(?:/[^?#\s]*)?$"
+"""An http(s) URL with a host name, IPv4 address or [IPv6] literal, an optional port (0-65535)
+and path, and no credentials, query or fragment: ``TargetRegister._http_url``'s rules, in the
+document too (the validator also parses an IPv6 literal, which a pattern can only outline)."""
 
 
 def json_number(value: object) -> object:
