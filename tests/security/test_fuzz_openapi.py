@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
+from orchestrator import schemas
 from orchestrator.app.main import build_services, create_app
 from orchestrator.settings import load_settings
 
@@ -328,3 +329,60 @@ def test_the_openapi_document_declares_the_auth_of_each_mode(sqlite_engine, fake
             # the telemetry body is documented as parsed: {} is not a sample
             telemetry_body = document["paths"]["/api/telemetry"]["post"]["requestBody"]["content"]["application/json"]
             assert [branch.get("required") for branch in telemetry_body["schema"]["anyOf"]] == [["target"], ["samples"]]
+
+
+# --- the disagreements schemathesis found, one by one (fast, in process) ------------------------
+
+SCREENING = {"age_months": 24, "observations": "walks"}
+TARGET = {"name": "probe", "tier": "edge", "url": "http://10.0.0.5:8001"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # the server accepted what the document forbids
+        ("/api/route", {"age_months": False}),
+        ("/api/route", {"age_months": "24"}),
+        ("/api/route", {"strict_sla": 1}),
+        ("/api/submit", {**SCREENING, "sla_ms": True}),
+        ("/api/submit", {**SCREENING, "strict_sla": "true"}),
+        ("/api/submit", {**SCREENING, "budget_usd": "1"}),
+        ("/register_agent", {**TARGET, "capacity": "2"}),
+        ("/register_agent", {**TARGET, "enabled": 0}),
+        ("/api/telemetry", {"target": "edge", "queue_depth": True}),
+        ("/api/telemetry", {"target": "edge", "latency_ms": "80"}),
+        # the document accepted what the server refuses
+        ("/api/submit", {**SCREENING, "embedding_b64": ""}),
+        ("/api/submit", {**SCREENING, "observations": " \x1c "}),
+        ("/register_agent", {**TARGET, "url": ""}),
+        ("/register_agent", {**TARGET, "url": "http://10.0.0.5:65536"}),
+        ("/api/telemetry", {}),
+        ("/api/telemetry", {"target": "edge"}),
+    ],
+)
+def test_what_the_document_forbids_the_server_refuses(sqlite_engine, fake_redis, monkeypatch, path, body):
+    """Each body breaks the published schema, and the server answers 422: the two agree."""
+    import jsonschema_rs
+
+    from tests.support.app import in_process_app
+
+    app = in_process_app(sqlite_engine, fake_redis, monkeypatch, EDGE_MODEL_URL=UNREACHABLE_TARGET)
+    with TestClient(app) as client:
+        document = client.get("/openapi.json").json()
+        schema = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]})
+        assert not validator.is_valid(body), "the document allows it"
+        response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+
+
+def test_an_embedding_the_document_allows_is_accepted(sqlite_engine, fake_redis, monkeypatch):
+    import struct
+
+    from tests.support.app import in_process_app
+
+    embedding = base64.b64encode(struct.pack("<5f", *range(5))).decode()
+    assert re.fullmatch(schemas.EMBEDDING_B64_PATTERN, embedding)
+    with TestClient(in_process_app(sqlite_engine, fake_redis, monkeypatch)) as client:
+        response = client.post("/api/submit", json={**SCREENING, "embedding_b64": embedding, "age_months": 24.0})
+    assert response.status_code == 202, response.text
