@@ -9,7 +9,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    field_validator,
+)
 
 from orchestrator.constants import AGE_MONTHS_MAX, EMBEDDING_MAX_VALUES, OBSERVATIONS_MAX_CHARS
 
@@ -76,6 +85,39 @@ QueryInstant = Annotated[datetime, BeforeValidator(utc_instant)]
 """A time in a query parameter (``since``, ``until``), always returned in UTC; see utc_instant."""
 
 
+_B64 = "[A-Za-z0-9+/]"
+EMBEDDING_B64_PATTERN = rf"^(?:{_B64}{{16}})*(?:{_B64}{{6}}==|{_B64}{{11}}=)?$"
+"""Padded base64 of a whole number of float32 values (4 bytes each): whole 12-byte groups (16
+characters), then 4 bytes (6 characters and ``==``) or 8 bytes (11 and ``=``). The document
+carries it, so a client's validator refuses what ``decode_embedding`` would."""
+EMBEDDING_B64_MAX_CHARS = 4 * -(-EMBEDDING_MAX_VALUES * 4 // 3)
+"""The base64 length of EMBEDDING_MAX_VALUES float32 values: with the pattern, no more values fit."""
+_PORT = "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+TARGET_URL_PATTERN = rf"^https?://(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]{{2,45}}\])(?::{_PORT})?(?:/[^?#\s]*)?$"
+"""An http(s) URL with a host name, IPv4 address or [IPv6] literal, an optional port (0-65535)
+and path, and no credentials, query or fragment: ``TargetRegister._http_url``'s rules, in the
+document too (the validator also parses an IPv6 literal, which a pattern can only outline)."""
+
+
+def json_number(value: object) -> object:
+    """Refuse what JSON Schema does not call a number: ``true``/``false`` and numeric text
+    (``"24"``), which pydantic's lax mode would take as 1/0 and 24."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def json_int(*, ge: int, le: int) -> Any:
+    """An integer as JSON Schema defines it, ``ge`` to ``le``: ``24`` and ``24.0``, never ``true``
+    or ``"24"``. (The bounds sit inside the type so that ``json_int(...) | None`` documents them.)"""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(json_number)]
+
+
+NOT_BLANK_PATTERN = r"^[^\x00]*[^\s\x1c-\x1f\x00][^\x00]*$"
+"""Some text that is not whitespace (``str.isspace``'s, with \\x1c-\\x1f), and no NUL: the rules of
+``not_blank`` and ``no_nul``, in the document too."""
+
+
 def decode_embedding(value: str) -> bytes:
     """Decode base64 of little-endian float32 values; raise ValueError naming the problem."""
     try:
@@ -97,19 +139,24 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     case_id: uuid.UUID | None = Field(None, description="Existing case to attach this job to")
-    age_months: int = Field(..., ge=0, le=AGE_MONTHS_MAX, description="Child's age in months")
+    age_months: json_int(ge=0, le=AGE_MONTHS_MAX) = Field(..., description="Child's age in months")
     observations: Annotated[Text, AfterValidator(not_blank)] = Field(
-        ..., max_length=OBSERVATIONS_MAX_CHARS, description="Free text describing the child (not blank)"
+        ...,
+        max_length=OBSERVATIONS_MAX_CHARS,
+        pattern=NOT_BLANK_PATTERN,
+        description="Free text describing the child (not blank, no NUL)",
     )
     embedding_b64: str | None = Field(
         None,
-        max_length=(EMBEDDING_MAX_VALUES * 4 * 4) // 3 + 4,
-        description="base64 of little-endian float32 values (at most 4096)",
+        min_length=1,
+        max_length=EMBEDDING_B64_MAX_CHARS,
+        pattern=EMBEDDING_B64_PATTERN,
+        description="base64 of little-endian float32 values (1 to 4096; padded); leave out or null for none",
     )
     preferred_target: RouteChoice = "auto"
-    sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms)")
-    strict_sla: bool = Field(False, description="Fail fast when no target can meet the SLA")
-    budget_usd: float | None = Field(None, ge=0, le=1000, description="Per-job cost budget (USD)")
+    sla_ms: json_int(ge=1, le=3_600_000) | None = Field(None, description="Latency SLA (ms)")
+    strict_sla: StrictBool = Field(False, description="Fail fast when no target can meet the SLA")
+    budget_usd: StrictFloat | None = Field(None, ge=0, le=1000, description="Per-job cost budget (USD)")
 
     @field_validator("embedding_b64")
     @classmethod
@@ -246,10 +293,10 @@ class TaskCreate(BaseModel):
 
     task_type: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
     payload: dict[str, Any] = Field(..., description="JSON object passed to the runner as is")
-    sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms)")
+    sla_ms: json_int(ge=1, le=3_600_000) | None = Field(None, description="Latency SLA (ms)")
     preferred_target: RouteChoice = "auto"
-    strict_sla: bool = Field(False, description="Fail fast when no target can meet the SLA")
-    budget_usd: float | None = Field(None, ge=0, le=1000, description="Per-task cost budget (USD)")
+    strict_sla: StrictBool = Field(False, description="Fail fast when no target can meet the SLA")
+    budget_usd: StrictFloat | None = Field(None, ge=0, le=1000, description="Per-task cost budget (USD)")
     consent: StrictBool | None = Field(None, description="Must be true: the submitter has consent to process")
 
     @field_validator("task_type")
@@ -297,12 +344,18 @@ class TargetRegister(BaseModel):
         description="Lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
     )
     tier: Literal["edge", "cloud", "gpu"]
-    url: str = Field(..., max_length=512, description="http(s)://host[:port][/path], no credentials")
+    url: str = Field(
+        ...,
+        min_length=1,
+        max_length=512,
+        pattern=TARGET_URL_PATTERN,
+        description="http(s)://host[:port][/path], no credentials, query or fragment",
+    )
     contract: Literal["infer", "run"] = Field("infer", description="infer: POST /infer; run: POST /run")
-    cost_per_call_usd: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
-    capacity: int | None = Field(None, ge=1, le=100_000, description="Calls served at once")
-    prior_latency_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False)
-    enabled: bool = True
+    cost_per_call_usd: StrictFloat | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    capacity: json_int(ge=1, le=100_000) | None = Field(None, description="Calls served at once")
+    prior_latency_ms: StrictFloat | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False)
+    enabled: StrictBool = True
     override: StrictBool = Field(
         False, description="Required (with the admin scope) to replace or disable a target configured by env or file"
     )
@@ -404,11 +457,11 @@ class RouteDryRun(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sla_ms: int | None = Field(None, ge=1, le=3_600_000, description="Latency SLA (ms); default DEFAULT_SLA_MS")
+    sla_ms: json_int(ge=1, le=3_600_000) | None = Field(None, description="Latency SLA (ms); default DEFAULT_SLA_MS")
     preferred_target: RouteChoice = "auto"
-    strict_sla: bool = False
-    budget_usd: float | None = Field(None, ge=0, le=1000)
-    age_months: int | None = Field(None, ge=0, le=AGE_MONTHS_MAX, description="Informational only")
+    strict_sla: StrictBool = False
+    budget_usd: StrictFloat | None = Field(None, ge=0, le=1000)
+    age_months: json_int(ge=0, le=AGE_MONTHS_MAX) | None = Field(None, description="Informational only")
     kind: Literal["screening", "task"] = Field("screening", description="task: runner-contract targets only")
 
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, WithJsonSchema
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import BadRequest
 from orchestrator.models import TelemetrySample
 from orchestrator.routing import Router
+from orchestrator.schemas import json_int
 
 MAX_SAMPLES_PER_BATCH = 500
 """Samples in one POST; a minute of one-second samples from eight targets fits comfortably."""
@@ -65,7 +66,10 @@ def parse_latency(value: Any) -> Any:
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError("must be a duration such as '80ms', '0.08s' or '500us'")
-    return float(match.group(1)) * _MS_PER_UNIT[match.group(2).lower()]
+    per_unit = _MS_PER_UNIT.get(match.group(2).lower())
+    if per_unit is None:  # IGNORECASE also folds letters such as U+017F (long s) onto "s"
+        raise ValueError("must be a duration such as '80ms', '0.08s' or '500us'")
+    return float(match.group(1)) * per_unit
 
 
 def parse_utilization(value: Any) -> Any:
@@ -116,20 +120,50 @@ def _iso_seconds(text: str) -> float:
     return seconds
 
 
+_UPTO = {digits: rf"(?:[0-9]{{1,{digits}}}(?:\.[0-9]+)?|\.[0-9]+)" for digits in (2, 3, 6)}
+LATENCY_TEXT_PATTERN = rf"^\s*(?:{_UPTO[6]}\s*(?:[mM]|[uU]|µ)[sS]|{_UPTO[3]}\s*[sS])\s*$"
+"""The duration strings the document offers: within LATENCY_MAX_MS by their digits (at most
+999999 ms or us, 999 s). The parser also takes longer forms (exponents, more digits) when the
+value is in range."""
+PERCENT_TEXT_PATTERN = rf"^\s*(?:100(?:\.0+)?|{_UPTO[2]})\s*%\s*$"
+"""A percent string within 0-100 (the parser also takes longer forms of the same values)."""
+TIMESTAMP_MAX = EPOCH_MAX_SECONDS * 1000.0
+"""The largest numeric timestamp: 9999-12-31T23:59:59Z in epoch milliseconds."""
+
+
+def _nullable(*schemas: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [*schemas, {"type": "null"}], "default": None})
+
+
 class SampleIn(BaseModel):
     """One telemetry sample as sent. Validators normalize units; ``normalize`` does the rest."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     target: str = Field(..., min_length=1, max_length=64)
-    latency_ms: float | None = Field(None, ge=0, le=LATENCY_MAX_MS)
-    latency_s: float | None = Field(None, ge=0, le=LATENCY_MAX_MS / 1000)
-    latency: Annotated[float | None, BeforeValidator(parse_latency)] = Field(None, ge=0, le=LATENCY_MAX_MS)
-    utilization: Annotated[float | None, BeforeValidator(parse_utilization)] = Field(None, ge=0, le=1)
-    queue_depth: int | None = Field(None, ge=0, le=1_000_000)
-    cost_usd: float | None = Field(None, ge=0, le=1000)
+    latency_ms: StrictFloat | None = Field(None, ge=0, le=LATENCY_MAX_MS)
+    latency_s: StrictFloat | None = Field(None, ge=0, le=LATENCY_MAX_MS / 1000)
+    latency: Annotated[
+        float | None,
+        BeforeValidator(parse_latency),
+        _nullable({"type": "string", "pattern": LATENCY_TEXT_PATTERN}),
+    ] = Field(None, ge=0, le=LATENCY_MAX_MS)
+    utilization: Annotated[
+        float | None,
+        BeforeValidator(parse_utilization),
+        _nullable(
+            {"type": "number", "minimum": 0, "maximum": 100},
+            {"type": "string", "pattern": PERCENT_TEXT_PATTERN},
+        ),
+    ] = Field(None, ge=0, le=1)
+    queue_depth: json_int(ge=0, le=1_000_000) | None = None
+    cost_usd: StrictFloat | None = Field(None, ge=0, le=1000)
     up: StrictBool | None = None
-    timestamp: Annotated[float | None, BeforeValidator(parse_timestamp)] = None
+    timestamp: Annotated[
+        float | None,
+        BeforeValidator(parse_timestamp),
+        _nullable({"type": "number", "minimum": 0, "maximum": TIMESTAMP_MAX}, {"type": "string", "minLength": 1}),
+    ] = None
     source: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]+$")
 
 
@@ -151,6 +185,34 @@ class Sample:
     queue_depth: int | None = None
     cost_usd: float | None = None
     up: bool | None = None
+
+
+METRICS = ("latency_ms", "latency_s", "latency", "utilization", "queue_depth", "cost_usd", "up")
+LATENCIES = ("latency_ms", "latency_s", "latency")
+
+
+def _given(*names: str) -> dict[str, Any]:
+    """JSON Schema: every one of ``names`` is present and not null."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def body_schema() -> dict[str, Any]:
+    """The request body ``parse_body`` and ``normalize`` accept, for the OpenAPI document: one
+    sample, or ``{"samples": [...]}``; a sample gives at least one metric and at most one
+    latency. (The target must exist and the time must not be ahead of the server's clock: rules
+    a static schema cannot state.)"""
+    sample = SampleIn.model_json_schema()
+    sample["allOf"] = [
+        {"anyOf": [_given(name) for name in METRICS]},
+        {"not": {"anyOf": [_given(a, b) for i, a in enumerate(LATENCIES) for b in LATENCIES[i + 1 :]]}},
+    ]
+    batch = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["samples"],
+        "properties": {"samples": {"type": "array", "minItems": 1, "maxItems": MAX_SAMPLES_PER_BATCH, "items": sample}},
+    }
+    return {"title": "Telemetry", "anyOf": [sample, batch]}
 
 
 def parse_body(body: Any) -> list[tuple[str, SampleIn]]:

@@ -41,6 +41,10 @@ def task_url(services, task_id: uuid.UUID) -> str:
         409: {"model": ErrorBody},
         413: {"model": ErrorBody},
         429: {"model": ErrorBody},
+        503: {
+            "model": ErrorBody,
+            "description": "No enabled runner-contract target can take tasks, or a store is unavailable",
+        },
     },
     summary="Submit a generic task",
 )

@@ -38,6 +38,8 @@ EXAMPLES = {
     status_code=202,
     response_model=TelemetryAccepted,
     summary="Push telemetry samples (one, or up to 500 as {samples: [...]})",
+    # The body is parsed by telemetry.parse_body (to name samples.<i>.<field>); document its rules.
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": telemetry.body_schema()}}}},
 )
 def ingest(
     body: Annotated[dict[str, Any], Body(openapi_examples=EXAMPLES)],
