@@ -352,10 +352,13 @@ def test_a_hedge_whose_start_cannot_be_recorded_is_not_sent(sqlite_engine, fake_
         return real(self, target, hedge)
 
     monkeypatch.setattr(dispatch.CallLog, "__call__", no_row_for_hedges)
-    client = ScriptedClient(delays={"edge": 0.6})
+    # Every target is slow, so whichever the router picks first (a loaded machine shifts the
+    # decision as the deadline nears), a backup would be due while it runs.
+    client = ScriptedClient(delays={"edge": 0.6, "cloud": 0.6, "gpu": 0.6})
     job_id = submit(sqlite_engine, sla_ms=800)
     execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5), job_id)
     job, trail = load(sqlite_engine, job_id)
-    assert [name for name, _ in client.calls] == ["edge"]
-    assert job.status == "completed" and job.target == "edge"
-    assert [a.target for a in trail if a.event == "call_started"] == ["edge"]
+    called = [name for name, _ in client.calls]
+    assert len(called) == 1, called
+    assert job.status == "completed" and job.target == called[0]
+    assert [a.target for a in trail if a.event == "call_started"] == called
