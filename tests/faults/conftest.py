@@ -12,7 +12,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import migrate
 from tests.faults.ledger import Ledger, Outcome
+from tests.support import postgres
+from tests.support.env import free_port, require
+from tests.support.stack import Stack
 
 SUMMARY_KEY = pytest.StashKey[list[str]]()
 
@@ -48,3 +52,27 @@ def ledger(pg_url: str) -> Iterator[Ledger]:
     books = Ledger(pg_url)
     yield books
     books.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[postgres.PostgresCluster]:
+    """A throwaway Postgres cluster of the test's own, which it may stop, SIGSTOP or restart."""
+    bindir = postgres.postgres_bindir()
+    require(bindir, "initdb/pg_ctl not found (install postgresql)")
+    throwaway = postgres.PostgresCluster(bindir, free_port())
+    try:
+        throwaway.init()
+        throwaway.start()
+        yield throwaway
+    finally:
+        throwaway.destroy()
+
+
+@pytest.fixture
+def own_stack(cluster, redis_url, artifacts) -> Iterator[tuple[Stack, str]]:
+    """A stack on a migrated database in ``cluster``, and that database's URL."""
+    url = postgres.create_database(cluster.url())
+    migrate(url)
+    built = Stack(url, redis_url, artifacts)
+    yield built, url
+    built.close()

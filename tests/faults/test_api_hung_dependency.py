@@ -30,7 +30,6 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from orchestrator.models import Job
-from tests.conftest import migrate
 from tests.faults.ledger import Burst, Ledger
 from tests.support import postgres
 from tests.support.env import free_port, require
@@ -246,21 +245,12 @@ def private_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def pg_stack(cluster, redis_url, artifacts) -> Iterator[tuple[Stack, str]]:
-    url = postgres.create_database(cluster.url())
-    migrate(url)
-    built = Stack(url, redis_url, artifacts)
-    yield built, url
-    built.close()
-
-
 # --- the tests -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pool", ["cold", "warm"])
-def test_postgres_hung_under_a_submit_burst(pg_stack, cluster, report, pool):
-    stack, url = pg_stack
+def test_postgres_hung_under_a_submit_burst(own_stack, cluster, report, pool):
+    stack, url = own_stack
     stack.model_server("gpu", tier="gpu", latency_ms=5, jitter=0, capacity=64)
     # Cold: the API's own reconciler is off, so nothing has touched its pool when the hang starts.
     api = stack.api(**KNOBS, RECONCILER_ENABLED="false" if pool == "cold" else "true")

@@ -11,16 +11,11 @@ calls are not: each server's count equals the audit's ``call_started`` rows for 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import migrate
 from tests.faults.hostile import hostile_server
 from tests.faults.ledger import Ledger
-from tests.support import postgres
-from tests.support.env import free_port, require
-from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -28,28 +23,6 @@ JOBS = 4
 """Fewer than CIRCUIT_CONSECUTIVE_FAILURES, so every job is routed to edge first."""
 DOWN_FOR_S = 4.0
 TARGETS = 2
-
-
-@pytest.fixture
-def cluster() -> Iterator[postgres.PostgresCluster]:
-    bindir = postgres.postgres_bindir()
-    require(bindir, "initdb/pg_ctl not found (install postgresql)")
-    throwaway = postgres.PostgresCluster(bindir, free_port())
-    try:
-        throwaway.init()
-        throwaway.start()
-        yield throwaway
-    finally:
-        throwaway.destroy()
-
-
-@pytest.fixture
-def own_stack(cluster, redis_url, artifacts) -> Iterator[tuple[Stack, str]]:
-    url = postgres.create_database(cluster.url())
-    migrate(url)
-    built = Stack(url, redis_url, artifacts)
-    yield built, url
-    built.close()
 
 
 def wait_for(condition, timeout: float) -> bool:

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import migrate
 from tests.faults.ledger import Burst, Ledger
-from tests.support import postgres
-from tests.support.env import free_port, require
-from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -30,28 +25,6 @@ KNOBS = {
     "JOB_LEASE_SECONDS": "5",
     "ROUTING_TIMEOUT_SECONDS": "5",  # a lease never shorter than the longest call
 }
-
-
-@pytest.fixture
-def cluster() -> Iterator[postgres.PostgresCluster]:
-    bindir = postgres.postgres_bindir()
-    require(bindir, "initdb/pg_ctl not found (install postgresql)")
-    throwaway = postgres.PostgresCluster(bindir, free_port())
-    try:
-        throwaway.init()
-        throwaway.start()
-        yield throwaway
-    finally:
-        throwaway.destroy()
-
-
-@pytest.fixture
-def own_stack(cluster, redis_url, artifacts) -> Iterator[tuple[Stack, str]]:
-    url = postgres.create_database(cluster.url())
-    migrate(url)
-    built = Stack(url, redis_url, artifacts)
-    yield built, url
-    built.close()
 
 
 def test_postgres_restart_during_a_submit_burst(own_stack, cluster, report):

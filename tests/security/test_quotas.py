@@ -36,22 +36,6 @@ def key_id(key: str) -> str:
     return key_id_for_digest(digest_of(key))
 
 
-_clients: list[httpx.Client] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def as_key(api, key: str) -> httpx.Client:
-    client = httpx.Client(base_url=api.url, headers={"x-api-key": key}, timeout=10)
-    _clients.append(client)
-    return client
-
-
 def wait(client: httpx.Client, job_id: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     view: dict = {}
@@ -98,7 +82,7 @@ def assert_quota_refusal(response: httpx.Response, limit: str, most_seconds: int
 def test_the_key_flood_is_limited_across_replicas_and_other_keys_are_unaffected(stack, pg_url, redis_url):
     env = keys_env(quota_principal(FLOOD, rpm=RPM), principal(CALM, "submit"))
     replicas = [stack.api(**env, QUOTA_RPM="1000"), stack.api(**env, QUOTA_RPM="1000")]
-    flood = [as_key(api, FLOOD) for api in replicas]
+    flood = [api.as_key(FLOOD) for api in replicas]
     answers = [flood[i % 2].post("/api/submit", json=BODY) for i in range(RPM)]
     assert [a.status_code for a in answers] == [202] * RPM
     queued = redis.Redis.from_url(redis_url).llen("rq:queue:pedi-screen")
@@ -111,7 +95,7 @@ def test_the_key_flood_is_limited_across_replicas_and_other_keys_are_unaffected(
     assert stored(pg_url, FLOOD) == (RPM, RPM), "a refused submission wrote something"
     assert redis.Redis.from_url(redis_url).llen("rq:queue:pedi-screen") == queued
 
-    calm = [as_key(api, CALM) for api in replicas]
+    calm = [api.as_key(CALM) for api in replicas]
     assert [calm[i % 2].post("/api/submit", json=BODY).status_code for i in range(RPM + 2)] == [202] * (RPM + 2)
     rejected = sum(metric(api, "pedi_quota_rejections_total", key_id=key_id(FLOOD), limit="rpm") for api in replicas)
     assert rejected == len(over) + 1
@@ -121,12 +105,12 @@ def test_the_key_flood_is_limited_across_replicas_and_other_keys_are_unaffected(
 def test_jobs_in_flight_are_limited_until_they_finish(stack, pg_url):
     stack.model_server("gpu", tier="gpu", latency_ms=5, jitter=0)
     api = stack.api(**keys_env(quota_principal(SLOW, max_in_flight=2), principal(CALM, "submit")))
-    slow = as_key(api, SLOW)
+    slow = api.as_key(SLOW)
     accepted = [slow.post("/api/submit", json=BODY) for _ in range(2)]
     assert [a.status_code for a in accepted] == [202, 202]
     assert_quota_refusal(slow.post("/api/submit", json=BODY), "max_in_flight", 60)
     assert stored(pg_url, SLOW) == (2, 2)
-    assert as_key(api, CALM).post("/api/submit", json=BODY).status_code == 202
+    assert api.as_key(CALM).post("/api/submit", json=BODY).status_code == 202
 
     stack.worker(concurrency=2)  # the two jobs finish; the key may submit again
     for answer in accepted:
@@ -138,7 +122,7 @@ def test_a_spent_daily_budget_stops_new_work_until_tomorrow(stack, pg_url):
     stack.model_server("gpu", tier="gpu", latency_ms=5, jitter=0)  # 0.004 USD a call (tier default)
     api = stack.api(**keys_env(quota_principal(THRIFTY, daily_budget_usd=0.003)))
     stack.worker(concurrency=1)
-    thrifty = as_key(api, THRIFTY)
+    thrifty = api.as_key(THRIFTY)
     first = thrifty.post("/api/submit", json=BODY)
     assert first.status_code == 202
     done = wait(thrifty, first.json()["job_id"])
@@ -150,7 +134,7 @@ def test_a_spent_daily_budget_stops_new_work_until_tomorrow(stack, pg_url):
 def test_with_redis_down_the_rate_limiter_fails_open_and_counts_it(stack, pg_url):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     api = stack.api(**keys_env(quota_principal(FLOOD, rpm=1)), REDIS_URL=dead_redis, RECONCILER_ENABLED="false")
-    flood = as_key(api, FLOOD)
+    flood = api.as_key(FLOOD)
     assert [flood.post("/api/submit", json=BODY).status_code for _ in range(3)] == [202] * 3
     assert metric(api, "pedi_redis_errors_total", component="quota") == 3
     assert metric(api, "pedi_quota_rejections_total") == 0

@@ -75,23 +75,6 @@ def listener():
     server.close()
 
 
-_clients: list[httpx.Client] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def as_key(api, key: str) -> httpx.Client:
-    """A client of ``api`` presenting ``key`` (closed after the test)."""
-    client = httpx.Client(base_url=api.url, headers={"x-api-key": key}, timeout=10)
-    _clients.append(client)
-    return client
-
-
 def registrations(pg_url: str) -> tuple[int, int]:
     """(registered targets, registration audit rows) in Postgres."""
     engine = create_engine(pg_url)
@@ -116,7 +99,7 @@ def submit_and_wait(api, client: httpx.Client, **body) -> dict:
     accepted = client.post("/api/submit", json={"age_months": 24, "observations": OBSERVATIONS, **body})
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["job_id"]
-    admin = as_key(api, ADMIN)
+    admin = api.as_key(ADMIN)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         view = admin.get(f"/api/status/{job_id}").json()
@@ -129,7 +112,7 @@ def submit_and_wait(api, client: httpx.Client, **body) -> dict:
 def test_target_hijack_is_refused_and_the_listener_never_receives_a_case(stack, pg_url, listener):
     api = start(stack)
     stack.worker(concurrency=2)
-    intake, operator, admin = as_key(api, INTAKE), as_key(api, OPERATOR), as_key(api, ADMIN)
+    intake, operator, admin = api.as_key(INTAKE), api.as_key(OPERATOR), api.as_key(ADMIN)
     hijack = {"name": "gpu", "tier": "gpu", "url": listener.url, "cost_per_call_usd": 0, "prior_latency_ms": 1}
 
     for client in (intake, operator):
@@ -153,7 +136,7 @@ def test_target_hijack_is_refused_and_the_listener_never_receives_a_case(stack, 
 def test_disabling_the_configured_targets_is_refused(stack, pg_url):
     api = start(stack)
     stack.worker(concurrency=2)
-    intake, admin = as_key(api, INTAKE), as_key(api, ADMIN)
+    intake, admin = api.as_key(INTAKE), api.as_key(ADMIN)
     for name in CONFIGURED:
         off = {"name": name, "tier": name, "url": stack.model_servers[name].url, "enabled": False}
         assert intake.post("/register_agent", json=off).status_code == 403
@@ -170,7 +153,7 @@ def test_disabling_the_configured_targets_is_refused(stack, pg_url):
 
 def test_an_admin_override_is_explicit_audited_and_removable(stack, pg_url):
     api = start(stack)
-    admin = as_key(api, ADMIN)
+    admin = api.as_key(ADMIN)
     edge_url = stack.model_servers["edge"].url
     override = {"name": "gpu", "tier": "gpu", "url": edge_url, "cost_per_call_usd": 0.002, "override": True}
     created = admin.post("/register_agent", json=override)
@@ -196,7 +179,7 @@ METADATA_URLS = [
 
 def test_metadata_and_inside_urls_are_refused_at_registration(stack, pg_url, listener):
     api = start(stack, ENV="production", TARGET_URL_ALLOWLIST="10.0.0.0/8")
-    admin = as_key(api, ADMIN)
+    admin = api.as_key(ADMIN)
     port = listener.url.rsplit(":", 1)[1]
     inside = [f"http://localhost:{port}/", f"http://127.0.0.1:{port}/", f"http://0x7f000001:{port}/"]
     for url in [*METADATA_URLS, *inside]:
@@ -218,7 +201,7 @@ def test_a_url_that_became_bad_after_registration_is_refused_before_the_call(sta
     hidden = Listener("127.0.0.3")
     try:
         api = start(stack)  # development: loopback allowed at registration
-        admin, intake = as_key(api, ADMIN), as_key(api, INTAKE)
+        admin, intake = api.as_key(ADMIN), api.as_key(INTAKE)
         bait = {"name": "gpu-cheap", "tier": "gpu", "url": hidden.url, "cost_per_call_usd": 0, "prior_latency_ms": 1}
         assert admin.post("/register_agent", json=bait).status_code == 201
         stack.worker(concurrency=2, ENV="production", TARGET_URL_ALLOWLIST="127.0.0.1/32")
@@ -237,7 +220,7 @@ def test_metrics_stay_bounded_when_registered_names_churn(stack, redis_url):
     registered names, and ``other``."""
     cap = 3
     api = start(stack, MAX_REGISTERED_TARGETS=str(cap))
-    admin = as_key(api, ADMIN)
+    admin = api.as_key(ADMIN)
     router = Router(RedisStatsStore(redis.Redis.from_url(redis_url)))
     for i in range(40):
         name = f"churn-{i:02d}"

@@ -47,6 +47,13 @@ class Api:
         self.url = url
         self.headers = {"x-api-key": api_key} if api_key else {}
         self.http = httpx.Client(base_url=url, headers=self.headers, timeout=10)
+        self._clients: list[httpx.Client] = []
+
+    def as_key(self, key: str) -> httpx.Client:
+        """A client of this API presenting ``key`` (closed with the API)."""
+        client = httpx.Client(base_url=self.url, headers={"x-api-key": key}, timeout=10)
+        self._clients.append(client)
+        return client
 
     def submit(self, headers: dict | None = None, **body: Any) -> dict:
         body.setdefault("age_months", 24)
@@ -73,6 +80,8 @@ class Api:
 
     def close(self) -> None:
         self.http.close()
+        while self._clients:
+            self._clients.pop().close()
 
 
 class Stack:
