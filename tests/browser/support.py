@@ -29,8 +29,9 @@ VIEWPORT = {"width": 1440, "height": 900}
 UI_TIMEOUT_MS = 15_000
 """Longest a test waits for the console to show something (ms); jobs here finish in well under 1 s."""
 
-XSS_URL = "http://127.0.0.1:9/<img src=x onerror=\"window.__xss='url'\">"
-"""A registered (disabled) target's URL carrying markup: the Targets page must show it as text."""
+XSS_URL = "http://127.0.0.1:9/<svg/onload=window.__xss='url'>"
+"""A registered (disabled) target's URL carrying markup (without whitespace, which a URL may not
+hold): the Targets page must show it as text."""
 
 CSP_WATCH = """
 window.__csp = [];

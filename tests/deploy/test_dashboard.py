@@ -255,7 +255,7 @@ def scrape(url: str) -> str:
 @pytest.mark.redis
 def test_every_referenced_metric_is_exported_by_the_running_api_and_worker(stack):
     stack.model_server("gpu", tier="gpu", latency_ms=1)
-    api = stack.api()
+    api = stack.api(PHI_RETENTION_DAYS="30")  # the retention gauge is exported only when retention is on
     metrics_port = free_port()
     stack.worker(METRICS_PORT=str(metrics_port))
     jobs = [api.submit(sla_ms=5000)["job_id"] for _ in range(3)]
