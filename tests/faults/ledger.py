@@ -132,6 +132,8 @@ class Burst:
     headers: dict[str, str] = field(default_factory=dict)
     request_timeout: float = 10.0
     answers: list[tuple[int | str, float, dict, dict]] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)
+    """When each request was sent (monotonic s): ``sent[i]`` goes with ``answers[i]``."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def submit_one(self, client: httpx.Client, body: dict) -> None:
@@ -145,6 +147,11 @@ class Burst:
             status, payload, headers = type(exc).__name__, {}, {}
         with self._lock:
             self.answers.append((status, time.monotonic() - started, payload, headers))
+            self.sent.append(started)
+
+    def sent_between(self, start: float, end: float) -> list[tuple[int | str, float, dict, dict]]:
+        """The answers to the requests sent between ``start`` and ``end`` (monotonic s)."""
+        return [answer for at, answer in zip(self.sent, self.answers, strict=True) if start <= at <= end]
 
     def run(self, count: int, threads: int, body: dict) -> None:
         """Submit ``count`` jobs from ``threads`` clients."""

@@ -116,32 +116,9 @@ class ReadyzProbe:
         return [a for a in self.answers if frozen.stopped_at + 1.0 <= a[0] <= frozen.resumed_at - READYZ_BOUND_S]
 
 
-@dataclass
-class TimedBurst(Burst):
-    """A Burst that also records when each request was sent (``sent[i]`` goes with ``answers[i]``)."""
-
-    sent: list[float] = field(default_factory=list)
-
-    def submit_one(self, client: httpx.Client, body: dict) -> None:
-        started = time.monotonic()
-        try:
-            response = client.post("/api/submit", json=body)
-            status: int | str = response.status_code
-            payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-            headers = dict(response.headers)
-        except httpx.HTTPError as exc:
-            status, payload, headers = type(exc).__name__, {}, {}
-        with self._lock:
-            self.answers.append((status, time.monotonic() - started, payload, headers))
-            self.sent.append(started)
-
-    def sent_between(self, start: float, end: float) -> list[tuple[int | str, float, dict, dict]]:
-        return [answer for at, answer in zip(self.sent, self.answers, strict=True) if start <= at <= end]
-
-
-def under_hang(api, hang: Frozen) -> tuple[TimedBurst, ReadyzProbe]:
+def under_hang(api, hang: Frozen) -> tuple[Burst, ReadyzProbe]:
     """Submit from SUBMITTERS threads and probe /readyz before, during and after ``hang``."""
-    burst, probe, stop = TimedBurst(api.url, request_timeout=CLIENT_TIMEOUT_S), ReadyzProbe(api.url), threading.Event()
+    burst, probe, stop = Burst(api.url, request_timeout=CLIENT_TIMEOUT_S), ReadyzProbe(api.url), threading.Event()
     threads = [
         threading.Thread(target=burst.run_until, args=(stop, SUBMITTERS, BODY, 0.05)),
         threading.Thread(target=probe.run, args=(stop,)),
@@ -161,7 +138,7 @@ def under_hang(api, hang: Frozen) -> tuple[TimedBurst, ReadyzProbe]:
     return burst, probe
 
 
-def check_answers(name: str, burst: TimedBurst, probe: ReadyzProbe, hang: Frozen, report, unavailable_code: str):
+def check_answers(name: str, burst: Burst, probe: ReadyzProbe, hang: Frozen, report, unavailable_code: str):
     counts = burst.statuses()
     during = burst.sent_between(hang.stopped_at + 1.0, hang.resumed_at - ANSWER_BOUND_S)
     readyz_during = probe.during(hang)
@@ -187,7 +164,7 @@ def check_answers(name: str, burst: TimedBurst, probe: ReadyzProbe, hang: Frozen
     return during
 
 
-def check_books(name: str, url: str, burst: TimedBurst, report, earlier: list[str] = ()) -> None:
+def check_books(name: str, url: str, burst: Burst, report, earlier: list[str] = ()) -> None:
     """Every job accepted (in the burst, or ``earlier``) ends terminal exactly once."""
     accepted = [*earlier, *burst.accepted()]
     ledger = Ledger(url)
