@@ -47,6 +47,16 @@ def skewed(offset_s: int) -> dict[str, str]:
     }
 
 
+def wait_calls_started(ledger, ids: list[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = ledger.event_counts("call_started")
+        if all(started[i] for i in ids):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not every job's call had started after {timeout} s")
+
+
 def test_a_worker_ten_minutes_behind_keeps_its_running_jobs(stack, ledger, report):
     stack.model_server("gpu", tier="gpu", latency_ms=MODEL_LATENCY_MS, jitter=0, capacity=64)
     api = stack.api(**KNOBS)
@@ -68,6 +78,7 @@ def test_a_dead_worker_ten_minutes_ahead_has_its_jobs_recovered_in_time(stack, l
     victim = stack.worker(concurrency=JOBS, name="fast-clock", RECONCILER_ENABLED="false", **KNOBS, **skewed(SKEW_S))
     accepted = [api.submit(observations="babbles", sla_ms=120_000)["job_id"] for _ in range(JOBS)]
     wait_running(ledger, accepted, at_least=JOBS)
+    wait_calls_started(ledger, accepted)  # a claim is written before its call starts: kill mid-call
     victim.kill()
     killed = time.monotonic()
     stack.worker(concurrency=JOBS, name="rescuer", **KNOBS)
