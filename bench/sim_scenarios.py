@@ -5,7 +5,7 @@ budgets) and every job's latency, error and error-time draw on every target are 
 front from their own seeded streams. Every policy is then run against exactly the same jobs and
 the same target behaviour; only its choices differ.
 
-The fleet mirrors the reference model server's tier profiles (modelreasoner/emulation.py) and
+The fleet mirrors the reference model server's tier profiles (modelreasoner/server/emulation.py) and
 the catalogue's priors (orchestrator/targets.py): what a router is told about a target is the
 catalogue entry, what the target really does is the profile below.
 """
@@ -42,7 +42,7 @@ class SimTarget:
 
 PROFILES = {
     # tier: (median ms, log-normal sigma, error probability, slots): the reference model
-    # server's tier profiles (modelreasoner/emulation.py)...
+    # server's tier profiles (modelreasoner/server/emulation.py)...
     "edge": (120.0, 0.35, 0.002, 2),
     "cloud": (350.0, 0.5, 0.01, 64),
     # ...except the GPU's slots: one GPU serving 4 requests at once (~64 jobs/s) where the

@@ -36,7 +36,7 @@ import httpx
 import redis
 from sqlalchemy import create_engine, func, select
 
-from modelreasoner.emulation import TIER_DEFAULTS
+from modelreasoner.server.emulation import TIER_DEFAULTS
 from orchestrator.models import Audit, Job
 from tests.conftest import migrate
 from tests.support import postgres

@@ -1,1 +1,2 @@
-"""The worker (process_job), the model-server client, and the reference model server."""
+"""The worker (process_job) and its model-server client; the reference model server, a deployable of
+its own, is the subpackage ``server``."""

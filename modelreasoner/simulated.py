@@ -56,6 +56,6 @@ def _answer(job: CallInput) -> dict:
     if job.task_type != "screening":
         digest = hashlib.sha256(json.dumps(job.payload, sort_keys=True).encode()).hexdigest()
         return {"task_type": job.task_type, "payload_sha256": digest}
-    from modelreasoner.screening import screen
+    from modelreasoner.server.screening import screen
 
     return screen(job.age_months or 0, job.observations or "").to_dict()

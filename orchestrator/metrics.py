@@ -170,10 +170,6 @@ STALE_RETRIES = Counter(
 )
 DB_ERRORS = Counter("pedi_db_errors_total", "Database errors, by component.", ["component"])
 REDIS_ERRORS = Counter("pedi_redis_errors_total", "Redis errors caught and survived, by component.", ["component"])
-REDIS_COMPONENTS = ("api_enqueue", "readyz", "metrics", "worker", "quota")
-"""Label values of pedi_redis_errors_total: the API's enqueue after commit, /readyz, the
-scrape-time state probes, the worker's own Redis bookkeeping, and the submit rate limiter
-(which then fails open)."""
 QUOTA_REJECTIONS = Counter(
     "pedi_quota_rejections_total",
     "Submissions refused 429 by a quota, by key id and limit (rpm, max_in_flight, daily_budget_usd).",

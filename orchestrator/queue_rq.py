@@ -1,4 +1,4 @@
-"""The RQ side of the conveyor belt: the ``pedi-screen`` queue, enqueueing, and RQ's view of a job.
+"""The RQ side of the conveyor belt: the Redis connection, the ``pedi-screen`` queue, and enqueueing.
 
 Redis carries the job id and nothing else: the RQ job's only argument is the id, its id equals
 the Postgres job id, and its return value is a PHI-free summary. Postgres stays the truth.
@@ -7,13 +7,11 @@ the Postgres job id, and its return value is a PHI-free summary. Postgres stays 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from rq import Queue
-from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 
 from orchestrator.constants import (
@@ -73,23 +71,6 @@ def enqueue_job(queue: Queue, job_id: str, meta: dict[str, str] | None = None) -
             failure_ttl=RQ_FAILURE_TTL_SECONDS,
             meta={**(meta or {}), **trace_context},
         )
-
-
-def get_rq_job_status(connection: redis.Redis, job_id: str) -> str | None:
-    """RQ's status of the job (queued, started, finished, failed, ...), or None if RQ has no
-    record of it (never enqueued, expired, or lost with a Redis restart)."""
-    try:
-        return RQJob.fetch(job_id, connection=connection).get_status(refresh=False)
-    except NoSuchJobError:
-        return None
-
-
-def get_rq_job_result(connection: redis.Redis, job_id: str) -> Any | None:
-    """The PHI-free summary ``process_job`` returned, or None if there is none (yet)."""
-    try:
-        return RQJob.fetch(job_id, connection=connection).return_value()
-    except NoSuchJobError:
-        return None
 
 
 def enqueue_after_commit(

@@ -26,7 +26,6 @@ from orchestrator.routing.types import Target
 from orchestrator.settings import Settings
 
 TIERS = ("edge", "cloud", "gpu")
-CONTRACTS = ("infer", "run")
 
 
 class TierDefaults(BaseModel):

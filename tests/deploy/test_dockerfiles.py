@@ -281,6 +281,14 @@ def entry_point(argv: list[str]) -> tuple[str, str]:
     return argv[2], "main"
 
 
+def run_module(app: Path, module: str) -> tuple[str, Path]:
+    """The module ``python -m module`` executes, and its file under ``app``: a package runs its __main__."""
+    path = app / module.replace(".", "/")
+    if (path / "__main__.py").is_file():
+        return f"{module}.__main__", path / "__main__.py"
+    return module, path.with_name(path.name + ".py")
+
+
 def import_from_image(app: Path, module: str, attr: str) -> subprocess.CompletedProcess:
     """Import ``module.attr`` in a fresh interpreter whose only project code is ``app``."""
     return subprocess.run(
@@ -297,7 +305,7 @@ def test_command_starts_a_real_entry_point_from_the_copied_files(dockerfile, tmp
     name, stages = dockerfile
     app = image_app_dir(stages, tmp_path)
     module, attr = entry_point(command(stages))
-    module_file = app / (module.replace(".", "/") + ".py")
+    module, module_file = run_module(app, module)
     assert module_file.is_file(), f"{name}: {module} is not among the files the image copies"
     if attr == "main":
         assert 'if __name__ == "__main__":' in module_file.read_text(), f"{module} cannot run with python -m"
@@ -354,7 +362,7 @@ def test_model_server_image_is_gpu_ready_and_reads_its_tier_from_the_environment
     env = runtime_env(stages)
     assert env["NVIDIA_VISIBLE_DEVICES"] and env["NVIDIA_DRIVER_CAPABILITIES"]
     assert "--tier" not in command(stages), "exec form cannot expand $MODEL_SERVER_TIER; the server reads it itself"
-    from modelreasoner.server import main
+    from modelreasoner.server.cli import main
 
     tier = next(p for p in main.params if p.name == "tier")
     assert tier.envvar == "MODEL_SERVER_TIER" and env["MODEL_SERVER_TIER"] in tier.type.choices

@@ -1,4 +1,4 @@
-"""Unit tests for tier emulation (modelreasoner.emulation): profiles, sampling, latency window."""
+"""Unit tests for tier emulation (modelreasoner.server.emulation): profiles, sampling, latency window."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from modelreasoner.emulation import (
+from modelreasoner.server.emulation import (
     FAULTS,
     MAX_DELAY_FACTOR,
     TIER_DEFAULTS,

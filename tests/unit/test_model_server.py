@@ -1,4 +1,4 @@
-"""In-process tests of the reference model server (modelreasoner.server) over httpx's ASGI transport.
+"""In-process tests of the reference model server (modelreasoner.server.app) over httpx's ASGI transport.
 
 Stalling faults are checked with a short client-side deadline (asyncio.wait_for): the ASGI transport
 has no network timeouts of its own. Faults that act below HTTP (headers then silence, or a dropped
@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from modelreasoner.emulation import Profile, profile_for_tier
-from modelreasoner.screening import MODEL_VERSION
-from modelreasoner.server import EmulatedConnectionDrop, create_app
+from modelreasoner.server.app import EmulatedConnectionDrop, create_app
+from modelreasoner.server.emulation import Profile, profile_for_tier
+from modelreasoner.server.screening import MODEL_VERSION
 
 MARKER = "PHI-MARKER-7f3a9c"  # a unique string inside observations; must never come back or be logged
 CLIENT_DEADLINE_S = 0.5

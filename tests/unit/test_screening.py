@@ -1,4 +1,4 @@
-"""Unit tests for the milestone screening baseline (modelreasoner.screening).
+"""Unit tests for the milestone screening baseline (modelreasoner.server.screening).
 
 Expected outcomes come from the documented rule applied by hand to realistic caregiver sentences,
 not from running the implementation: e.g. a 24-month-old who "doesn't kick a ball" misses one
@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 
-from modelreasoner.milestones import AGE_BANDS, DOMAINS, MILESTONES
-from modelreasoner.screening import (
+from modelreasoner.server.milestones import AGE_BANDS, DOMAINS, MILESTONES
+from modelreasoner.server.screening import (
     DISCLAIMER,
     INSUFFICIENT_INFORMATION,
     MODEL_VERSION,

@@ -1,7 +1,8 @@
-"""Reference model server: the screening baseline behind the inference (/infer) and runner (/run)
-contracts, with per-instance tier emulation (latency, failures, capacity, cost, faults).
+"""The reference model server's ASGI app: the screening baseline behind the inference (/infer) and
+runner (/run) contracts, with per-instance tier emulation (latency, failures, capacity, cost, faults).
 
-Run it with ``python -m modelreasoner.server --tier edge --port 8001`` (options in docs/model-server.md).
+``cli.py`` serves it: ``python -m modelreasoner.server --tier edge --port 8001`` (options in
+docs/model-server.md).
 Request bodies hold PHI (observations): nothing here logs them, and validation errors name the field
 without echoing the submitted value.
 """
@@ -19,25 +20,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import click
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelreasoner.emulation import (
-    FAULTS,
-    TIERS,
+from modelreasoner.server.emulation import (
     LatencyWindow,
     Profile,
     apply_changes,
     make_rng,
-    profile_for_tier,
     sample_outcome,
 )
-from modelreasoner.screening import MAX_AGE_MONTHS, MAX_OBSERVATION_CHARS, MODEL_VERSION, screen
+from modelreasoner.server.screening import MAX_AGE_MONTHS, MAX_OBSERVATION_CHARS, MODEL_VERSION, screen
 
 logger = logging.getLogger("modelreasoner.server")
 
@@ -327,60 +323,3 @@ def create_app(profile: Profile | None = None, *, admin: bool = False, rng: rand
     _install_contract_routes(app, rt)
     _install_ops_routes(app, rt, admin)
     return app
-
-
-class _HideEmulatedDrops(logging.Filter):
-    """Keeps uvicorn from logging a traceback for every deliberate close_connection fault."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, EmulatedConnectionDrop)
-
-
-def _env(name: str) -> str:
-    return f"MODEL_SERVER_{name}"
-
-
-@click.command(context_settings={"show_default": True})
-@click.option("--host", default="127.0.0.1", envvar=_env("HOST"), help="Interface to bind.")
-@click.option("--port", default=8001, type=int, envvar=_env("PORT"), help="TCP port.")
-@click.option("--tier", default="none", type=click.Choice(TIERS), envvar=_env("TIER"), help="Default profile.")
-@click.option("--latency-ms", type=float, envvar=_env("LATENCY_MS"), help="Median extra delay (ms).")
-@click.option("--jitter", type=float, envvar=_env("JITTER"), help="Lognormal sigma of the delay.")
-@click.option("--fail-rate", type=float, envvar=_env("FAIL_RATE"), help="Probability (0..1) of a 503.")
-@click.option("--capacity", type=int, envvar=_env("CAPACITY"), help="Concurrent slots; excess requests queue.")
-@click.option("--cost-usd", type=float, envvar=_env("COST_USD"), help="Reported cost per call (USD).")
-@click.option("--seed", type=int, envvar=_env("SEED"), help="RNG seed for repeatable delays and failures.")
-@click.option("--fault", type=click.Choice(FAULTS), envvar=_env("FAULT"), help="Deterministic fault mode.")
-@click.option("--admin", is_flag=True, envvar=_env("ADMIN"), help="Enable POST /admin/profile.")
-@click.option("--access-log", is_flag=True, envvar=_env("ACCESS_LOG"), help="Log one line per request.")
-@click.option(
-    "--log-level",
-    default="warning",
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    envvar=_env("LOG_LEVEL"),
-)
-def main(host: str, port: int, tier: str, admin: bool, access_log: bool, log_level: str, **options: Any) -> None:
-    """Serve the reference screening model, emulating a tier's latency and failure profile."""
-    try:
-        profile = profile_for_tier(tier, **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = uvicorn.Config(
-        create_app(profile, admin=admin),
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-    )
-    logging.getLogger("uvicorn.error").addFilter(_HideEmulatedDrops())
-    if access_log:  # uvicorn sets the access logger to --log-level, which would hide its INFO lines
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    logger.info("model server %s on %s:%d, profile %s, admin=%s", MODEL_VERSION, host, port, profile, admin)
-    uvicorn.Server(config).run()
-
-
-if __name__ == "__main__":
-    main()

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from modelreasoner.milestones import (
+from modelreasoner.server.milestones import (
     AGE_BANDS,
     CONTRAST_WORDS,
     FILLERS,
