@@ -194,8 +194,16 @@ def pipeline(env: Env, api: Api, jobs_count: int, concurrency: int, worker_concu
 
 
 def store_jobs(env: Env, count: int) -> None:
-    """Store ``count`` screening jobs and enqueue their ids directly (no API, no worker)."""
+    """Store ``count`` screening jobs and enqueue their ids directly (no API, no worker).
+
+    Called once every job in Postgres is terminal (``wait_drained``): whatever is still on the
+    RQ queue then is a duplicate delivery of a finished job, which a worker would skip. It is
+    dropped (and counted on stderr) so that a phase times its own jobs only."""
     queue = get_queue(redis.Redis.from_url(env.stack.redis_url))
+    stale = queue.count
+    if stale:
+        say(f"  {stale} duplicate deliveries of finished jobs were left on {queue.name}; dropped")
+        queue.empty()
     body = JobCreate(**BODY)
     with Session(env.engine) as session:
         ids = [jobs.submit_screening(session, body, actor="bench", default_sla_ms=2000).job.id for _ in range(count)]
