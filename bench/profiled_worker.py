@@ -24,7 +24,9 @@ from pyinstrument.session import Session
 
 
 def render(session: Session, title: str) -> str:
-    tree = ConsoleRenderer(unicode=True, color=False, processor_options={"filter_threshold": 0.01})
+    # RQ's frames are shown (not folded as a library's): its per-job bookkeeping is the baseline.
+    options = {"filter_threshold": 0.01, "show_regex": r".*/rq/.*"}
+    tree = ConsoleRenderer(unicode=True, color=False, processor_options=options)
     flat = ConsoleRenderer(unicode=True, color=False, flat=True, flat_time="self")
     top = "\n".join(flat.render(session).splitlines()[:45])
     return f"# {title}\n\n## call tree (nodes under 1 % hidden)\n\n{tree.render(session)}\n## self time\n\n{top}\n"
