@@ -125,6 +125,7 @@ def main(quick: bool, concurrency: int, worker_concurrency: int, out: Path | Non
     redis_server = RedisServer(binary, free_port())
     cluster = StatsCluster(bindir, free_port())
     stack = probes = None
+    engines = []
     try:
         redis_server.start()
         cluster.init()
@@ -132,7 +133,8 @@ def main(quick: bool, concurrency: int, worker_concurrency: int, out: Path | Non
         url, observer_url = database(cluster)
         stack = Stack(url, redis_server.url, workdir)
         probes = Probes(redis_server.url, url, OBSERVER)
-        engine, watch = create_engine(url), create_engine(observer_url)
+        engines = [create_engine(url), create_engine(observer_url)]
+        engine, watch = engines
         env = Env(stack, engine, watch, probes, secrets.token_urlsafe(24), workdir)
         results = run(env, QUICK if quick else FULL, concurrency, worker_concurrency)
     finally:
@@ -140,6 +142,8 @@ def main(quick: bool, concurrency: int, worker_concurrency: int, out: Path | Non
             stack.close()
         if probes:
             probes.close()
+        for each in engines:
+            each.dispose()
         cluster.destroy()
         redis_server.stop()
     elapsed = time.monotonic() - started
