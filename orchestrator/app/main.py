@@ -53,7 +53,9 @@ Errors: every 4xx/5xx body is `{"error": {"code", "message", "field"?}}` (ErrorB
 
 
 def build_services(settings: Settings) -> Services:
-    return Services.over(settings, make_engine(settings), make_redis(settings))
+    # The submit routes' own pool: autocommit from the start (orchestrator.intake, db.py).
+    intake_engine = make_engine(settings, autocommit=True)
+    return Services.over(settings, make_engine(settings), make_redis(settings), intake_engine=intake_engine)
 
 
 def state_collector(services: Services) -> StateCollector:
@@ -96,8 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reconciler.stop()
         unregister()
         if app.state.owns_services:  # injected services belong to whoever built them
-            services.redis.close()
-            services.engine.dispose()
+            services.dispose()
         log.info("api stopped")
 
 
