@@ -184,7 +184,8 @@ def _submit(session: Session, shape: str, job: dict, audit_row: dict, *, case_gi
 def _write(session: Session, shape: str, job: dict, audit_row: dict) -> bool:
     """Insert the job (and its case, and its audit row) and commit; False if nothing was written."""
     if session.get_bind().dialect.name == "postgresql":
-        inserted = session.execute(ONE_STATEMENT[shape], {**job, **audit_row}).first() is not None
+        # Core execution on the session's connection: the ORM's execute path adds nothing here.
+        inserted = session.connection().execute(ONE_STATEMENT[shape], {**job, **audit_row}).first() is not None
         session.commit()  # a no-op on the API's autocommit connection: the statement committed
         return inserted
     return _write_each(session, shape, job, audit_row)
