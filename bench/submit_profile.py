@@ -1,18 +1,23 @@
 """Where one ``POST /api/submit`` spends its time: the real app, in process, under pyinstrument.
 
     DATABASE_URL=... REDIS_URL=... API_KEYS_JSON=... ENV=production \\
-        python -m bench.submit_profile --requests 2000 --key KEY [--html out.html]
+        python -m bench.submit_profile --requests 2000 --key KEY [--html out.html] [--cpu]
 
 The app is built by ``create_app()`` from the environment (as uvicorn would) and driven through
 its ASGI interface by httpx, one request at a time. FastAPI runs sync endpoints and dependencies
 in a thread pool, which pyinstrument (one thread) would not see; here that hop is replaced by a
 direct call, so the profile shows the work of a request, not the hop itself (measure the hop
 with wrk: docs/benchmarks/submit-path.md). Needs a migrated database and a Redis.
+
+``--cpu`` profiles CPU time instead (cProfile on ``time.process_time``: waits on Postgres and
+Redis drop out) and prints the cumulative CPU of the steps of a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import pstats
 import time
 from contextlib import asynccontextmanager
 
@@ -56,14 +61,36 @@ async def drive(app, count: int, key: str) -> float:
         return time.perf_counter() - started
 
 
+CPU_STEPS = (
+    r"orchestrator/(tracing|app/middleware).py.*__call__|routers/jobs.py.*(submit|accept)|intake.py.*_write"
+    r"|quotas.py|auth.py|rq/queue.py.*\(enqueue\)|dependencies/utils.py.*solve_dependencies"
+    r"|fastapi/routing.py.*_match|sqlalchemy/orm/session.py.*(connection|commit)\)|db.py.*session_scope"
+)
+"""The steps ``--cpu`` prints (regular expression over pstats' rows)."""
+
+
+def cpu_profile(app, count: int, key: str) -> None:
+    profile = cProfile.Profile(time.process_time)
+    profile.enable()
+    asyncio.run(drive(app, count, key))
+    profile.disable()
+    print(f"CPU of {count} submits under cProfile (which inflates small Python calls), cumulative:")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(CPU_STEPS)
+
+
 @click.command()
 @click.option("--requests", "count", default=2000, show_default=True)
 @click.option("--key", required=True, help="An API key with the submit scope")
 @click.option("--html", type=click.Path(dir_okay=False), default=None, help="Also write pyinstrument's HTML")
-def main(count: int, key: str, html: str | None) -> None:
+@click.option("--cpu", is_flag=True, help="Profile CPU time with cProfile instead of wall time")
+def main(count: int, key: str, html: str | None, cpu: bool) -> None:
     run_inline()
     app = create_app()
     asyncio.run(drive(app, 50, key))  # warm up: connections, compiled statements
+    if cpu:
+        cpu_profile(app, count, key)
+        app.state.services.dispose()
+        return
     profiler = Profiler(async_mode="enabled")
     profiler.start()
     elapsed = asyncio.run(drive(app, count, key))
@@ -73,8 +100,7 @@ def main(count: int, key: str, html: str | None) -> None:
     if html:
         with open(html, "w") as out:
             out.write(profiler.output_html())
-    app.state.services.redis.close()
-    app.state.services.engine.dispose()
+    app.state.services.dispose()
 
 
 if __name__ == "__main__":
