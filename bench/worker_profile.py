@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from bench.e2e import BODY, say
 from bench.e2e_probes import StatsCluster
-from orchestrator import jobs
+from orchestrator import intake
 from orchestrator.models import Audit, Job
 from orchestrator.queue_rq import enqueue_job, get_queue
 from orchestrator.schemas import JobCreate
@@ -65,7 +65,7 @@ def queue_jobs(engine, redis_url: str, count: int) -> None:
     queue = get_queue(redis.Redis.from_url(redis_url))
     with Session(engine) as session:
         body = JobCreate(**BODY)
-        ids = [jobs.submit_screening(session, body, actor="bench", default_sla_ms=2000).job.id for _ in range(count)]
+        ids = [intake.submit_screening(session, body, actor="bench", default_sla_ms=2000).job.id for _ in range(count)]
     for job_id in ids:
         enqueue_job(queue, str(job_id))
 

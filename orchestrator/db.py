@@ -55,6 +55,10 @@ KEEPALIVE_COUNT = 3
 """TCP keepalive probes after DB_KEEPALIVE_IDLE_SECONDS of silence: every 10 s, 3 unanswered
 probes and the kernel drops the connection."""
 
+AUTOCOMMITS = "pedi_autocommits"
+"""Execution option marking an engine whose connections autocommit from the moment they open."""
+AUTOCOMMIT_ENGINE = {"isolation_level": "AUTOCOMMIT", "execution_options": {AUTOCOMMITS: True}}
+
 _REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("pedi_db_request_deadline", default=None)
 """time.monotonic() by which the current API request must be done with Postgres, or None."""
 
@@ -152,10 +156,15 @@ def postgres_connect_args(settings: Settings) -> dict:
     }
 
 
-def make_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True) -> Engine:
+def make_engine(
+    settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True, autocommit: bool = False
+) -> Engine:
     """A new engine for ``settings.database_url``. ``pool_size`` overrides the configured size
     (the worker sizes its pool to its concurrency); ``pre_ping=False`` skips the liveness round
-    trip on every checkout, for callers that retry on a dead connection anyway (the worker)."""
+    trip on every checkout, for callers that retry on a dead connection anyway (the worker).
+    ``autocommit`` (Postgres): every connection autocommits from the start, set once when it is
+    opened rather than switched on each checkout and back on each return (each switch costs a
+    round trip); for the API's intake, whose writes are single statements."""
     url = settings.database_url
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -174,6 +183,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: b
         connect_args["connection_factory"] = _bounded_connection_class(settings.db_connect_timeout_seconds, answer)
     engine = create_engine(
         url,
+        **(AUTOCOMMIT_ENGINE if autocommit and url.startswith("postgresql") else {}),
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=pre_ping,
@@ -220,6 +230,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - tr
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def make_intake_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for the submit routes: on Postgres their connections autocommit, so the one
+    statement that stores a submit (orchestrator.intake) is its own transaction, with no BEGIN
+    and COMMIT round trips around it, and the quota reads before it open none. Give an engine
+    made with ``make_engine(..., autocommit=True)``; any other Postgres engine is switched per
+    checkout (correct, one round trip slower). Elsewhere (SQLite) ordinary sessions: intake runs
+    its INSERTs in one transaction there."""
+    if engine.dialect.name == "postgresql" and not engine.get_execution_options().get(AUTOCOMMITS):
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return make_session_factory(engine)
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -15,178 +15,20 @@ exist, so that existence does not leak.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import audit
-from orchestrator.errors import BadRequest, IdempotencyConflict, NotFound
-from orchestrator.models import ACTIVE_STATUSES, Case, Job, JobKind, JobStatus, utcnow
-from orchestrator.principals import DEFAULT_TENANT
-from orchestrator.schemas import JobCreate, TaskCreate, decode_embedding
+from orchestrator.errors import BadRequest, NotFound
+from orchestrator.models import ACTIVE_STATUSES, Job, JobStatus, utcnow
 
 _ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 ERASED = "erased"
 """The error kind of a job cancelled because its case was erased (and the audit event of an erasure)."""
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job: Job
-    created: bool
-    """False when an Idempotency-Key replay returned the job created earlier."""
-
-
-def request_hash(payload: dict) -> str:
-    """A stable digest of a request body, to tell an idempotent replay from a conflicting one."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def submit_screening(
-    session: Session,
-    body: JobCreate,
-    *,
-    actor: str,
-    default_sla_ms: int,
-    idempotency_key: str | None = None,
-    tenant: str = DEFAULT_TENANT,
-) -> Submitted:
-    """Store a screening job (and its case when new) as ``queued`` for ``tenant`` and commit.
-
-    The caller enqueues the id only after this returns: a job is durable before Redis hears of
-    it. An Idempotency-Key this tenant used before returns the earlier job if the body is the
-    same, and raises IdempotencyConflict if it differs. A ``case_id`` must be one of the
-    tenant's cases; another tenant's is refused exactly as one that does not exist.
-    """
-    digest = request_hash(body.model_dump(mode="json"))
-    if idempotency_key is not None:
-        earlier = _replay(session, tenant, idempotency_key, digest)
-        if earlier is not None:
-            return Submitted(earlier, created=False)
-    if body.case_id is not None:
-        case = session.get(Case, body.case_id)
-        if case is None or case.tenant != tenant:
-            raise BadRequest("case_id: no case with this id", field="case_id")
-        case_id = body.case_id
-    else:
-        case = Case(created_by=actor, tenant=tenant)
-        session.add(case)
-        session.flush()
-        case_id = case.id
-    job = Job(
-        case_id=case_id,
-        kind=JobKind.SCREENING.value,
-        age_months=body.age_months,
-        observations=body.observations,
-        embedding=decode_embedding(body.embedding_b64) if body.embedding_b64 else None,
-        **_queued_fields(body, actor, tenant, default_sla_ms, idempotency_key, digest),
-    )
-    return _insert(session, job, actor, idempotency_key, digest)
-
-
-def _queued_fields(
-    body, actor: str, tenant: str, default_sla_ms: int, idempotency_key: str | None, digest: str
-) -> dict:
-    """The fields every new job shares: its routing request and how (and by whom) it was submitted."""
-    return {
-        "status": JobStatus.QUEUED.value,
-        "tenant": tenant,
-        "preferred_target": body.preferred_target,
-        "sla_ms": body.sla_ms or default_sla_ms,
-        "strict_sla": body.strict_sla,
-        "budget_usd": body.budget_usd,
-        "idempotency_key": idempotency_key,
-        "request_hash": digest,
-        "actor": actor,
-        "created_at": utcnow(),
-    }
-
-
-def task_hash(body: TaskCreate) -> str:
-    """The request digest of a task (its kind included, so it never matches a screening body)."""
-    return request_hash({"kind": JobKind.TASK.value, **body.model_dump(mode="json")})
-
-
-def replayed_task(session: Session, body: TaskCreate, idempotency_key: str, tenant: str) -> Job | None:
-    """The task an earlier request of ``tenant`` with this key created, if the body is the same;
-    raises IdempotencyConflict if it differs. Lets the API answer a replay before re-checking
-    things (such as which targets exist) that may have changed since."""
-    return _replay(session, tenant, idempotency_key, task_hash(body))
-
-
-def submit_task(
-    session: Session,
-    body: TaskCreate,
-    *,
-    actor: str,
-    default_sla_ms: int,
-    idempotency_key: str | None = None,
-    tenant: str = DEFAULT_TENANT,
-) -> Submitted:
-    """Store a generic task as a ``queued`` job of kind ``task`` for ``tenant`` and commit; the
-    caller enqueues it after. The caller has checked consent. Idempotency works as for screening
-    jobs (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
-    digest = task_hash(body)
-    if idempotency_key is not None:
-        earlier = _replay(session, tenant, idempotency_key, digest)
-        if earlier is not None:
-            return Submitted(earlier, created=False)
-    job = Job(
-        case_id=None,
-        kind=JobKind.TASK.value,
-        task_type=body.task_type,
-        payload=body.payload,
-        **_queued_fields(body, actor, tenant, default_sla_ms, idempotency_key, digest),
-    )
-    return _insert(session, job, actor, idempotency_key, digest, details={"consent": True})
-
-
-def _insert(
-    session: Session, job: Job, actor: str, idempotency_key: str | None, digest: str, details: dict | None = None
-) -> Submitted:
-    tenant = job.tenant  # read before a rollback can expire it
-    session.add(job)
-    try:
-        session.flush()
-        audit.record(
-            session,
-            job.id,
-            "submitted",
-            actor,
-            at=job.created_at,
-            details={
-                "kind": job.kind,
-                "sla_ms": job.sla_ms,
-                "preferred_target": job.preferred_target,
-                "tenant": tenant,
-                **(details or {}),
-            },
-        )
-        session.commit()
-    except IntegrityError:
-        # Two requests raced with the same Idempotency-Key; the other one won.
-        session.rollback()
-        earlier = _replay(session, tenant, idempotency_key, digest) if idempotency_key else None
-        if earlier is None:
-            raise
-        return Submitted(earlier, created=False)
-    return Submitted(job, created=True)
-
-
-def _replay(session: Session, tenant: str, idempotency_key: str, digest: str) -> Job | None:
-    """The job ``tenant`` created earlier with this Idempotency-Key (another tenant's key is
-    simply unused here: a new job, and no hint that the key exists elsewhere)."""
-    earlier = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
-    if earlier is not None and earlier.request_hash != digest:
-        raise IdempotencyConflict()
-    return earlier
 
 
 def get_job(session: Session, job_id: uuid.UUID, *, tenant: str | None) -> Job:

@@ -37,10 +37,11 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.app.auth import Authorize
-from orchestrator.app.deps import SessionDep
 from orchestrator.constants import RETRY_AFTER_SECONDS
+from orchestrator.db import session_scope
 from orchestrator.errors import QuotaExceeded
 from orchestrator.metrics import QUOTA_REJECTIONS, REDIS_ERRORS
 from orchestrator.models import Job, JobStatus
@@ -62,6 +63,9 @@ class Limits:
     rpm: int | None
     max_in_flight: int | None
     daily_budget_usd: float | None
+
+
+NO_LIMITS = Limits(None, None, None)
 
 
 def limits_of(principal: Principal, settings: Settings) -> Limits:
@@ -87,32 +91,31 @@ class Quotas:
         storage = RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=LIMITER_KEY_PREFIX)
         self._limiter = MovingWindowRateLimiter(storage)
 
-    def check(self, session: Session, principal: Principal) -> None:
+    def check(self, session: Session, principal: Principal, limits: Limits | None = None) -> None:
         """Raise ``QuotaExceeded`` if ``principal`` may not submit now. The rpm window counts
-        this request; the other checks only read."""
-        limits = limits_of(principal, self.settings)
+        this request; the other checks only read, in one statement."""
+        limits = limits or limits_of(principal, self.settings)
         if limits.rpm is not None:
             self._check_rate(principal, limits.rpm)
-        if limits.max_in_flight is not None:
-            in_flight = jobs_in_flight(session, principal.key_id)
-            if in_flight >= limits.max_in_flight:
-                self._reject(
-                    principal,
-                    "max_in_flight",
-                    f"{limits.max_in_flight} jobs queued or running at once",
-                    RETRY_AFTER_SECONDS,
-                )
-        if limits.daily_budget_usd is not None:
-            start = day_start(datetime.now(UTC))
-            spent = spent_since(session, principal.key_id, start)
-            if spent >= limits.daily_budget_usd:
-                until = start + timedelta(days=1) - datetime.now(UTC)
-                self._reject(
-                    principal,
-                    "daily_budget_usd",
-                    f"{limits.daily_budget_usd:g} USD of model calls per UTC day (spent {spent:.4f})",
-                    until.total_seconds(),
-                )
+        if limits.max_in_flight is None and limits.daily_budget_usd is None:
+            return
+        start = day_start(datetime.now(UTC))
+        in_flight, spent = usage(session, principal.key_id, start)
+        if limits.max_in_flight is not None and in_flight >= limits.max_in_flight:
+            self._reject(
+                principal,
+                "max_in_flight",
+                f"{limits.max_in_flight} jobs queued or running at once",
+                RETRY_AFTER_SECONDS,
+            )
+        if limits.daily_budget_usd is not None and spent >= limits.daily_budget_usd:
+            until = start + timedelta(days=1) - datetime.now(UTC)
+            self._reject(
+                principal,
+                "daily_budget_usd",
+                f"{limits.daily_budget_usd:g} USD of model calls per UTC day (spent {spent:.4f})",
+                until.total_seconds(),
+            )
 
     def _check_rate(self, principal: Principal, rpm: int) -> None:
         item = RateLimitItemPerMinute(rpm)
@@ -133,16 +136,14 @@ class Quotas:
         raise QuotaExceeded(limit, f"{principal.key_id} is over its limit {limit} ({what})", retry_after)
 
 
-def jobs_in_flight(session: Session, key_id: str) -> int:
-    """The key's jobs that are queued or running now."""
-    stmt = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE), Job.actor == key_id)
-    return int(session.scalar(stmt) or 0)
-
-
-def spent_since(session: Session, key_id: str, start: datetime) -> float:
-    """Recorded model-call cost (USD) of the key's jobs created since ``start``."""
-    stmt = select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(Job.created_at >= start, Job.actor == key_id)
-    return float(session.scalar(stmt) or 0.0)
+def usage(session: Session, key_id: str, start: datetime) -> tuple[int, float]:
+    """(the key's jobs queued or running now, the recorded model-call cost in USD of its jobs
+    created since ``start``), in one round trip."""
+    mine = Job.actor == key_id
+    in_flight = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE), mine).scalar_subquery()
+    spent = select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(Job.created_at >= start, mine).scalar_subquery()
+    row = session.execute(select(in_flight, spent)).one()
+    return int(row[0] or 0), float(row[1] or 0.0)
 
 
 def day_start(now: datetime) -> datetime:
@@ -162,13 +163,21 @@ def quotas_of(request: Request) -> Quotas:
 _submitter = Authorize(Scope.SUBMIT)
 
 
-def submit_within_quota(
-    request: Request, session: SessionDep, principal: Annotated[Principal, Depends(_submitter)]
-) -> Principal:
+async def submit_within_quota(request: Request, principal: Annotated[Principal, Depends(_submitter)]) -> Principal:
     """FastAPI dependency of the submit routes: the caller holds ``submit`` and is within its
-    quotas (401 / 403 / 429 otherwise)."""
-    quotas_of(request).check(session, principal)
+    quotas (401 / 403 / 429 otherwise). With no limit for this key it does nothing more; with
+    one, the check (Redis, Postgres) runs in the thread pool on a session of its own."""
+    services = request.app.state.services
+    limits = limits_of(principal, services.settings)
+    if limits != NO_LIMITS:
+        await run_in_threadpool(_check_in_session, request, principal, limits)
     return principal
+
+
+def _check_in_session(request: Request, principal: Principal, limits: Limits) -> None:
+    services = request.app.state.services
+    with session_scope(services.intake_sessions) as session:
+        quotas_of(request).check(session, principal, limits)
 
 
 QuotaDep = Annotated[Principal, Depends(submit_within_quota)]

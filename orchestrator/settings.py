@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     """Longest opening one Postgres connection may take, every try included (s): a dead or hung
     Postgres turns into a quick 503, not a hung request. Enforced by the client."""
     db_pool_size: int = Field(10, ge=1, le=200)
-    """Connections per API process (the worker sizes its own pool to its concurrency)."""
+    """Connections per pool of an API process, which has two: the submit routes' autocommit pool
+    and the rest (the worker sizes its own pool to its concurrency)."""
     db_pool_timeout_seconds: float = Field(1.0, gt=0, le=60)
     """How long a caller waits for a free pooled connection (s); then the API answers 503
     database_unavailable + Retry-After instead of queueing behind a stuck pool."""

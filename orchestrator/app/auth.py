@@ -79,9 +79,10 @@ class Authorize:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
 
-    def __call__(
+    async def __call__(
         self, request: Request, presented: Annotated[str | None, Security(api_key_header)] = None
     ) -> Principal:
+        # async: a digest and a few compares, no I/O; a sync dependency would cost a thread hop.
         principal = authenticate(request, presented)
         if not principal.allows(self.scope):
             raise Forbidden(f"This key lacks the '{self.scope.value}' scope")

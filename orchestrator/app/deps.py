@@ -12,7 +12,7 @@ from rq import Queue
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db import make_session_factory, session_scope
+from orchestrator.db import make_intake_session_factory, make_session_factory, session_scope
 from orchestrator.principals import Principal
 from orchestrator.queue_rq import get_queue
 from orchestrator.routing import RedisStatsStore, Router
@@ -33,10 +33,20 @@ class Services:
     """sha256 digest of each accepted key -> its principal; empty in dev mode."""
     routing_config: RoutingConfig = DEFAULT_CONFIG
     """The routing policy's knobs, with the operator's SLO objectives (ROUTING_SLO_*)."""
+    intake_sessions: sessionmaker[Session] | None = None
+    """Sessions of the submit routes and their quota reads (``make_intake_session_factory``:
+    autocommit on Postgres); built from ``engine`` when not given."""
+
+    def __post_init__(self) -> None:
+        if self.intake_sessions is None:
+            self.intake_sessions = make_intake_session_factory(self.engine)
 
     @classmethod
-    def over(cls, settings: Settings, engine: Engine, connection: redis.Redis) -> Services:
-        """The services on an engine and a Redis connection; the rest derives from them."""
+    def over(
+        cls, settings: Settings, engine: Engine, connection: redis.Redis, *, intake_engine: Engine | None = None
+    ) -> Services:
+        """The services on an engine and a Redis connection; the rest derives from them.
+        ``intake_engine``: an autocommit engine for the submit routes (default: ``engine``)."""
         return cls(
             settings=settings,
             engine=engine,
@@ -47,10 +57,20 @@ class Services:
             routing_config=config_with_objectives(
                 settings.routing_slo_objectives, settings.routing_slo_default_objective
             ),
+            intake_sessions=make_intake_session_factory(intake_engine or engine),
         )
 
+    def dispose(self) -> None:
+        """Close the Redis connection and every engine these services hold."""
+        self.redis.close()
+        self.engine.dispose()
+        intake_engine = self.intake_sessions.kw["bind"] if self.intake_sessions is not None else None
+        if intake_engine is not None and intake_engine.pool is not self.engine.pool:
+            intake_engine.dispose()
 
-def get_services(request: Request) -> Services:
+
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a sync dependency in its thread pool, a hop that costs more than this.
     return request.app.state.services
 
 
@@ -59,7 +79,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.services.settings
 
 

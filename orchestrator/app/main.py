@@ -53,7 +53,10 @@ Errors: every 4xx/5xx body is `{"error": {"code", "message", "field"?}}` (ErrorB
 
 
 def build_services(settings: Settings) -> Services:
-    return Services.over(settings, make_engine(settings), make_redis(settings))
+    engine = make_engine(settings)
+    # On Postgres the submit routes get their own pool, autocommit from the start (orchestrator.intake).
+    intake_engine = make_engine(settings, autocommit=True) if settings.is_postgres else None
+    return Services.over(settings, engine, make_redis(settings), intake_engine=intake_engine)
 
 
 def state_collector(services: Services) -> StateCollector:
@@ -96,8 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reconciler.stop()
         unregister()
         if app.state.owns_services:  # injected services belong to whoever built them
-            services.redis.close()
-            services.engine.dispose()
+            services.dispose()
         log.info("api stopped")
 
 

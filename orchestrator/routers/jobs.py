@@ -8,14 +8,16 @@ gets it without its result (model output about a child); see Principal.sees_resu
 from __future__ import annotations
 
 import uuid
+from functools import cache
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from orchestrator import audit, catalogue, jobs, lifecycle
+from orchestrator import audit, catalogue, intake, jobs, lifecycle
 from orchestrator.app.auth import ReadDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH, JOBS_PAGE_MAX
+from orchestrator.db import session_scope
 from orchestrator.metrics import JOBS_SUBMITTED
 from orchestrator.models import Audit, Job, JobKind
 from orchestrator.principals import Principal
@@ -34,6 +36,9 @@ from orchestrator.schemas import (
     StatusName,
 )
 from orchestrator.targets import TIERS
+
+ROUTE_TIERS = frozenset({"auto", *TIERS})
+"""The preferred targets that need no catalogue lookup: ``auto`` and a tier name."""
 
 ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -54,7 +59,6 @@ def status_url(services, job_id: uuid.UUID) -> str:
 def submit(
     body: JobCreate,
     response: Response,
-    session: SessionDep,
     services: ServicesDep,
     principal: QuotaDep,
     idempotency_key: Annotated[
@@ -66,31 +70,38 @@ def submit(
     The same ``Idempotency-Key`` with the same body returns the same job (header
     ``Idempotent-Replayed: true``); with a different body it answers 409.
     """
-    if body.preferred_target not in ("auto", *TIERS):  # a target name: it must exist (rare path)
-        entries = catalogue.entries(session, services.settings)
-        catalogue.check_preference(body.preferred_target, catalogue.routable(entries, JobKind.SCREENING.value))
-    submitted = jobs.submit_screening(
-        session,
-        body,
-        actor=principal.key_id,
-        default_sla_ms=services.settings.default_sla_ms,
-        idempotency_key=idempotency_key,
-        tenant=principal.tenant,
-    )
+    with session_scope(services.intake_sessions) as session:  # returned to the pool before the enqueue
+        if body.preferred_target not in ROUTE_TIERS:  # a target name: it must exist (rare path)
+            entries = catalogue.entries(session, services.settings)
+            catalogue.check_preference(body.preferred_target, catalogue.routable(entries, JobKind.SCREENING.value))
+        submitted = intake.submit_screening(
+            session,
+            body,
+            actor=principal.key_id,
+            default_sla_ms=services.settings.default_sla_ms,
+            idempotency_key=idempotency_key,
+            tenant=principal.tenant,
+        )
     job = accept(submitted, services, response)
     return JobAccepted(job_id=job.id, status=job.status, status_url=status_url(services, job.id))
 
 
-def accept(submitted: jobs.Submitted, services, response: Response) -> Job:
+def accept(submitted: intake.Submitted, services, response: Response) -> intake.JobRef:
     """After the commit: queue a new job's id (a Redis outage leaves it to the reconciler), or
     mark an Idempotency-Key replay. Shared by every endpoint that creates jobs."""
     job = submitted.job
     if submitted.created:
-        JOBS_SUBMITTED.labels(job.kind).inc()
+        submitted_counter(job.kind).inc()
         enqueue_after_commit(services.queue, str(job.id))
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return job
+
+
+@cache
+def submitted_counter(kind: str):
+    """The ``pedi_jobs_submitted_total`` child of ``kind``, looked up once per kind."""
+    return JOBS_SUBMITTED.labels(kind)
 
 
 @router.get("/status/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorBody}})

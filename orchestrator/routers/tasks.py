@@ -11,10 +11,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from orchestrator import audit, catalogue, jobs
+from orchestrator import audit, catalogue, intake, jobs
 from orchestrator.app.auth import ReadDep
 from orchestrator.app.deps import ServicesDep, SessionDep
 from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
+from orchestrator.db import session_scope
 from orchestrator.errors import Forbidden, NotFound
 from orchestrator.models import JobKind
 from orchestrator.quotas import QuotaDep
@@ -51,7 +52,6 @@ def task_url(services, task_id: uuid.UUID) -> str:
 def route_task(
     body: TaskCreate,
     response: Response,
-    session: SessionDep,
     services: ServicesDep,
     principal: QuotaDep,
     idempotency_key: Annotated[
@@ -63,21 +63,22 @@ def route_task(
     ``Idempotency-Key`` with the same body returns the same task; with another body, 409."""
     if body.consent is not True:
         raise Forbidden(CONSENT_REQUIRED)
-    earlier = jobs.replayed_task(session, body, idempotency_key, principal.tenant) if idempotency_key else None
-    if earlier is not None:
-        response.headers["Idempotent-Replayed"] = "true"
-        return TaskAccepted(task_id=earlier.id, status=earlier.status, status_url=task_url(services, earlier.id))
-    targets = catalogue.routable(catalogue.entries(session, services.settings), JobKind.TASK.value)
-    catalogue.require_task_runner(targets)
-    catalogue.check_preference(body.preferred_target, targets)
-    submitted = jobs.submit_task(
-        session,
-        body,
-        actor=principal.key_id,
-        default_sla_ms=services.settings.default_sla_ms,
-        idempotency_key=idempotency_key,
-        tenant=principal.tenant,
-    )
+    with session_scope(services.intake_sessions) as session:  # returned to the pool before the enqueue
+        earlier = intake.replayed_task(session, body, idempotency_key, principal.tenant) if idempotency_key else None
+        if earlier is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            return TaskAccepted(task_id=earlier.id, status=earlier.status, status_url=task_url(services, earlier.id))
+        targets = catalogue.routable(catalogue.entries(session, services.settings), JobKind.TASK.value)
+        catalogue.require_task_runner(targets)
+        catalogue.check_preference(body.preferred_target, targets)
+        submitted = intake.submit_task(
+            session,
+            body,
+            actor=principal.key_id,
+            default_sla_ms=services.settings.default_sla_ms,
+            idempotency_key=idempotency_key,
+            tenant=principal.tenant,
+        )
     job = accept(submitted, services, response)
     return TaskAccepted(task_id=job.id, status=job.status, status_url=task_url(services, job.id))
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import jobs
+from orchestrator import intake, jobs
 from orchestrator.models import Audit, Job, JobStatus
 from orchestrator.schemas import JobCreate
 
@@ -21,7 +21,7 @@ def submit(engine, **body):
     body.setdefault("age_months", 24)
     body.setdefault("observations", "x")
     with Session(engine) as session:
-        return jobs.submit_screening(session, JobCreate(**body), actor="anonymous", default_sla_ms=2000).job.id
+        return intake.submit_screening(session, JobCreate(**body), actor="anonymous", default_sla_ms=2000).job.id
 
 
 def test_concurrent_claims_of_one_job_have_exactly_one_winner(pg_engine):
@@ -101,7 +101,9 @@ def test_idempotency_keys_survive_a_race(pg_engine):
     def post(_):
         barrier.wait()
         with factory() as session:
-            return jobs.submit_screening(session, body, actor="a", default_sla_ms=2000, idempotency_key="race-1").job.id
+            return intake.submit_screening(
+                session, body, actor="a", default_sla_ms=2000, idempotency_key="race-1"
+            ).job.id
 
     with ThreadPoolExecutor(6) as pool:
         ids = set(pool.map(post, range(6)))

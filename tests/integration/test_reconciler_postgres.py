@@ -10,7 +10,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from orchestrator import jobs
+from orchestrator import intake, jobs
 from orchestrator.db import make_session_factory
 from orchestrator.models import Audit, Job
 from orchestrator.queue_rq import get_queue
@@ -36,7 +36,7 @@ def queue(redis_url):
 def submit_many(sessions, count: int) -> list[uuid.UUID]:
     with sessions() as session:
         body = JobCreate(age_months=24, observations="x")
-        return [jobs.submit_screening(session, body, actor="t", default_sla_ms=2000).job.id for _ in range(count)]
+        return [intake.submit_screening(session, body, actor="t", default_sla_ms=2000).job.id for _ in range(count)]
 
 
 def events(sessions, event: str) -> dict[uuid.UUID, int]:

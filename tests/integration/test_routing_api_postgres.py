@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelreasoner import runtime
-from orchestrator import catalogue, jobs, telemetry
+from orchestrator import catalogue, intake, telemetry
 from orchestrator.app.main import create_app
 from orchestrator.models import Audit, Job, RegisteredTarget, TelemetrySample
 from orchestrator.routing import RedisStatsStore
@@ -121,7 +121,7 @@ def test_racing_task_submissions_with_one_key_make_one_task(pg_engine):
     def submit(_: int) -> str:
         barrier.wait()
         with factory() as session:
-            return str(jobs.submit_task(session, body, actor="a", default_sla_ms=2000, idempotency_key="race").job.id)
+            return str(intake.submit_task(session, body, actor="a", default_sla_ms=2000, idempotency_key="race").job.id)
 
     with ThreadPoolExecutor(6) as pool:
         ids = set(pool.map(submit, range(6)))

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from orchestrator import jobs
+from orchestrator import intake
 from orchestrator.db import make_engine
 from orchestrator.models import Audit
 from orchestrator.schemas import JobCreate
@@ -48,7 +48,7 @@ def audit_rows(engine) -> int:
 )
 def test_the_app_cannot_rewrite_or_erase_the_audit_trail(app_engine, statement):
     with Session(app_engine) as session:
-        jobs.submit_screening(session, JobCreate(age_months=4, observations="x"), actor="key-1", default_sla_ms=2000)
+        intake.submit_screening(session, JobCreate(age_months=4, observations="x"), actor="key-1", default_sla_ms=2000)
     before = audit_rows(app_engine)
     assert before == 1
     with pytest.raises(DBAPIError, match="append-only"), Session(app_engine) as session:

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from orchestrator import jobs
+from orchestrator import intake
 from orchestrator.models import Audit
 from orchestrator.schemas import JobCreate
 from tests.support import postgres
@@ -219,7 +219,7 @@ def trigger_states(roles: Roles) -> list[tuple]:
 def test_the_runtime_role_cannot_alter_or_erase_the_audit_trail(roles, app_engine, statement):
     with Session(app_engine) as session:  # the runtime role appends to the trail: that works
         case = JobCreate(age_months=4, observations="x")
-        job_id = jobs.submit_screening(session, case, actor="key-1", default_sla_ms=2000).job.id
+        job_id = intake.submit_screening(session, case, actor="key-1", default_sla_ms=2000).job.id
     with Session(app_engine) as session:
         before = session.scalar(select(func.count()).select_from(Audit))
     triggers = trigger_states(roles)

@@ -11,7 +11,7 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import create_engine, select
 
-from orchestrator import jobs
+from orchestrator import intake, jobs
 from orchestrator import reconciler as reconciler_module
 from orchestrator.constants import RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY
 from orchestrator.db import make_session_factory
@@ -45,7 +45,7 @@ def queue(fake_redis):
 def submit(sessions) -> uuid.UUID:
     with sessions() as session:
         body = JobCreate(age_months=24, observations="x")
-        return jobs.submit_screening(session, body, actor="anonymous", default_sla_ms=2000).job.id
+        return intake.submit_screening(session, body, actor="anonymous", default_sla_ms=2000).job.id
 
 
 def claim(sessions, job_id, at: datetime, worker: str = "w1") -> None:

@@ -24,7 +24,7 @@ from modelreasoner.lease import LeaseKeeper
 from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.runtime import Runtime
 from modelreasoner.worker import execute
-from orchestrator import jobs
+from orchestrator import intake
 from orchestrator.db import make_engine, make_session_factory, ping
 from orchestrator.errors import DatabaseUnavailable, ModelCallError
 from orchestrator.models import Audit, Job
@@ -76,7 +76,7 @@ def runtime(engine, store, client, targets=(EDGE,), **settings) -> Runtime:
 def submit(engine) -> uuid.UUID:
     with Session(engine) as session:
         body = JobCreate(age_months=24, observations="x")
-        return jobs.submit_screening(session, body, actor="anonymous", default_sla_ms=2000).job.id
+        return intake.submit_screening(session, body, actor="anonymous", default_sla_ms=2000).job.id
 
 
 def load(engine, job_id) -> tuple[Job, list[str]]:

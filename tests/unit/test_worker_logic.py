@@ -18,7 +18,7 @@ from modelreasoner.client import CallInput, CallResult
 from modelreasoner.lease import LeaseKeeper
 from modelreasoner.runtime import Runtime
 from modelreasoner.worker import execute
-from orchestrator import jobs
+from orchestrator import intake, jobs
 from orchestrator.db import make_session_factory
 from orchestrator.errors import ModelCallError
 from orchestrator.models import Audit, Job, JobStatus
@@ -75,7 +75,7 @@ def submit(engine, **body) -> uuid.UUID:
     body.setdefault("age_months", 24)
     body.setdefault("observations", "x")
     with Session(engine) as session:
-        return jobs.submit_screening(session, JobCreate(**body), actor="anonymous", default_sla_ms=2000).job.id
+        return intake.submit_screening(session, JobCreate(**body), actor="anonymous", default_sla_ms=2000).job.id
 
 
 def load(engine, job_id) -> tuple[Job, list[Audit]]:
@@ -301,7 +301,7 @@ def test_a_task_with_no_runner_target_fails_saying_so(sqlite_engine, fake_redis)
 
     with Session(sqlite_engine) as session:
         body = TaskCreate(task_type="summarize", payload={"n": 1}, consent=True)
-        job_id = jobs.submit_task(session, body, actor="anonymous", default_sla_ms=2000).job.id
+        job_id = intake.submit_task(session, body, actor="anonymous", default_sla_ms=2000).job.id
     execute(make_runtime(sqlite_engine, fake_redis, ScriptedClient()), job_id)
     job, _ = load(sqlite_engine, job_id)
     assert job.status == "failed" and job.error_kind == "no_targets" and "runner-contract" in job.error
