@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bench.e2e_probes import Counted, Probes, cpu_ms
-from orchestrator import jobs
+from orchestrator import intake
 from orchestrator.models import Job
 from orchestrator.queue_rq import enqueue_job, get_queue
 from orchestrator.schemas import JobCreate
@@ -206,7 +206,7 @@ def store_jobs(env: Env, count: int) -> None:
         queue.empty()
     body = JobCreate(**BODY)
     with Session(env.engine) as session:
-        ids = [jobs.submit_screening(session, body, actor="bench", default_sla_ms=2000).job.id for _ in range(count)]
+        ids = [intake.submit_screening(session, body, actor="bench", default_sla_ms=2000).job.id for _ in range(count)]
     for job_id in ids:
         enqueue_job(queue, str(job_id))
 
