@@ -27,6 +27,8 @@ from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
 
+from orchestrator.error_kinds import ErrorKind
+
 ERROR_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 """An error kind as the worker writes them (``all_targets_failed``); anything else is ``unknown``."""
 STACK_FRAMES_KEPT = 12
@@ -53,7 +55,7 @@ class JobCrashed(Exception):
     def __init__(self, original: BaseException | type[BaseException] | None) -> None:
         name = (original if isinstance(original, type) else type(original)).__name__
         super().__init__(f"worker error ({name}); the job's state is in Postgres")
-        self.kind = "internal_error"
+        self.kind = ErrorKind.INTERNAL_ERROR
 
 
 SAFE_EXCEPTIONS = (JobFailed, JobCrashed, JobTimeoutException)

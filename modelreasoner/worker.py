@@ -46,6 +46,7 @@ from modelreasoner.threaded_worker import ThreadedWorker
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
 from orchestrator.db import session_scope
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging, ensure_logging, job_context
 from orchestrator.metrics import (
@@ -139,7 +140,7 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
     step = Step()
     try:
         job, planned = with_db_retry(rt.settings, lambda: _claim_and_route(rt, job_id, step))
-        if isinstance(planned, dispatch.Terminal) and planned.fields.get("error_kind") == "no_targets":
+        if isinstance(planned, dispatch.Terminal) and planned.error_kind is ErrorKind.NO_TARGETS:
             planned = with_db_retry(rt.settings, lambda: _route_again(rt, job))
     except Exception as exc:
         if database_down(exc):
@@ -161,7 +162,7 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
             return _give_up(rt, job_id, "persist", exc)
     finally:
         rt.leases.discard(job_id)
-    return {"status": terminal.status.value, "target": terminal.fields.get("target")}
+    return {"status": terminal.status.value, "target": terminal.target}
 
 
 def _claim_and_route(rt: Runtime, job_id: uuid.UUID, step: Step) -> Claimed:
@@ -211,9 +212,9 @@ def _crashed(rt: Runtime, exc: Exception, step: str) -> dispatch.Terminal:
     if database_down(exc):
         attempts = rt.settings.db_retry_attempts
         log.error("database unavailable through every retry; failing the job", extra={"attempts": attempts})
-        return dispatch.failed("database_unavailable", f"the database was unreachable on {attempts} attempts")
+        return dispatch.failed(ErrorKind.DATABASE_UNAVAILABLE, f"the database was unreachable on {attempts} attempts")
     log.exception("job crashed in the worker; failing it", extra={"step": step})
-    return dispatch.failed("internal_error", step_failed(step, exc))
+    return dispatch.failed(ErrorKind.INTERNAL_ERROR, step_failed(step, exc))
 
 
 def _give_up(rt: Runtime, job_id: uuid.UUID, step: str, exc: Exception) -> dict[str, str | None]:
@@ -226,47 +227,63 @@ def _give_up(rt: Runtime, job_id: uuid.UUID, step: str, exc: Exception) -> dict[
     def write() -> bool:
         with session_scope(rt.sessions) as session:
             now = datetime.now(UTC)
-            return jobs.give_up(
-                session, job_id, worker_id=rt.worker_id, now=now, error_kind="internal_error", error=reason
-            )
+            kind = ErrorKind.INTERNAL_ERROR
+            return jobs.give_up(session, job_id, worker_id=rt.worker_id, now=now, error_kind=kind, error=reason)
 
     if not with_db_retry(rt.settings, write):
         log.info("job already taken or finished elsewhere; left alone")
         return {"status": "skipped", "target": None}
-    JOBS_FAILED.labels("none", "internal_error").inc()
+    JOBS_FAILED.labels("none", ErrorKind.INTERNAL_ERROR).inc()
     return {"status": JobStatus.FAILED.value, "target": None}
 
 
 def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
     """Write the terminal state (first terminal write wins) and record its metrics."""
     now = datetime.now(UTC)
-    fields = dict(terminal.fields)
     total_s = (now - job.created_at).total_seconds()
-    if terminal.status is JobStatus.COMPLETED:
-        fields["sla_met"] = total_s * 1000.0 <= job.sla_ms
+    completed = terminal.status is JobStatus.COMPLETED
+    sla_met = total_s * 1000.0 <= job.sla_ms if completed else None
 
     def write() -> bool:
         with session_scope(rt.sessions) as session:
             if terminal.winner is not None:
-                dispatch.attempt_audit(session, job, rt.worker_id, terminal.winner, fields.get("attempts", 1))
-            return jobs.finish(session, job.id, terminal.status, actor=rt.worker_id, now=now, **fields)
+                dispatch.attempt_audit(session, job, rt.worker_id, terminal.winner, terminal.attempts or 1)
+            return _finish(session, rt.worker_id, now, job.id, terminal, sla_met)
 
-    written = with_db_retry(rt.settings, write)
-    if not written:
+    if not with_db_retry(rt.settings, write):
         log.info("job already finished elsewhere; this result is discarded")
         return False
-    target = fields.get("target") or "none"
-    calls.job_ended(rt, job.sla_ms, terminal.status is JobStatus.COMPLETED and fields["sla_met"])
+    target = terminal.target or "none"
+    calls.job_ended(rt, job.sla_ms, completed and bool(sla_met))
     JOB_E2E_LATENCY.labels(target).observe(total_s)
-    if terminal.status is JobStatus.COMPLETED:
+    if completed:
         JOBS_COMPLETED.labels(target).inc()
-        if not fields["sla_met"]:
+        if not sla_met:
             SLA_VIOLATIONS.labels(target).inc()
         log.info("job completed", extra={"target": target, "total_ms": round(total_s * 1000, 1)})
     else:
-        JOBS_FAILED.labels(target, fields.get("error_kind") or "unknown").inc()
-        log.warning("job failed", extra={"target": target, "error_kind": fields.get("error_kind")})
+        JOBS_FAILED.labels(target, terminal.error_kind or "unknown").inc()
+        log.warning("job failed", extra={"target": target, "error_kind": terminal.error_kind})
     return True
+
+
+def _finish(session, actor: str, now: datetime, job_id: uuid.UUID, terminal: dispatch.Terminal, sla_met) -> bool:
+    return jobs.finish(
+        session,
+        job_id,
+        terminal.status,
+        actor=actor,
+        now=now,
+        error_kind=terminal.error_kind,
+        error=terminal.error,
+        target=terminal.target,
+        result=terminal.result,
+        latency_ms=terminal.latency_ms,
+        cost_usd=terminal.cost_usd,
+        attempts=terminal.attempts,
+        sla_met=sla_met,
+        decision=terminal.decision,
+    )
 
 
 class ForkingMetricsWorker(ScrubbedFailures, Worker):
