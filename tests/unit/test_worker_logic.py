@@ -250,11 +250,11 @@ releases it (a hedge that was never considered), and then the test fails."""
 
 @dataclass
 class HeldClient(ScriptedClient):
-    """A ScriptedClient whose ``held`` target answers (its script) only once its job is
+    """A ScriptedClient whose ``held`` targets answer (their script) only once their job is
     released: a first call late for exactly as long as the test needs, with no clock involved.
     The end of the job's call to ``release_after`` releases it; so can the test (``release``)."""
 
-    held: str = "edge"
+    held: tuple[str, ...] = ("edge",)
     release_after: str | None = None
     _released: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -267,7 +267,7 @@ class HeldClient(ScriptedClient):
             return self._released.setdefault(job_id, threading.Event())
 
     def call(self, target: Target, job: CallInput, timeout_s: float) -> CallResult:
-        if target.name != self.held:
+        if target.name not in self.held:
             try:
                 return super().call(target, job, timeout_s)
             finally:
@@ -279,9 +279,11 @@ class HeldClient(ScriptedClient):
 
 
 def test_when_the_backup_fails_the_first_call_can_still_win(sqlite_engine, fake_redis):
-    # the first call (edge) answers only after the backup (gpu) has failed
+    # a backup whose prior p95 is ~700 ms is hedged to ~1 s before the deadline; the first call
+    # (edge) answers only once that backup has failed
+    slow_gpu = Target("gpu", "gpu", url="http://gpu", cost_per_call_usd=0.004, prior_latency_ms=300)
     client = HeldClient({"gpu": [ModelCallError("http_5xx", "HTTP 503")]}, release_after="gpu")
-    runtime = make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5)
+    runtime = make_runtime(sqlite_engine, fake_redis, client, targets=(EDGE, slow_gpu), hedge_max_share=0.5)
     job_id = submit(sqlite_engine, sla_ms=2000)
     execute(runtime, job_id)
     job, trail = load(sqlite_engine, job_id)
@@ -292,8 +294,9 @@ def test_when_the_backup_fails_the_first_call_can_still_win(sqlite_engine, fake_
 def test_the_hedge_budget_caps_backup_calls(sqlite_engine, fake_redis, monkeypatch):
     """Six workers (each its own router, so each still trusts the slow edge box) share one
     budget through Redis: a quarter of all calls may be hedges. Each job's edge call is still
-    running when the budget is asked (it is released by the answer), then times out."""
-    client = HeldClient({"edge": [ModelCallError("timeout", "no answer within 400 ms")] * 6})
+    running when the budget is asked (it is released by the answer), then times out. The SLA
+    leaves room for a backup even when a loaded machine is slow to reach the decision."""
+    client = HeldClient({"edge": [ModelCallError("timeout", "no answer within the SLA")] * 6})
     real_try_hedge = calls._try_hedge
     asked = []
 
@@ -306,7 +309,7 @@ def test_the_hedge_budget_caps_backup_calls(sqlite_engine, fake_redis, monkeypat
     monkeypatch.setattr(calls, "_try_hedge", try_hedge)
     jobs_run = []
     for _ in range(6):
-        jobs_run.append(submit(sqlite_engine, sla_ms=400))
+        jobs_run.append(submit(sqlite_engine, sla_ms=1200))
         execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.25), jobs_run[-1])
     trails = [load(sqlite_engine, j)[1] for j in jobs_run]
     hedges = sum(a.details["hedge"] for t in trails for a in t if a.event == "attempt")
@@ -396,14 +399,15 @@ def test_a_hedge_whose_start_cannot_be_recorded_is_not_sent(sqlite_engine, fake_
 
     def no_row_for_hedges(self, target, hedge):
         if hedge:
+            client.release(job_id)  # the first call answers once the hedge was refused its row
             raise DatabaseUnavailable()
         return real(self, target, hedge)
 
     monkeypatch.setattr(dispatch.CallLog, "__call__", no_row_for_hedges)
-    # Every target is slow, so whichever the router picks first (a loaded machine shifts the
-    # decision as the deadline nears), a backup would be due while it runs.
-    client = ScriptedClient(delays={"edge": 0.6, "cloud": 0.6, "gpu": 0.6})
-    job_id = submit(sqlite_engine, sla_ms=800)
+    # Every target is held until then, so whichever the router picks first, a backup is due
+    # while it runs (the SLA leaves room for one even on a loaded machine).
+    client = HeldClient(held=("edge", "cloud", "gpu"))
+    job_id = submit(sqlite_engine, sla_ms=2000)
     execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5), job_id)
     job, trail = load(sqlite_engine, job_id)
     called = [name for name, _ in client.calls]
