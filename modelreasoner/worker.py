@@ -28,27 +28,19 @@ import click
 from rq import Worker, get_current_job
 from sqlalchemy import select
 
-from modelreasoner import calls, dispatch
+from modelreasoner import bootstrap, calls, dispatch
 from modelreasoner.db_retry import database_down, with_db_retry
-from modelreasoner.lease import check_targets_fit_the_lease, longest_run_seconds
+from modelreasoner.lease import longest_run_seconds
 from modelreasoner.reasons import step_failed
 from modelreasoner.rq_adapter import JobFailed, ScrubbedFailures, crashed, stack_summary
-from modelreasoner.runtime import (
-    Runtime,
-    build_runtime,
-    check_id_fits,
-    get_runtime,
-    install_runtime,
-    load_registered_targets,
-)
-from modelreasoner.stats_writer import StatsWriter
+from modelreasoner.runtime import Runtime
 from modelreasoner.threaded_worker import ThreadedWorker
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
 from orchestrator.db import session_scope
 from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import ConfigError
-from orchestrator.logs import configure_logging, ensure_logging, job_context
+from orchestrator.logs import job_context
 from orchestrator.metrics import (
     JOB_E2E_LATENCY,
     JOB_QUEUE_WAIT,
@@ -77,7 +69,7 @@ def process_job(job_id: str) -> dict[str, str | None]:
     failed; any other exception is replaced by ``JobCrashed`` naming only its type, since RQ
     stores and logs an exception's text and a database error can quote the job's data
     (modelreasoner.rq_adapter)."""
-    rt = get_runtime()
+    rt = bootstrap.job_context()
     rq_job = get_current_job()
     _prepare_job_process(rt, rq_job)
     try:
@@ -115,10 +107,10 @@ def _failed_in_postgres(rt: Runtime, job_id: str) -> tuple[bool, str | None]:
 
 
 def _prepare_job_process(rt: Runtime, rq_job) -> None:
-    """No-ops in our own workers. A job forked by a bare ``rq worker`` sets up JSON logs and
-    tracing for itself, and warns (once per worker) that its metrics are not exported."""
-    ensure_logging(rt.settings.log_level)
-    tracing.configure_tracing(rt.settings, tracing.WORKER_SERVICE, per_job_process=True)
+    """No-ops in our own workers and under RQ_CONFIG. A job forked by a bare ``rq worker`` sets
+    up JSON logs and tracing for itself, and warns (once per worker) that its metrics are not
+    exported."""
+    bootstrap.start_observability(rt.settings, per_job_process=True)
     warn_if_job_metrics_unexported(rq_job)
 
 
@@ -294,14 +286,12 @@ class ForkingMetricsWorker(ScrubbedFailures, Worker):
 
     def __init__(self, *args, **kwargs) -> None:
         try:
-            settings = get_settings()
+            settings = bootstrap.prepare_forking_parent()
         except ConfigError as exc:
             raise SystemExit(f"worker: {exc.message}") from None
-        configure_logging(settings.log_level)
         self._log_level = settings.log_level
         kwargs["log_job_description"] = False
         super().__init__(*args, **kwargs)
-        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
         self._metrics = ForkedJobMetrics(settings.metrics_port) if settings.metrics_port else None
         if self._metrics is None:
             mark_worker_metrics_off()
@@ -325,23 +315,6 @@ class ScrubbedThreadedWorker(ScrubbedFailures, ThreadedWorker):
     """The ``python -m modelreasoner.worker`` worker: RQ records only PHI-free failures."""
 
 
-def _has_targets(rt: Runtime) -> bool:
-    if rt.static_targets or rt.simulate:
-        return True
-    try:
-        return bool(load_registered_targets(rt.sessions))
-    except Exception as exc:
-        raise ConfigError(f"Cannot read registered targets from the database ({type(exc).__name__})") from None
-
-
-NO_TARGETS_MESSAGE = (
-    "No model server is configured. Set EDGE_MODEL_URL, CLOUD_MODEL_URL or GPU_MODEL_URL (or "
-    "EDGE_AGENT_URL, CLOUD_RUNNER_URL, GPU_RUNNER_URL, or TARGETS_FILE), register an agent "
-    "through POST /register_agent, or choose simulated targets explicitly with --simulate "
-    "(WORKER_SIMULATE=1) for a demo."
-)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--concurrency", type=click.IntRange(1, 512), default=None, help="Jobs in flight [WORKER_CONCURRENCY].")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty and in-flight jobs are done.")
@@ -353,18 +326,10 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         settings = get_settings()
         if simulate:
             settings = settings.model_copy(update={"worker_simulate": True})
-        configure_logging(settings.log_level)
-        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
-        rt = build_runtime(settings, concurrency=concurrency)
-        if not _has_targets(rt):
-            raise ConfigError(NO_TARGETS_MESSAGE)
-        check_id_fits(rt.engine, rt.worker_id)
-        check_targets_fit_the_lease(settings, rt.static_targets)
+        rt = bootstrap.start_threaded_worker(settings, concurrency=concurrency)
     except ConfigError as exc:
         click.echo(f"worker: {exc.message}", err=True)
         sys.exit(2)
-    rt.stats_writer = StatsWriter()
-    install_runtime(rt)
     serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency
     worker = ScrubbedThreadedWorker(
