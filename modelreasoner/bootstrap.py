@@ -17,6 +17,7 @@ resets itself on a new pid, its HTTP clients have never connected).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import threading
 
@@ -88,6 +89,9 @@ def prepare_forking_parent(settings: Settings | None = None) -> Settings:
     with _lock:
         if _prepared is None:
             _prepared = build_runtime(settings, concurrency=1)
+    # Everything allocated so far lives as long as the worker: keep the collector from touching
+    # it in each job process, where every touched page is a copy-on-write copy.
+    gc.freeze()
     return settings
 
 
