@@ -6,7 +6,8 @@ Two ways to run it, both on the ``pedi-screen`` queue, both keeping RQ's job lif
 * ``rq worker pedi-screen -w modelreasoner.worker.ForkingMetricsWorker`` (from the repo root, or
   ``RQ_WORKER_CLASS`` set to it): stock forking RQ, one job per process, with JSON logs, tracing
   and per-job metrics served on ``METRICS_PORT`` by the parent. A bare ``rq worker pedi-screen``
-  runs jobs too, but logs one WARNING: its job processes' metrics die with them.
+  runs jobs too, but logs one WARNING: its job processes' metrics die with them. Either way,
+  ``RQ_CONFIG=modelreasoner.rq_settings`` does the set-up once in the parent, not in every job.
 * ``python -m modelreasoner.worker``: the fast entry. A non-forking ``ThreadedWorker`` keeps
   ``WORKER_CONCURRENCY`` jobs in flight in one process (model calls are I/O waits), serves
   Prometheus metrics on ``METRICS_PORT``, and refuses to start with no model server configured.
