@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -305,6 +305,10 @@ def claim(
     return job
 
 
+_STORE_DECISION = update(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
+"""Built once; its SET clause comes from the columns named in the parameters."""
+
+
 @dataclass(frozen=True)
 class Routed:
     """A routing decision as stored on the job and in its ``routed`` audit row."""
@@ -323,9 +327,13 @@ def store_decision(session: Session, job_id: uuid.UUID, routed: Routed, *, actor
     """Store the routing decision on a claimed job and its ``routed`` audit row, in
     ``session``'s transaction (the worker commits it with the claim, before any model call)."""
     session.execute(
-        update(_TABLE)
-        .where(_TABLE.c.id == job_id)
-        .values(decision=routed.decision, predicted_ms=routed.predicted_ms, predicted_p95_ms=routed.predicted_p95_ms)
+        _STORE_DECISION,
+        {
+            "job_id": job_id,
+            "decision": routed.decision,
+            "predicted_ms": routed.predicted_ms,
+            "predicted_p95_ms": routed.predicted_p95_ms,
+        },
     )
     details = routed.details
     audit.record(session, job_id, "routed", actor, target=routed.target, outcome=routed.outcome, details=details)
