@@ -260,7 +260,9 @@ def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
     return True
 
 
-def _finish(session, actor: str, now: datetime, job_id: uuid.UUID, terminal: dispatch.Terminal, sla_met) -> bool:
+def _finish(
+    session, actor: str, now: datetime, job_id: uuid.UUID, terminal: dispatch.Terminal, sla_met: bool | None
+) -> bool:
     return jobs.finish(
         session,
         job_id,
