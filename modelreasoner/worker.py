@@ -58,6 +58,7 @@ from orchestrator.models import Job, JobStatus
 from orchestrator.queue_rq import get_queue
 from orchestrator.reconciler import Reconciler, actor_name
 from orchestrator.settings import get_settings
+from orchestrator.startup import refuse
 
 log = logging.getLogger("modelreasoner.worker")
 
@@ -331,8 +332,7 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
             settings = settings.model_copy(update={"worker_simulate": True})
         rt = bootstrap.start_threaded_worker(settings, concurrency=concurrency)
     except ConfigError as exc:
-        click.echo(f"worker: {exc.message}", err=True)
-        sys.exit(2)
+        refuse("worker", exc)
     serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency
     worker = ScrubbedThreadedWorker(

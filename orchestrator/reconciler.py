@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -43,14 +42,13 @@ from orchestrator import audit, jobs
 from orchestrator.constants import RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.error_kinds import ErrorKind
-from orchestrator.errors import ConfigError
 from orchestrator.jobs import database_now
-from orchestrator.logs import configure_logging
 from orchestrator.metrics import JOBS_FAILED, JOBS_RECOVERED, JOBS_UNDELIVERABLE
 from orchestrator.models import Job, JobStatus
 from orchestrator.queue_rq import enqueue_job, get_queue, make_redis
 from orchestrator.queue_view import BATCH, missing, queued_before, requeues_since_claim, rq_view
-from orchestrator.settings import Settings, get_settings
+from orchestrator.settings import Settings
+from orchestrator.startup import start_command
 
 log = logging.getLogger(__name__)
 
@@ -332,12 +330,7 @@ def main(once: bool, interval: float | None) -> None:
     Runs even when RECONCILER_ENABLED=false, which only turns off the threads inside the API and
     the workers.
     """
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        click.echo(f"reconciler: {exc.message}", err=True)
-        sys.exit(2)
-    configure_logging(settings.log_level)
+    settings = start_command("reconciler")
     engine = make_engine(settings, pool_size=2)
     connection = make_redis(settings)
     sessions, queue = make_session_factory(engine), get_queue(connection)
