@@ -5,17 +5,21 @@ Each variant runs jobs one after another against a 5 ms model server and writes,
 ``per_job_seconds.json`` in the test's artifacts and to stdout (``pytest -s``), the median time
 from submit to claim and from submit to completed, both read from the job's own timestamps. The
 threaded worker runs too, as the floor those figures are read against. Timings are reported,
-not asserted: this machine is shared and noisy.
+not asserted: this machine is shared and noisy. With ``RQ_CONFIG``, invalid settings stop the
+worker at start, naming the variable, instead of failing every job.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
 
+from tests.support.env import ROOT
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.timeout(240)
@@ -53,3 +57,11 @@ def test_the_stock_worker_runs_jobs_end_to_end(stack: Stack, artifacts, variant)
     }
     (artifacts / "per_job_seconds.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
+
+
+def test_invalid_settings_stop_the_stock_worker_at_start_naming_the_variable(stack: Stack):
+    env = stack.base_env(JOB_LEASE_SECONDS="abc", RQ_CONFIG="modelreasoner.rq_settings")
+    argv = [sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", stack.redis_url]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "JOB_LEASE_SECONDS" in done.stderr and "Listening on" not in done.stdout + done.stderr
