@@ -14,9 +14,9 @@ One pass (``reconcile_once``) repairs what a crash or a Redis loss leaves behind
 
 Every change is a conditional UPDATE (written by orchestrator.jobs, the one writer of job state)
 or an enqueue the worker's claim makes idempotent, so two passes overlapping, or racing a worker,
-are safe. ``Reconciler`` runs passes in a daemon thread
-inside the API and every ``python -m modelreasoner.worker``; a Redis lock keeps it to about one
-pass per interval across the fleet. ``python -m orchestrator.reconciler`` runs it on its own.
+are safe. ``Reconciler`` runs passes in a daemon thread inside the API and every ``python -m
+modelreasoner.worker``; a Redis lock keeps it to about one pass per interval across the fleet.
+``python -m orchestrator.reconciler`` runs it on its own.
 docs/reliability.md explains the detection times.
 """
 
