@@ -26,16 +26,13 @@ import redis
 from modelreasoner.client import CallInput, CallResult, classify
 from modelreasoner.runtime import Runtime
 from orchestrator.constants import MIN_CALL_TIMEOUT_SECONDS
+from orchestrator.error_kinds import COST_BEARING, ErrorKind
 from orchestrator.metrics import HEDGES, MODEL_CALL_DURATION
 from orchestrator.models import Job
 from orchestrator.routing import HedgeSpec, Outcome, RedisHedgeBudget, RouteRequest, Target
 
 log = logging.getLogger("modelreasoner.dispatch")
 
-COST_BEARING_ERRORS = frozenset({"timeout", "http_5xx", "invalid_response", "transport_error"})
-"""Failed calls that reached the server, so it probably did (and billed) the work."""
-ABANDONED = "cancelled"
-"""Outcome of the audit row of a hedge's losing call: the job stopped waiting for it."""
 CALL_POOL_MAX_THREADS = 1024
 """Threads for the calls of hedged jobs in one process: a hedged job holds at most two calls,
 and a worker runs at most 512 jobs, so no call ever waits for a thread. Threads are started
@@ -47,7 +44,7 @@ class Attempt:
     target: str
     ok: bool
     latency_ms: float
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     message: str = ""
     cost_usd: float = 0.0
     result: CallResult | None = None
@@ -110,7 +107,7 @@ def call_once(
             if exc is not raised:
                 log.warning("model client raised an unmapped error", extra={"error": type(raised).__name__})
             elapsed = (time.perf_counter() - started) * 1000.0
-            cost = target.cost_per_call_usd if exc.kind in COST_BEARING_ERRORS else 0.0
+            cost = target.cost_per_call_usd if exc.kind in COST_BEARING else 0.0
             attempt = Attempt(target.name, False, elapsed, exc.kind, exc.message, cost_usd=cost, hedge=hedge, call=call)
         outcome = Outcome(
             target.name, attempt.ok, attempt.latency_ms, time.time(), attempt.error_kind, attempt.cost_usd
@@ -166,7 +163,7 @@ def hedged_call(
     hedge budget allows one.
 
     Returns the finished attempts, the winner (if any) last. A loser still running when the
-    winner answers is returned as abandoned (``ABANDONED``, its elapsed time and its price:
+    winner answers is returned as abandoned (``ErrorKind.CANCELLED``, its elapsed time and its price:
     the server is still working on it); its real outcome reaches the stats when it ends.
     """
     first_call = started(primary, False)
@@ -215,7 +212,7 @@ def _abandoned(target: Target, hedge: bool, started: float, call: int, *, at: da
         target.name,
         False,
         elapsed,
-        ABANDONED,
+        ErrorKind.CANCELLED,
         message,
         cost_usd=target.cost_per_call_usd,
         hedge=hedge,

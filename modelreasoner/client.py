@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from orchestrator import tracing
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import ModelCallError
 from orchestrator.metrics import STALE_RETRIES
 from orchestrator.routing.types import Target
@@ -81,7 +82,7 @@ def _run_body(job: CallInput) -> dict[str, Any]:
 
 
 def _invalid(message: str) -> ModelCallError:
-    return ModelCallError("invalid_response", message)
+    return ModelCallError(ErrorKind.INVALID_RESPONSE, message)
 
 
 def validate_infer(data: Any) -> dict[str, Any]:
@@ -221,7 +222,7 @@ class ModelClient:
                 raise classify(exc, timeout_s) from None
         left = timeout_s - (time.perf_counter() - started)
         if left <= 0:
-            raise ModelCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms")
+            raise ModelCallError(ErrorKind.TIMEOUT, f"no answer within {timeout_s * 1000:.0f} ms")
         STALE_RETRIES.labels(target).inc()
         log.info("reused connection was closed by the server; retrying once on a new one", extra={"target": target})
         return self._post(self._fresh, url, body, left, time.perf_counter(), span, [])
@@ -237,9 +238,9 @@ class ModelClient:
         ) as response:
             span.response(response.status_code)
             if response.status_code >= 500:
-                raise ModelCallError("http_5xx", f"HTTP {response.status_code}", status=response.status_code)
+                raise ModelCallError(ErrorKind.HTTP_5XX, f"HTTP {response.status_code}", status=response.status_code)
             if response.status_code >= 400:
-                raise ModelCallError("http_4xx", f"HTTP {response.status_code}", status=response.status_code)
+                raise ModelCallError(ErrorKind.HTTP_4XX, f"HTTP {response.status_code}", status=response.status_code)
             if response.status_code >= 300:
                 raise _invalid(f"HTTP {response.status_code}: redirects are not followed")
             if response.status_code != 200:
@@ -278,15 +279,15 @@ def classify(exc: BaseException, timeout_s: float) -> ModelCallError:
         return exc
     if isinstance(exc, httpx.ConnectTimeout):
         # Nothing accepted the connection: the target is unreachable, not slow.
-        return ModelCallError("connect_error", "could not connect in time (unreachable)")
+        return ModelCallError(ErrorKind.CONNECT_ERROR, "could not connect in time (unreachable)")
     if isinstance(exc, httpx.TimeoutException):
-        return ModelCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms")
+        return ModelCallError(ErrorKind.TIMEOUT, f"no answer within {timeout_s * 1000:.0f} ms")
     if isinstance(exc, httpx.ConnectError):
-        return ModelCallError("connect_error", "connection refused or unreachable")
+        return ModelCallError(ErrorKind.CONNECT_ERROR, "connection refused or unreachable")
     if isinstance(exc, httpx.TransportError):
-        return ModelCallError("transport_error", f"connection broke ({type(exc).__name__})")
+        return ModelCallError(ErrorKind.TRANSPORT_ERROR, f"connection broke ({type(exc).__name__})")
     if isinstance(exc, httpx.DecodingError):
         return _invalid("answer could not be decoded (content encoding)")
     if isinstance(exc, httpx.HTTPError | ValueError | TypeError | RecursionError | UnicodeError | LookupError):
         return _invalid(f"answer could not be read ({type(exc).__name__})")
-    return ModelCallError("transport_error", f"call failed ({type(exc).__name__})")
+    return ModelCallError(ErrorKind.TRANSPORT_ERROR, f"call failed ({type(exc).__name__})")

@@ -6,24 +6,25 @@ so a crash leaves an honest trail.
     plan(rt, job)                        -> Plan | Terminal   (no I/O but the router's stats)
     record_decision(session, rt, job, d)                      (in the caller's transaction)
     execute_plan(rt, job, plan)          -> Terminal          (the model calls)
-    run(rt, job)                         the three, the decision in its own transaction
+
+Every write goes through ``orchestrator.jobs``, the one writer of a job's state and trail.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from modelreasoner.calls import ABANDONED, Attempt, call_input, call_once, call_timeout, hedged_call
+from modelreasoner.calls import Attempt, call_input, call_once, call_timeout, hedged_call
 from modelreasoner.db_retry import with_db_retry
 from modelreasoner.runtime import Runtime
-from orchestrator import audit
+from orchestrator import jobs
 from orchestrator.db import session_scope
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.metrics import FAILOVERS, ROUTING_DECISIONS
 from orchestrator.models import Job, JobKind, JobStatus
 from orchestrator.routing import Candidate, Decision, RouteRequest, Target, hedge_plan
@@ -31,17 +32,23 @@ from orchestrator.targets import targets_for
 
 log = logging.getLogger(__name__)
 
-_STORE_DECISION = update(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
-"""Built once; its SET clause comes from the columns named in the parameters (decision,
-predicted_ms, predicted_p95_ms)."""
 
-
-@dataclass
+@dataclass(frozen=True)
 class Terminal:
-    """The terminal state of a job and the fields to write with it."""
+    """The terminal state of a job and the columns written with it (None: not written)."""
 
     status: JobStatus
-    fields: dict[str, Any] = field(default_factory=dict)
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    """PHI-free: a reason the worker wrote, never an exception's text."""
+    target: str | None = None
+    """The target that served the job, or the last one tried."""
+    result: dict[str, Any] | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    attempts: int | None = None
+    decision: dict[str, Any] | None = None
+    """Only when the decision was not stored with the claim (a job no target could run)."""
     winner: Attempt | None = None
     """The successful attempt (its audit row is written with the terminal state)."""
 
@@ -73,26 +80,16 @@ def plan(rt: Runtime, job: Job, catalogue: list[Target] | None = None, refresh: 
 
 def no_targets(job: Job) -> Terminal:
     if job.kind == JobKind.TASK.value:
-        return failed("no_targets", "no runner-contract target (POST /run) is configured for tasks")
-    return failed("no_targets", "no model server is configured")
-
-
-def run(rt: Runtime, job: Job) -> Terminal:
-    """Route and execute ``job`` (already claimed by this worker), the decision committed in
-    its own transaction. The worker itself commits the decision with the claim instead."""
-    planned = plan(rt, job)
-    if isinstance(planned, Terminal):
-        return planned
-    with session_scope(rt.sessions) as session:
-        record_decision(session, rt, job, planned.decision)
-    return execute_plan(rt, job, planned)
+        return failed(ErrorKind.NO_TARGETS, "no runner-contract target (POST /run) is configured for tasks")
+    return failed(ErrorKind.NO_TARGETS, "no model server is configured")
 
 
 def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
     """Call the decision's candidates in order until one answers; fail with every reason."""
     decision, request, by_name = planned.decision, planned.request, planned.targets
     if not decision.run:
-        kind = "sla_unmeetable" if decision.candidates and decision.sla_unmeetable else "no_eligible_target"
+        unmeetable = decision.candidates and decision.sla_unmeetable
+        kind = ErrorKind.SLA_UNMEETABLE if unmeetable else ErrorKind.NO_ELIGIBLE_TARGET
         return failed(kind, decision.reason, decision=decision.to_dict())
     hedge = hedge_plan(decision, request, rt.router.config) if rt.settings.hedge_enabled else None
     payload = call_input(job)
@@ -103,7 +100,7 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
         target = by_name[pending.pop(0)]
         timeout = call_timeout(rt, target, request, time.time())
         if timeout is None:
-            attempts.append(Attempt(target.name, False, 0.0, "deadline_passed", "strict SLA deadline passed"))
+            attempts.append(Attempt(target.name, False, 0.0, ErrorKind.DEADLINE_PASSED, "strict SLA deadline passed"))
             break
         if hedge is not None and not attempts:
             backup = by_name[hedge.backup]
@@ -140,9 +137,7 @@ class CallLog:
 
         def write() -> None:
             with session_scope(self._rt.sessions) as session:
-                audit.record(
-                    session, self._job.id, audit.CALL_STARTED, self._rt.worker_id, target=target.name, details=details
-                )
+                jobs.call_started(session, self._job.id, actor=self._rt.worker_id, target=target.name, details=details)
 
         with_db_retry(self._rt.settings, write)
         return number
@@ -153,24 +148,15 @@ def record_decision(session: Session, rt: Runtime, job: Job, decision: Decision)
     first = decision.candidates[0].target if decision.candidates else "none"
     ROUTING_DECISIONS.labels(first, str(decision.sla_unmeetable).lower()).inc()
     chosen: Candidate | None = decision.chosen
-    session.execute(  # Core, not ORM: the claimed Job object is not refreshed from this row
-        _STORE_DECISION,
-        {
-            "job_id": job.id,
-            "decision": decision.to_dict(),
-            "predicted_ms": chosen.predicted_p50_ms if chosen else None,
-            "predicted_p95_ms": chosen.predicted_p95_ms if chosen else None,
-        },
-    )
-    audit.record(
-        session,
-        job.id,
-        "routed",
-        rt.worker_id,
+    routed = jobs.Routed(
+        decision=decision.to_dict(),
+        predicted_ms=chosen.predicted_p50_ms if chosen else None,
+        predicted_p95_ms=chosen.predicted_p95_ms if chosen else None,
         target=chosen.target if chosen else None,
-        outcome="sla_unmeetable" if decision.sla_unmeetable else "ok",
+        outcome=ErrorKind.SLA_UNMEETABLE if decision.sla_unmeetable else "ok",
         details={"reason": decision.reason, "order": [c.target for c in decision.call_order]},
     )
+    jobs.store_decision(session, job.id, routed, actor=rt.worker_id)
 
 
 def route_request(job: Job) -> RouteRequest:
@@ -186,7 +172,7 @@ def route_request(job: Job) -> RouteRequest:
 
 def _record_failover(rt: Runtime, job: Job, attempt: Attempt, number: int) -> None:
     """Audit a call that did not produce the result (failed, or abandoned after a hedge)."""
-    if attempt.error_kind != ABANDONED:
+    if attempt.error_kind is not ErrorKind.CANCELLED:
         FAILOVERS.labels(attempt.target).inc()
         log.warning(
             "model call failed; failing over",
@@ -200,14 +186,12 @@ def _record_failover(rt: Runtime, job: Job, attempt: Attempt, number: int) -> No
     with_db_retry(rt.settings, write)  # the write only: a blip here never repeats the call
 
 
-def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int, hedge: bool | None = None) -> None:
-    """The audit row of one call; ``hedge`` (default: the attempt's own flag) marks a backup."""
-    hedge = attempt.hedge if hedge is None else hedge
-    audit.record(
+def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int) -> None:
+    """The audit row of one call, in ``session``'s transaction."""
+    jobs.record_attempt(
         session,
         job.id,
-        "attempt",
-        actor,
+        actor=actor,
         at=attempt.ended_at,
         target=attempt.target,
         outcome="ok" if attempt.ok else attempt.error_kind,
@@ -216,7 +200,7 @@ def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int, 
             "attempt": number,
             "claim": job.claim_count,
             "call": attempt.call,
-            "hedge": hedge,
+            "hedge": attempt.hedge,
             "error_kind": attempt.error_kind,
             "error": attempt.message or None,
             "cost_usd": attempt.cost_usd,
@@ -225,35 +209,30 @@ def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int, 
 
 
 def completed(winner: Attempt, attempts: list[Attempt]) -> Terminal:
-    """The terminal fields of a served job. The decision is not among them: ``record_decision``
+    """The terminal state of a served job. The decision is not in it: ``record_decision``
     stored it with the claim, before any call."""
     return Terminal(
         JobStatus.COMPLETED,
-        {
-            "target": winner.target,
-            "result": winner.result.result if winner.result else None,
-            "latency_ms": round(winner.latency_ms, 3),
-            "cost_usd": sum(a.cost_usd for a in attempts),
-            "attempts": len(attempts),
-        },
+        target=winner.target,
+        result=winner.result.result if winner.result else None,
+        latency_ms=round(winner.latency_ms, 3),
+        cost_usd=sum(a.cost_usd for a in attempts),
+        attempts=len(attempts),
         winner=winner,
     )
 
 
-def failed(kind: str, message: str, **extra: Any) -> Terminal:
-    return Terminal(JobStatus.FAILED, {"error_kind": kind, "error": message, **extra})
+def failed(kind: ErrorKind, message: str, *, decision: dict[str, Any] | None = None) -> Terminal:
+    return Terminal(JobStatus.FAILED, error_kind=kind, error=message, decision=decision)
 
 
 def all_failed(attempts: list[Attempt]) -> Terminal:
     reasons = "; ".join(f"{a.target}: {a.error_kind} ({a.message})" for a in attempts)
-    last = attempts[-1].target if attempts else None
     return Terminal(
         JobStatus.FAILED,
-        {
-            "error_kind": "all_targets_failed",
-            "error": f"every target failed: {reasons}" if attempts else "no target could be called",
-            "target": last,
-            "attempts": len(attempts),
-            "cost_usd": sum(a.cost_usd for a in attempts),
-        },
+        error_kind=ErrorKind.ALL_TARGETS_FAILED,
+        error=f"every target failed: {reasons}" if attempts else "no target could be called",
+        target=attempts[-1].target if attempts else None,
+        attempts=len(attempts),
+        cost_usd=sum(a.cost_usd for a in attempts),
     )

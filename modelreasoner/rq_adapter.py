@@ -1,5 +1,18 @@
-"""What RQ records when a job fails: an RQ failure for every job that ends ``failed``, and never
-the text of an exception that could quote the job's data.
+"""Every place we touch RQ's private parts (pinned: rq==3.0.0), and what RQ records when a job
+fails: an RQ failure for every job that ends ``failed``, and never the text of an exception that
+could quote the job's data.
+
+RQ private members used, all here and pinned by tests/unit/test_rq_shape.py, which fails loudly
+when the installed RQ changes their shape:
+
+* ``Worker._finalize_failure(job, queue, execution, exc_info)`` (``ScrubbedFailures``);
+* ``Worker._shutdown()``, RQ's warm-shutdown hook called by its signal handler
+  (``WarmShutdownHook``);
+* ``Worker._stop_requested`` and ``Worker._state``, the attributes behind RQ's stop flag and the
+  state ``set_state`` last wrote (``stop_requested``, ``request_stop``, ``last_state``).
+
+The public members ``ThreadedWorker`` overrides (``heartbeat``, ``set_state``,
+``dequeue_job_and_maintain_ttl``, ``execute_job``, ...) are pinned by the same test.
 
 RQ keeps a failed job's exception in Redis (the job hash's ``exc_info``, the results stream,
 both compressed), logs it, and hands it to exception handlers. An exception's text is not ours to
@@ -15,8 +28,6 @@ trust: a Postgres error quotes the failing row ("Failing row contains (..., <obs
 * Our worker classes add ``ScrubbedFailures``: whatever exception reaches RQ's failure path
   (one raised outside ``process_job``), RQ records and logs a PHI-free stand-in.
 
-RQ's private parts touched here (``Worker._finalize_failure``) are pinned by a test
-(tests/security/test_no_phi.py) that fails loudly when the installed RQ changes shape.
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ import traceback
 from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
+
+from orchestrator.error_kinds import ErrorKind
 
 ERROR_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 """An error kind as the worker writes them (``all_targets_failed``); anything else is ``unknown``."""
@@ -53,7 +66,7 @@ class JobCrashed(Exception):
     def __init__(self, original: BaseException | type[BaseException] | None) -> None:
         name = (original if isinstance(original, type) else type(original)).__name__
         super().__init__(f"worker error ({name}); the job's state is in Postgres")
-        self.kind = "internal_error"
+        self.kind = ErrorKind.INTERNAL_ERROR
 
 
 SAFE_EXCEPTIONS = (JobFailed, JobCrashed, JobTimeoutException)
@@ -94,3 +107,30 @@ class ScrubbedFailures:
 
     def handle_exception(self, job, *exc_info) -> None:
         super().handle_exception(job, *safe_exc_info(exc_info))
+
+
+class WarmShutdownHook:
+    """Worker mixin: RQ's signal handler calls the private ``_shutdown`` on the first SIGTERM or
+    SIGINT; this routes it to the worker's public ``warm_shutdown``."""
+
+    def _shutdown(self) -> None:
+        self.warm_shutdown()
+
+    def warm_shutdown(self) -> None:
+        raise NotImplementedError
+
+
+def stop_requested(worker) -> bool:
+    """Whether RQ's work loop has been asked to stop (it ends after the current iteration)."""
+    return worker._stop_requested
+
+
+def request_stop(worker) -> None:
+    """Ask RQ's work loop to stop, and record when (``rq info`` shows it)."""
+    worker._stop_requested = True
+    worker.set_shutdown_requested_date()
+
+
+def last_state(worker) -> str | None:
+    """The state ``set_state`` last wrote for this worker."""
+    return worker._state

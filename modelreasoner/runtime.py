@@ -1,8 +1,7 @@
-"""Per-process resources of a worker: settings, DB sessions, Redis, the router, the HTTP client.
+"""A worker's job context: settings, DB sessions, Redis, the router, the HTTP clients.
 
-Built lazily on first use in each process (``get_runtime``), never at import: the forking
-``rq worker`` runs jobs in a child process that must not share the parent's sockets, so the
-runtime is keyed by pid.
+``build_runtime`` builds one without opening a connection; modelreasoner.bootstrap decides when,
+for which process, and hands it to every job explicitly. Never built at import.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -32,7 +30,7 @@ from orchestrator.models import Audit, Job, init_db
 from orchestrator.queue_rq import make_redis
 from orchestrator.routing import RedisStatsStore, Router, Target
 from orchestrator.routing.config import config_with_objectives
-from orchestrator.settings import Settings, get_settings
+from orchestrator.settings import Settings
 from orchestrator.targets import configured_targets, merge_targets, registered_targets
 from orchestrator.url_policy import policy_for
 
@@ -151,25 +149,3 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
         static_targets=static_targets,
         simulate=settings.worker_simulate,
     )
-
-
-_runtimes: dict[int, Runtime] = {}
-_runtimes_lock = threading.Lock()
-_factory: Callable[[], Runtime] | None = None
-
-
-def install_runtime(runtime: Runtime) -> None:
-    """Use ``runtime`` for this process (the worker entry point and tests build their own)."""
-    with _runtimes_lock:
-        _runtimes[os.getpid()] = runtime
-
-
-def get_runtime() -> Runtime:
-    """This process's runtime, built from the validated settings on first use."""
-    pid = os.getpid()
-    with _runtimes_lock:
-        runtime = _runtimes.get(pid)
-        if runtime is None:
-            runtime = build_runtime(get_settings())
-            _runtimes[pid] = runtime
-        return runtime

@@ -15,6 +15,7 @@ import threading
 import time
 
 from modelreasoner.client import CallInput, CallResult
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import ModelCallError
 from orchestrator.routing.types import Target
 from orchestrator.targets import TIERS, make_target
@@ -45,10 +46,10 @@ class SimulatedClient:
             fails = self._rng.random() < fail
         if latency_ms / 1000.0 > timeout_s:
             time.sleep(timeout_s)
-            raise ModelCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms")
+            raise ModelCallError(ErrorKind.TIMEOUT, f"no answer within {timeout_s * 1000:.0f} ms")
         time.sleep(latency_ms / 1000.0)
         if fails:
-            raise ModelCallError("http_5xx", "HTTP 503 (simulated)", status=503)
+            raise ModelCallError(ErrorKind.HTTP_5XX, "HTTP 503 (simulated)", status=503)
         return CallResult(result=_answer(job), latency_ms=latency_ms, cost_usd=target.cost_per_call_usd)
 
 

@@ -3,6 +3,7 @@
 Model calls are I/O waits of 50 ms to seconds, so one process holding one job at a time would
 need hundreds of processes for modest traffic. This worker is RQ's non-forking ``SimpleWorker``
 plus a thread pool: RQ's lifecycle (registries, executions, results, ``rq info``) stays intact.
+What it needs of RQ's private parts goes through modelreasoner.rq_adapter.
 Its main thread only dequeues, so every Redis round trip it saves raises the dequeue rate.
 """
 
@@ -19,6 +20,7 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS
 
+from modelreasoner.rq_adapter import WarmShutdownHook, last_state, request_stop, stop_requested
 from orchestrator.logs import job_context
 
 log = logging.getLogger("modelreasoner.worker")
@@ -50,7 +52,7 @@ REDIS_OUTAGE_PAUSE_SECONDS = 1.0
 """How long the main loop pauses after a Redis error outside RQ's own retry loop (s)."""
 
 
-class ThreadedWorker(SimpleWorker):
+class ThreadedWorker(WarmShutdownHook, SimpleWorker):
     """An RQ worker that keeps up to ``concurrency`` jobs in flight on a thread pool.
 
     A slot is taken before a job is dequeued, so jobs this process cannot start stay in Redis
@@ -100,20 +102,19 @@ class ThreadedWorker(SimpleWorker):
         RQ's per-dequeue HSET, one of the round trips that bound the dequeue rate."""
         if state == WorkerStatus.IDLE and self.executions:
             state = WorkerStatus.BUSY
-        if pipeline is None and state == self._state:
+        if pipeline is None and state == last_state(self):
             return
         super().set_state(state, pipeline)
 
-    def _shutdown(self) -> None:
+    def warm_shutdown(self) -> None:
         self.stop_signalled = True
-        self._stop_requested = True
-        self.set_shutdown_requested_date()
+        request_stop(self)
         log.info("warm shutdown: finishing the jobs in flight; signal again to stop at once")
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         while not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
             self.heartbeat()
-            if self._stop_requested:
+            if stop_requested(self):
                 return None
         try:
             result = self._dequeue_until_stopped(timeout, max_idle_time)
@@ -128,7 +129,7 @@ class ThreadedWorker(SimpleWorker):
         if timeout is None:  # burst mode: one non-blocking attempt
             return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
         idle_since = time.monotonic()
-        while not self._stop_requested:
+        while not stop_requested(self):
             wait = DEQUEUE_WAIT_SECONDS
             if max_idle_time is not None:
                 wait = min(wait, max(1, int(max_idle_time - (time.monotonic() - idle_since))))

@@ -6,7 +6,8 @@ Two ways to run it, both on the ``pedi-screen`` queue, both keeping RQ's job lif
 * ``rq worker pedi-screen -w modelreasoner.worker.ForkingMetricsWorker`` (from the repo root, or
   ``RQ_WORKER_CLASS`` set to it): stock forking RQ, one job per process, with JSON logs, tracing
   and per-job metrics served on ``METRICS_PORT`` by the parent. A bare ``rq worker pedi-screen``
-  runs jobs too, but logs one WARNING: its job processes' metrics die with them.
+  runs jobs too, but logs one WARNING: its job processes' metrics die with them. Either way,
+  ``RQ_CONFIG=modelreasoner.rq_settings`` does the set-up once in the parent, not in every job.
 * ``python -m modelreasoner.worker``: the fast entry. A non-forking ``ThreadedWorker`` keeps
   ``WORKER_CONCURRENCY`` jobs in flight in one process (model calls are I/O waits), serves
   Prometheus metrics on ``METRICS_PORT``, and refuses to start with no model server configured.
@@ -28,26 +29,19 @@ import click
 from rq import Worker, get_current_job
 from sqlalchemy import select
 
-from modelreasoner import calls, dispatch
+from modelreasoner import bootstrap, calls, dispatch
 from modelreasoner.db_retry import database_down, with_db_retry
-from modelreasoner.lease import check_targets_fit_the_lease, longest_run_seconds
+from modelreasoner.lease import longest_run_seconds
 from modelreasoner.reasons import step_failed
 from modelreasoner.rq_adapter import JobFailed, ScrubbedFailures, crashed, stack_summary
-from modelreasoner.runtime import (
-    Runtime,
-    build_runtime,
-    check_id_fits,
-    get_runtime,
-    install_runtime,
-    load_registered_targets,
-)
-from modelreasoner.stats_writer import StatsWriter
+from modelreasoner.runtime import Runtime
 from modelreasoner.threaded_worker import ThreadedWorker
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
 from orchestrator.db import session_scope
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import ConfigError
-from orchestrator.logs import configure_logging, ensure_logging, job_context
+from orchestrator.logs import job_context
 from orchestrator.metrics import (
     JOB_E2E_LATENCY,
     JOB_QUEUE_WAIT,
@@ -64,6 +58,7 @@ from orchestrator.models import Job, JobStatus
 from orchestrator.queue_rq import get_queue
 from orchestrator.reconciler import Reconciler, actor_name
 from orchestrator.settings import get_settings
+from orchestrator.startup import refuse
 
 log = logging.getLogger("modelreasoner.worker")
 
@@ -76,7 +71,7 @@ def process_job(job_id: str) -> dict[str, str | None]:
     failed; any other exception is replaced by ``JobCrashed`` naming only its type, since RQ
     stores and logs an exception's text and a database error can quote the job's data
     (modelreasoner.rq_adapter)."""
-    rt = get_runtime()
+    rt = bootstrap.job_context()
     rq_job = get_current_job()
     _prepare_job_process(rt, rq_job)
     try:
@@ -114,10 +109,10 @@ def _failed_in_postgres(rt: Runtime, job_id: str) -> tuple[bool, str | None]:
 
 
 def _prepare_job_process(rt: Runtime, rq_job) -> None:
-    """No-ops in our own workers. A job forked by a bare ``rq worker`` sets up JSON logs and
-    tracing for itself, and warns (once per worker) that its metrics are not exported."""
-    ensure_logging(rt.settings.log_level)
-    tracing.configure_tracing(rt.settings, tracing.WORKER_SERVICE, per_job_process=True)
+    """No-ops in our own workers and under RQ_CONFIG. A job forked by a bare ``rq worker`` sets
+    up JSON logs and tracing for itself, and warns (once per worker) that its metrics are not
+    exported."""
+    bootstrap.start_observability(rt.settings, per_job_process=True)
     warn_if_job_metrics_unexported(rq_job)
 
 
@@ -139,7 +134,7 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
     step = Step()
     try:
         job, planned = with_db_retry(rt.settings, lambda: _claim_and_route(rt, job_id, step))
-        if isinstance(planned, dispatch.Terminal) and planned.fields.get("error_kind") == "no_targets":
+        if isinstance(planned, dispatch.Terminal) and planned.error_kind is ErrorKind.NO_TARGETS:
             planned = with_db_retry(rt.settings, lambda: _route_again(rt, job))
     except Exception as exc:
         if database_down(exc):
@@ -161,7 +156,7 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
             return _give_up(rt, job_id, "persist", exc)
     finally:
         rt.leases.discard(job_id)
-    return {"status": terminal.status.value, "target": terminal.fields.get("target")}
+    return {"status": terminal.status.value, "target": terminal.target}
 
 
 def _claim_and_route(rt: Runtime, job_id: uuid.UUID, step: Step) -> Claimed:
@@ -211,9 +206,9 @@ def _crashed(rt: Runtime, exc: Exception, step: str) -> dispatch.Terminal:
     if database_down(exc):
         attempts = rt.settings.db_retry_attempts
         log.error("database unavailable through every retry; failing the job", extra={"attempts": attempts})
-        return dispatch.failed("database_unavailable", f"the database was unreachable on {attempts} attempts")
+        return dispatch.failed(ErrorKind.DATABASE_UNAVAILABLE, f"the database was unreachable on {attempts} attempts")
     log.exception("job crashed in the worker; failing it", extra={"step": step})
-    return dispatch.failed("internal_error", step_failed(step, exc))
+    return dispatch.failed(ErrorKind.INTERNAL_ERROR, step_failed(step, exc))
 
 
 def _give_up(rt: Runtime, job_id: uuid.UUID, step: str, exc: Exception) -> dict[str, str | None]:
@@ -226,47 +221,65 @@ def _give_up(rt: Runtime, job_id: uuid.UUID, step: str, exc: Exception) -> dict[
     def write() -> bool:
         with session_scope(rt.sessions) as session:
             now = datetime.now(UTC)
-            return jobs.give_up(
-                session, job_id, worker_id=rt.worker_id, now=now, error_kind="internal_error", error=reason
-            )
+            kind = ErrorKind.INTERNAL_ERROR
+            return jobs.give_up(session, job_id, worker_id=rt.worker_id, now=now, error_kind=kind, error=reason)
 
     if not with_db_retry(rt.settings, write):
         log.info("job already taken or finished elsewhere; left alone")
         return {"status": "skipped", "target": None}
-    JOBS_FAILED.labels("none", "internal_error").inc()
+    JOBS_FAILED.labels("none", ErrorKind.INTERNAL_ERROR).inc()
     return {"status": JobStatus.FAILED.value, "target": None}
 
 
 def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
     """Write the terminal state (first terminal write wins) and record its metrics."""
     now = datetime.now(UTC)
-    fields = dict(terminal.fields)
     total_s = (now - job.created_at).total_seconds()
-    if terminal.status is JobStatus.COMPLETED:
-        fields["sla_met"] = total_s * 1000.0 <= job.sla_ms
+    completed = terminal.status is JobStatus.COMPLETED
+    sla_met = total_s * 1000.0 <= job.sla_ms if completed else None
 
     def write() -> bool:
         with session_scope(rt.sessions) as session:
             if terminal.winner is not None:
-                dispatch.attempt_audit(session, job, rt.worker_id, terminal.winner, fields.get("attempts", 1))
-            return jobs.finish(session, job.id, terminal.status, actor=rt.worker_id, now=now, **fields)
+                dispatch.attempt_audit(session, job, rt.worker_id, terminal.winner, terminal.attempts or 1)
+            return _finish(session, rt.worker_id, now, job.id, terminal, sla_met)
 
-    written = with_db_retry(rt.settings, write)
-    if not written:
+    if not with_db_retry(rt.settings, write):
         log.info("job already finished elsewhere; this result is discarded")
         return False
-    target = fields.get("target") or "none"
-    calls.job_ended(rt, job.sla_ms, terminal.status is JobStatus.COMPLETED and fields["sla_met"])
+    target = terminal.target or "none"
+    calls.job_ended(rt, job.sla_ms, completed and bool(sla_met))
     JOB_E2E_LATENCY.labels(target).observe(total_s)
-    if terminal.status is JobStatus.COMPLETED:
+    if completed:
         JOBS_COMPLETED.labels(target).inc()
-        if not fields["sla_met"]:
+        if not sla_met:
             SLA_VIOLATIONS.labels(target).inc()
         log.info("job completed", extra={"target": target, "total_ms": round(total_s * 1000, 1)})
     else:
-        JOBS_FAILED.labels(target, fields.get("error_kind") or "unknown").inc()
-        log.warning("job failed", extra={"target": target, "error_kind": fields.get("error_kind")})
+        JOBS_FAILED.labels(target, terminal.error_kind or "unknown").inc()
+        log.warning("job failed", extra={"target": target, "error_kind": terminal.error_kind})
     return True
+
+
+def _finish(
+    session, actor: str, now: datetime, job_id: uuid.UUID, terminal: dispatch.Terminal, sla_met: bool | None
+) -> bool:
+    return jobs.finish(
+        session,
+        job_id,
+        terminal.status,
+        actor=actor,
+        now=now,
+        error_kind=terminal.error_kind,
+        error=terminal.error,
+        target=terminal.target,
+        result=terminal.result,
+        latency_ms=terminal.latency_ms,
+        cost_usd=terminal.cost_usd,
+        attempts=terminal.attempts,
+        sla_met=sla_met,
+        decision=terminal.decision,
+    )
 
 
 class ForkingMetricsWorker(ScrubbedFailures, Worker):
@@ -277,14 +290,12 @@ class ForkingMetricsWorker(ScrubbedFailures, Worker):
 
     def __init__(self, *args, **kwargs) -> None:
         try:
-            settings = get_settings()
+            settings = bootstrap.prepare_forking_parent()
         except ConfigError as exc:
             raise SystemExit(f"worker: {exc.message}") from None
-        configure_logging(settings.log_level)
         self._log_level = settings.log_level
         kwargs["log_job_description"] = False
         super().__init__(*args, **kwargs)
-        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
         self._metrics = ForkedJobMetrics(settings.metrics_port) if settings.metrics_port else None
         if self._metrics is None:
             mark_worker_metrics_off()
@@ -308,23 +319,6 @@ class ScrubbedThreadedWorker(ScrubbedFailures, ThreadedWorker):
     """The ``python -m modelreasoner.worker`` worker: RQ records only PHI-free failures."""
 
 
-def _has_targets(rt: Runtime) -> bool:
-    if rt.static_targets or rt.simulate:
-        return True
-    try:
-        return bool(load_registered_targets(rt.sessions))
-    except Exception as exc:
-        raise ConfigError(f"Cannot read registered targets from the database ({type(exc).__name__})") from None
-
-
-NO_TARGETS_MESSAGE = (
-    "No model server is configured. Set EDGE_MODEL_URL, CLOUD_MODEL_URL or GPU_MODEL_URL (or "
-    "EDGE_AGENT_URL, CLOUD_RUNNER_URL, GPU_RUNNER_URL, or TARGETS_FILE), register an agent "
-    "through POST /register_agent, or choose simulated targets explicitly with --simulate "
-    "(WORKER_SIMULATE=1) for a demo."
-)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--concurrency", type=click.IntRange(1, 512), default=None, help="Jobs in flight [WORKER_CONCURRENCY].")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty and in-flight jobs are done.")
@@ -336,18 +330,9 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         settings = get_settings()
         if simulate:
             settings = settings.model_copy(update={"worker_simulate": True})
-        configure_logging(settings.log_level)
-        tracing.configure_tracing(settings, tracing.WORKER_SERVICE)
-        rt = build_runtime(settings, concurrency=concurrency)
-        if not _has_targets(rt):
-            raise ConfigError(NO_TARGETS_MESSAGE)
-        check_id_fits(rt.engine, rt.worker_id)
-        check_targets_fit_the_lease(settings, rt.static_targets)
+        rt = bootstrap.start_threaded_worker(settings, concurrency=concurrency)
     except ConfigError as exc:
-        click.echo(f"worker: {exc.message}", err=True)
-        sys.exit(2)
-    rt.stats_writer = StatsWriter()
-    install_runtime(rt)
+        refuse("worker", exc)
     serve_worker_metrics(settings.metrics_port)
     slots = concurrency or settings.worker_concurrency
     worker = ScrubbedThreadedWorker(

@@ -22,9 +22,13 @@ class ErrorKind(StrEnum):
     URL_REFUSED = "url_refused"
     CANCELLED = "cancelled"
     """A hedge's loser, cancelled once the other call answered: teaches nothing about errors."""
+    DEADLINE_PASSED = "deadline_passed"
+    """A strict job's next call was not made: its deadline had passed (no request left)."""
 
     # A whole job (``jobs.error_kind`` of a ``failed`` job).
     NO_TARGETS = "no_targets"
+    SLA_UNMEETABLE = "sla_unmeetable"
+    NO_ELIGIBLE_TARGET = "no_eligible_target"
     ALL_TARGETS_FAILED = "all_targets_failed"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL_ERROR = "internal_error"

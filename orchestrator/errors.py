@@ -8,14 +8,12 @@
     ├── NotFound                      404 not_found
     ├── Conflict                      409 conflict
     │   └── IdempotencyConflict       409 idempotency_conflict
-    ├── PayloadTooLarge               413 payload_too_large
     ├── QuotaExceeded                 429 quota_exceeded (+ Retry-After, names the limit)
     ├── ServiceUnavailable            503 service_unavailable (+ Retry-After)
     │   ├── DatabaseUnavailable       503 database_unavailable
     │   └── QueueUnavailable          503 queue_unavailable
     └── RoutingError                  (worker side)
         ├── StatsContention           a shared-stats update kept losing races
-        ├── NoTargetsConfigured
         └── ModelCallError            one failed model-server call; ``kind`` says how
 
 Domain code raises these; ``orchestrator.app.handlers`` turns them into HTTP responses in one
@@ -23,6 +21,8 @@ place. Messages must never contain PHI (observations, embeddings) or API keys.
 """
 
 from __future__ import annotations
+
+from orchestrator.error_kinds import ErrorKind
 
 
 class OrchestratorError(Exception):
@@ -84,13 +84,6 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
-class PayloadTooLarge(OrchestratorError):
-    """The request body is larger than the configured limit."""
-
-    status_code = 413
-    code = "payload_too_large"
-
-
 class QuotaExceeded(OrchestratorError):
     """The API key is over one of its quotas; retry after ``retry_after_s``."""
 
@@ -135,23 +128,17 @@ class StatsContention(RoutingError):
     code = "stats_contention"
 
 
-class NoTargetsConfigured(RoutingError):
-    """No model server is configured."""
-
-    code = "no_targets"
-
-
 class ModelCallError(RoutingError):
     """One call to a model server failed.
 
-    ``kind`` is one of: timeout, connect_error, http_5xx, http_4xx, invalid_response,
-    circuit_open, cancelled, url_refused (the target URL policy refused the call). It is safe to
-    log and to use as a metric label.
+    ``kind`` is an ``ErrorKind`` of ``CALL_KINDS`` (timeout, connect_error, http_5xx, ...;
+    url_refused: the target URL policy refused the call). It is safe to log and to use as a
+    metric label. Its text is accepted too, and checked: an unknown kind raises ValueError.
     """
 
     code = "model_call_failed"
 
-    def __init__(self, kind: str, message: str, *, status: int | None = None) -> None:
+    def __init__(self, kind: ErrorKind | str, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.status = status

@@ -1,8 +1,12 @@
-"""The job lifecycle in Postgres, shared by the API, the worker and the reconciler.
+"""The job lifecycle in Postgres, shared by the API, the worker and the reconciler: the one
+module that writes a job's state and the audit rows of its transitions (a job is created by
+``orchestrator.intake``; every change after that is made here).
 
-    submit ──▶ queued ──claim──▶ running ──finish──▶ completed | failed
-                  ▲                 │
-                  └──── recover ────┘  (lease expired: the worker died; bounded by max claims)
+    intake ──▶ queued ──claim──▶ running ──finish──▶ completed | failed
+                │  ▲                │ ╲
+                │  └──── recover ───┘  abandon ──▶ failed   (lease expired; bounded by max claims)
+                ├──── requeue (Redis lost it)
+                └──── undeliverable / give_up ──▶ failed     (cancel_for_erasure: any active job)
 
 Every transition is a conditional UPDATE, so concurrent workers, duplicate deliveries and late
 finishers are safe: a claim succeeds once per delivery, and the first terminal write wins.
@@ -19,16 +23,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestrator import audit
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import BadRequest, NotFound
 from orchestrator.models import ACTIVE_STATUSES, Job, JobStatus, utcnow
 
 _ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
-ERASED = "erased"
-"""The error kind of a job cancelled because its case was erased (and the audit event of an erasure)."""
+_TABLE = Job.__table__
+"""Transitions use Core, not the ORM: nothing reads the row back, so the unit of work is pure cost."""
 
 
 def get_job(session: Session, job_id: uuid.UUID, *, tenant: str | None) -> Job:
@@ -143,6 +148,63 @@ def claim(
     return job
 
 
+_STORE_DECISION = update(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
+"""Built once; its SET clause comes from the columns named in the parameters."""
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A routing decision as stored on the job and in its ``routed`` audit row."""
+
+    decision: dict
+    predicted_ms: float | None
+    predicted_p95_ms: float | None
+    target: str | None
+    """The chosen target (None: nothing could be chosen)."""
+    outcome: str
+    """``ok``, or ``sla_unmeetable`` when no target fits the SLA."""
+    details: dict
+
+
+def store_decision(session: Session, job_id: uuid.UUID, routed: Routed, *, actor: str) -> None:
+    """Store the routing decision on a claimed job and its ``routed`` audit row, in
+    ``session``'s transaction (the worker commits it with the claim, before any model call)."""
+    session.execute(
+        _STORE_DECISION,
+        {
+            "job_id": job_id,
+            "decision": routed.decision,
+            "predicted_ms": routed.predicted_ms,
+            "predicted_p95_ms": routed.predicted_p95_ms,
+        },
+    )
+    details = routed.details
+    audit.record(session, job_id, "routed", actor, target=routed.target, outcome=routed.outcome, details=details)
+
+
+def call_started(session: Session, job_id: uuid.UUID, *, actor: str, target: str, details: dict) -> None:
+    """The ``call_started`` row of a model call, in ``session``'s transaction: written (and
+    committed by the caller) before any byte of the request leaves."""
+    audit.record(session, job_id, audit.CALL_STARTED, actor, target=target, details=details)
+
+
+def record_attempt(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    actor: str,
+    at: datetime,
+    target: str,
+    outcome: str,
+    latency_ms: float,
+    details: dict,
+) -> None:
+    """The ``attempt`` row of one finished (or abandoned) model call, in ``session``'s transaction."""
+    audit.record(
+        session, job_id, "attempt", actor, at=at, target=target, outcome=outcome, latency_ms=latency_ms, details=details
+    )
+
+
 def renew_leases(session: Session, job_ids: list[uuid.UUID], *, worker_id: str, lease_seconds: float) -> int:
     """Extend the lease of this worker's running jobs to ``lease_seconds`` from now on the
     database's clock; returns how many were extended."""
@@ -158,18 +220,19 @@ def renew_leases(session: Session, job_ids: list[uuid.UUID], *, worker_id: str, 
     return result.rowcount
 
 
-def give_up(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, error_kind: str, error: str) -> bool:
+def give_up(
+    session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, error_kind: ErrorKind, error: str
+) -> bool:
     """Fail a job this worker could not run (a step raised), and commit: only if it is still
     queued (the claim was rolled back) or running under ``worker_id``, so a job another worker
     claimed meanwhile is left alone. ``error`` must be PHI-free. False when nothing changed."""
-    table = Job.__table__
     mine = or_(
-        table.c.status == JobStatus.QUEUED.value,
-        and_(table.c.status == JobStatus.RUNNING.value, table.c.worker_id == worker_id),
+        _TABLE.c.status == JobStatus.QUEUED.value,
+        and_(_TABLE.c.status == JobStatus.RUNNING.value, _TABLE.c.worker_id == worker_id),
     )
     result = session.execute(
-        update(table)
-        .where(table.c.id == job_id, mine)
+        update(_TABLE)
+        .where(_TABLE.c.id == job_id, mine)
         .values(
             status=JobStatus.FAILED.value, finished_at=now, lease_expires_at=None, error_kind=error_kind, error=error
         )
@@ -177,43 +240,135 @@ def give_up(session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetim
     if result.rowcount != 1:
         session.rollback()
         return False
-    details = {"error_kind": error_kind}
-    audit.record(session, job_id, JobStatus.FAILED.value, worker_id, at=now, outcome="failed", details=details)
+    _audit_failed(session, job_id, worker_id, now, {"error_kind": error_kind})
     session.commit()
     return True
 
 
-def finish(session: Session, job_id: uuid.UUID, status: JobStatus, *, actor: str, now: datetime, **fields) -> bool:
-    """Write the terminal state of a job, plus its audit row, and commit.
+def finish(
+    session: Session,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    *,
+    actor: str,
+    now: datetime,
+    error_kind: ErrorKind | None = None,
+    error: str | None = None,
+    target: str | None = None,
+    result: dict | None = None,
+    latency_ms: float | None = None,
+    cost_usd: float | None = None,
+    attempts: int | None = None,
+    sla_met: bool | None = None,
+    decision: dict | None = None,
+) -> bool:
+    """Write the terminal state of a job (the columns given; None leaves one as it is, such as
+    the decision stored with the claim), plus its audit row, and commit.
 
     Idempotent: only a job still queued or running is changed, so the first terminal write wins
     and a late duplicate (a recovered job finished twice) returns False and changes nothing.
     """
     if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         raise ValueError(f"{status} is not a terminal status")
-    table = Job.__table__  # Core, not ORM: nothing reads the row back, so the ORM's bulk path is pure cost
-    result = session.execute(
-        update(table)
-        .where(table.c.id == job_id, table.c.status.in_(_ACTIVE_VALUES))
-        .values(status=status.value, finished_at=now, lease_expires_at=None, **fields)
+    given = {
+        "error_kind": error_kind,
+        "error": error,
+        "target": target,
+        "result": result,
+        "latency_ms": latency_ms,
+        "cost_usd": cost_usd,
+        "attempts": attempts,
+        "sla_met": sla_met,
+        "decision": decision,
+    }
+    columns = {name: value for name, value in given.items() if value is not None}
+    written = session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.id == job_id, _TABLE.c.status.in_(_ACTIVE_VALUES))
+        .values(status=status.value, finished_at=now, lease_expires_at=None, **columns)
     )
-    if result.rowcount != 1:
+    if written.rowcount != 1:
         session.rollback()
         return False
-    details = {"error_kind": fields.get("error_kind")} if status is JobStatus.FAILED else None
+    details = {"error_kind": error_kind} if status is JobStatus.FAILED else None
     audit.record(
         session,
         job_id,
         status.value,
         actor,
         at=now,
-        target=fields.get("target"),
+        target=target,
         outcome=status.value,
-        latency_ms=fields.get("latency_ms"),
+        latency_ms=latency_ms,
         details=details,
     )
     session.commit()
     return True
+
+
+def _audit_failed(session: Session, job_id: uuid.UUID, actor: str, now: datetime, details: dict) -> None:
+    audit.record(session, job_id, JobStatus.FAILED.value, actor, at=now, outcome="failed", details=details)
+
+
+# --- reconciler side (each in the caller's transaction; False: the job moved on meanwhile) ----
+
+
+def lease_expired(cutoff: datetime):
+    """The SQL condition of a running job whose lease ran out before ``cutoff`` (or that has none)."""
+    expired = or_(_TABLE.c.lease_expires_at.is_(None), _TABLE.c.lease_expires_at < cutoff)
+    return and_(_TABLE.c.status == JobStatus.RUNNING.value, expired)
+
+
+def recover(session: Session, job_id: uuid.UUID, *, cutoff: datetime, actor: str, now: datetime, details: dict) -> bool:
+    """running -> queued (audit ``recovered``), only if its lease is still expired: the worker
+    may have renewed it since the job was read."""
+    values = {"status": JobStatus.QUEUED.value, "worker_id": None, "lease_expires_at": None}
+    result = session.execute(update(_TABLE).where(_TABLE.c.id == job_id, lease_expired(cutoff)).values(**values))
+    if result.rowcount != 1:
+        return False
+    audit.record(session, job_id, "recovered", actor, at=now, details=details)
+    return True
+
+
+def abandon(
+    session: Session, job_id: uuid.UUID, *, cutoff: datetime, actor: str, now: datetime, claims: int, error: str
+) -> bool:
+    """running -> failed (``abandoned``), only if its lease is still expired: its model call
+    already ran ``claims`` times. ``error`` must be PHI-free."""
+    kind = ErrorKind.ABANDONED
+    values = {"status": JobStatus.FAILED.value, "finished_at": now, "lease_expires_at": None}
+    result = session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.id == job_id, lease_expired(cutoff))
+        .values(**values, error_kind=kind, error=error)
+    )
+    if result.rowcount != 1:
+        return False
+    _audit_failed(session, job_id, actor, now, {"error_kind": kind, "claims": claims})
+    return True
+
+
+def fail_undeliverable(
+    session: Session, job_id: uuid.UUID, *, actor: str, now: datetime, requeues: int, error: str
+) -> bool:
+    """queued -> failed (``undeliverable``): requeued ``requeues`` times since its last claim,
+    and no worker could claim it. ``error`` must be PHI-free."""
+    kind = ErrorKind.UNDELIVERABLE
+    result = session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.id == job_id, _TABLE.c.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.FAILED.value, finished_at=now, error_kind=kind, error=error)
+    )
+    if result.rowcount != 1:
+        return False
+    _audit_failed(session, job_id, actor, now, {"error_kind": kind, "requeues": requeues})
+    return True
+
+
+def record_requeued(session: Session, job_ids: list[uuid.UUID], *, actor: str, now: datetime, reason: str) -> None:
+    """The ``requeued`` rows of queued jobs put on the queue again (their state is unchanged)."""
+    for job_id in job_ids:
+        audit.record(session, job_id, "requeued", actor, at=now, details={"reason": reason})
 
 
 def cancel_for_erasure(session: Session, job_ids: list[uuid.UUID], *, actor: str, now: datetime) -> list[uuid.UUID]:
@@ -223,22 +378,20 @@ def cancel_for_erasure(session: Session, job_ids: list[uuid.UUID], *, actor: str
     finds the job no longer active and changes nothing, so no result is written after an erase."""
     if not job_ids:
         return []
-    table = Job.__table__
     cancelled = list(
         session.scalars(
-            update(table)
-            .where(table.c.id.in_(job_ids), table.c.status.in_(_ACTIVE_VALUES))
+            update(_TABLE)
+            .where(_TABLE.c.id.in_(job_ids), _TABLE.c.status.in_(_ACTIVE_VALUES))
             .values(
                 status=JobStatus.FAILED.value,
                 finished_at=now,
                 lease_expires_at=None,
-                error_kind=ERASED,
+                error_kind=ErrorKind.ERASED,
                 error="cancelled: the case was erased",
             )
-            .returning(table.c.id)
+            .returning(_TABLE.c.id)
         )
     )
     for job_id in cancelled:
-        details = {"error_kind": ERASED}
-        audit.record(session, job_id, JobStatus.FAILED.value, actor, at=now, outcome="failed", details=details)
+        _audit_failed(session, job_id, actor, now, {"error_kind": ErrorKind.ERASED})
     return cancelled

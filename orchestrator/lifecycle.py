@@ -32,7 +32,8 @@ from orchestrator.errors import NotFound
 from orchestrator.models import TERMINAL_STATUSES, Audit, Case, Job, JobKind
 from orchestrator.principals import Principal, Scope
 
-ERASED = jobs.ERASED
+ERASED = "erased"
+"""The audit event of an erasure (a job cancelled by one fails with ``ErrorKind.ERASED``)."""
 EXPORTED = "exported"
 REQUEST, RETENTION = "request", "retention"
 """Why PHI was erased, as the ``erased`` audit row says."""

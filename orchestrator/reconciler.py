@@ -12,10 +12,11 @@ One pass (``reconcile_once``) repairs what a crash or a Redis loss leaves behind
   (every delivery failed before a worker could claim it: a poison job), ends ``failed`` with
   error_kind ``undeliverable``, counted by pedi_jobs_undeliverable_total.
 
-Every change is a conditional UPDATE or an enqueue the worker's claim makes idempotent, so two
-passes overlapping, or racing a worker, are safe. ``Reconciler`` runs passes in a daemon thread
-inside the API and every ``python -m modelreasoner.worker``; a Redis lock keeps it to about one
-pass per interval across the fleet. ``python -m orchestrator.reconciler`` runs it on its own.
+Every change is a conditional UPDATE (written by orchestrator.jobs, the one writer of job state)
+or an enqueue the worker's claim makes idempotent, so two passes overlapping, or racing a worker,
+are safe. ``Reconciler`` runs passes in a daemon thread inside the API and every ``python -m
+modelreasoner.worker``; a Redis lock keeps it to about one pass per interval across the fleet.
+``python -m orchestrator.reconciler`` runs it on its own.
 docs/reliability.md explains the detection times.
 """
 
@@ -26,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -36,20 +36,20 @@ from datetime import datetime, timedelta
 import click
 import redis
 from rq import Queue
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import audit
+from orchestrator import audit, jobs
 from orchestrator.constants import RECONCILER_LAST_PASS_KEY, RECONCILER_LOCK_KEY
 from orchestrator.db import make_engine, make_session_factory, session_scope
-from orchestrator.errors import ConfigError
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.jobs import database_now
-from orchestrator.logs import configure_logging
 from orchestrator.metrics import JOBS_FAILED, JOBS_RECOVERED, JOBS_UNDELIVERABLE
 from orchestrator.models import Job, JobStatus
 from orchestrator.queue_rq import enqueue_job, get_queue, make_redis
 from orchestrator.queue_view import BATCH, missing, queued_before, requeues_since_claim, rq_view
-from orchestrator.settings import Settings, get_settings
+from orchestrator.settings import Settings
+from orchestrator.startup import start_command
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ LOCK_TTL_FRACTION = 0.8
 pass can always run the next one on time: passes are 0.8 to 1 interval apart."""
 
 REASON_REQUEUED = "missing_from_queue"
+"""Why a queued job was put on the queue again (its ``requeued`` audit row, the metric's label)."""
 REASON_RECOVERED = "lease_expired"
-REASON_ABANDONED = "abandoned"
-REASON_UNDELIVERABLE = "undeliverable"
+"""Why a running job went back to queued (its ``recovered`` audit row, the metric's label)."""
 
 
 @dataclass
@@ -135,7 +135,7 @@ class _Pass:
         with session_scope(self.sessions) as session:
             rows = session.execute(
                 select(Job.id, Job.claim_count, Job.worker_id)
-                .where(_lease_expired(self.cutoff))
+                .where(jobs.lease_expired(self.cutoff))
                 .order_by(Job.lease_expires_at)
                 .limit(BATCH)
             ).all()
@@ -149,10 +149,10 @@ class _Pass:
 
     def _recover(self, job_id: uuid.UUID, claims: int, worker_id: str | None) -> bool:
         """running -> queued, only if the lease is still expired (the worker may have just renewed)."""
-        values = {"status": JobStatus.QUEUED.value, "worker_id": None, "lease_expires_at": None}
         details = {"reason": REASON_RECOVERED, "claims": claims, "previous_worker": worker_id}
-        if not self._transition(job_id, values, "recovered", details):
-            return False
+        with session_scope(self.sessions) as session:
+            if not jobs.recover(session, job_id, cutoff=self.cutoff, actor=self.actor, now=self.now, details=details):
+                return False
         JOBS_RECOVERED.labels(REASON_RECOVERED).inc()
         log.warning("lease expired; job queued again", extra={"job_id": str(job_id), "claims": claims})
         return True
@@ -163,33 +163,15 @@ class _Pass:
             f"abandoned after {claims} claims (JOB_MAX_CLAIMS={self.settings.job_max_claims}): each time, the "
             "worker stopped renewing its lease before finishing (killed, crashed, or cut off from the database)"
         )
-        values = {
-            "status": JobStatus.FAILED.value,
-            "finished_at": self.now,
-            "lease_expires_at": None,
-            "error_kind": REASON_ABANDONED,
-            "error": message,
-        }
-        details = {"error_kind": REASON_ABANDONED, "claims": claims}
-        if not self._transition(job_id, values, JobStatus.FAILED.value, details, outcome="failed"):
-            return False
-        JOBS_RECOVERED.labels(REASON_ABANDONED).inc()
-        JOBS_FAILED.labels("none", REASON_ABANDONED).inc()
-        log.error("job abandoned after its last claim", extra={"job_id": str(job_id), "claims": claims})
-        return True
-
-    def _transition(self, job_id: uuid.UUID, values: dict, event: str, details: dict, outcome: str | None = None):
-        """Apply ``values`` and audit ``event`` only if the job is still running past its lease."""
         with session_scope(self.sessions) as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, _lease_expired(self.cutoff))
-                .values(**values)
-                .execution_options(synchronize_session=False)
+            done = jobs.abandon(
+                session, job_id, cutoff=self.cutoff, actor=self.actor, now=self.now, claims=claims, error=message
             )
-            if result.rowcount != 1:
-                return False
-            audit.record(session, job_id, event, self.actor, at=self.now, outcome=outcome, details=details)
+        if not done:
+            return False
+        JOBS_RECOVERED.labels(ErrorKind.ABANDONED).inc()
+        JOBS_FAILED.labels("none", ErrorKind.ABANDONED).inc()
+        log.error("job abandoned after its last claim", extra={"job_id": str(job_id), "claims": claims})
         return True
 
     def _undeliverable(self, job_id: uuid.UUID, requeues: int) -> bool:
@@ -201,22 +183,13 @@ class _Pass:
             "delivery failed before a worker could claim it (see the workers' logs for the job id)"
         )
         with session_scope(self.sessions) as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.FAILED.value, finished_at=self.now, error_kind=REASON_UNDELIVERABLE, error=message
-                )
-                .execution_options(synchronize_session=False)
+            done = jobs.fail_undeliverable(
+                session, job_id, actor=self.actor, now=self.now, requeues=requeues, error=message
             )
-            if result.rowcount != 1:
-                return False
-            details = {"error_kind": REASON_UNDELIVERABLE, "requeues": requeues}
-            audit.record(
-                session, job_id, JobStatus.FAILED.value, self.actor, at=self.now, outcome="failed", details=details
-            )
+        if not done:
+            return False
         JOBS_UNDELIVERABLE.inc()
-        JOBS_FAILED.labels("none", REASON_UNDELIVERABLE).inc()
+        JOBS_FAILED.labels("none", ErrorKind.UNDELIVERABLE).inc()
         log.error(
             "job undeliverable: requeued too often without a claim", extra={"job_id": str(job_id), "requeues": requeues}
         )
@@ -253,9 +226,7 @@ class _Pass:
             done.append(job_id)
         if done:
             with session_scope(self.sessions) as session:
-                for job_id in done:
-                    details = {"reason": REASON_REQUEUED}
-                    audit.record(session, job_id, "requeued", self.actor, at=self.now, details=details)
+                jobs.record_requeued(session, done, actor=self.actor, now=self.now, reason=REASON_REQUEUED)
             self.report.requeued.extend(str(j) for j in done)
             JOBS_RECOVERED.labels(REASON_REQUEUED).inc(len(done))
             log.warning("jobs missing from Redis queued again", extra={"count": len(done)})
@@ -267,11 +238,6 @@ def record_pass(connection: redis.Redis) -> None:
     """Note that a pass finished: the fleet-wide liveness the API exports as
     pedi_reconciler_last_pass_age_seconds (docs/runbooks/pedi-reconciler-stalled.md)."""
     connection.set(RECONCILER_LAST_PASS_KEY, f"{time.time():.3f}")
-
-
-def _lease_expired(cutoff: datetime):
-    running = Job.status == JobStatus.RUNNING.value
-    return and_(running, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < cutoff))
 
 
 def _enqueue_quietly(queue: Queue, job_id: uuid.UUID) -> None:
@@ -365,12 +331,7 @@ def main(once: bool, interval: float | None) -> None:
     Runs even when RECONCILER_ENABLED=false, which only turns off the threads inside the API and
     the workers.
     """
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        click.echo(f"reconciler: {exc.message}", err=True)
-        sys.exit(2)
-    configure_logging(settings.log_level)
+    settings = start_command("reconciler")
     engine = make_engine(settings, pool_size=2)
     connection = make_redis(settings)
     sessions, queue = make_session_factory(engine), get_queue(connection)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -24,10 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import lifecycle
 from orchestrator.db import make_engine, make_session_factory, session_scope
-from orchestrator.errors import ConfigError
-from orchestrator.logs import configure_logging
 from orchestrator.models import utcnow
-from orchestrator.settings import get_settings
+from orchestrator.startup import start_command
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +105,7 @@ def retention_overdue_probe(sessions: sessionmaker[Session], days: float):
 )
 def main(once: bool, max_batches: int) -> None:
     """Erase the PHI of jobs that finished more than PHI_RETENTION_DAYS ago (docs/security.md)."""
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        click.echo(f"retention: {exc.message}", err=True)
-        sys.exit(2)
-    configure_logging(settings.log_level)
+    settings = start_command("retention")
     if settings.phi_retention_days is None:
         click.echo("retention: PHI_RETENTION_DAYS is not set; nothing to do", err=True)
         click.echo(json.dumps({"enabled": False}))

@@ -27,7 +27,7 @@ from rq import Queue
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
-from modelreasoner import runtime as worker_runtime
+from modelreasoner import bootstrap
 from modelreasoner.client import ModelClient
 from modelreasoner.lease import LeaseKeeper
 from modelreasoner.runtime import Runtime
@@ -148,8 +148,8 @@ def pipeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Pipeline
             worker_id="rq-sync",
             static_targets=configured_targets(settings),
         )
-        # process_job finds this process's runtime here (what install_runtime does; undone after).
-        monkeypatch.setitem(worker_runtime._runtimes, os.getpid(), worker)
+        # process_job finds this process's job context here (what bootstrap.install does; undone after).
+        monkeypatch.setitem(bootstrap._contexts, os.getpid(), worker)
         synchronous = Queue(QUEUE_NAME, connection=connection, is_async=False)
         services = replace(Services.over(settings, engine, connection), queue=synchronous)
         client = TestClient(create_app(services=services))

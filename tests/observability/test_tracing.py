@@ -21,7 +21,7 @@ import redis
 from fastapi.testclient import TestClient
 from rq.job import Job as RQJob
 
-from modelreasoner import runtime
+from modelreasoner import bootstrap
 from modelreasoner.runtime import build_runtime
 from modelreasoner.worker import ThreadedWorker
 from orchestrator import tracing
@@ -52,7 +52,7 @@ def keep_signal_handlers() -> Iterator[None]:
 def run_worker_burst(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every queued job with the production threaded worker, in this process, then return."""
     rt = build_runtime(settings, concurrency=2)
-    monkeypatch.setitem(runtime._runtimes, os.getpid(), rt)  # what install_runtime does, undone after
+    monkeypatch.setitem(bootstrap._contexts, os.getpid(), rt)  # what bootstrap.install does, undone after
     try:
         worker = ThreadedWorker([get_queue(rt.redis)], connection=rt.redis, log_job_description=False, concurrency=2)
         worker.work(burst=True)

@@ -24,7 +24,7 @@ from modelreasoner.lease import LeaseKeeper
 from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.runtime import Runtime
 from modelreasoner.worker import execute
-from orchestrator import intake
+from orchestrator import audit, intake
 from orchestrator.db import make_engine, make_session_factory, ping
 from orchestrator.errors import DatabaseUnavailable, ModelCallError
 from orchestrator.models import Audit, Job
@@ -135,7 +135,7 @@ def connection_dropped() -> OperationalError:
 
 def flaky_audit(monkeypatch, event: str, failures: int, error=connection_dropped) -> list[int]:
     """The next ``failures`` audit INSERTs of ``event`` rows fail as if Postgres dropped."""
-    real_record, tries = dispatch.audit.record, []
+    real_record, tries = audit.record, []
 
     def record(session, job_id, name, *args, **kwargs):
         if name == event:
@@ -144,7 +144,7 @@ def flaky_audit(monkeypatch, event: str, failures: int, error=connection_dropped
                 raise error()
         return real_record(session, job_id, name, *args, **kwargs)
 
-    monkeypatch.setattr(dispatch.audit, "record", record)
+    monkeypatch.setattr(audit, "record", record)
     return tries
 
 

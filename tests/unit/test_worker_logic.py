@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelreasoner import calls
 from modelreasoner.client import CallInput, CallResult
 from modelreasoner.lease import LeaseKeeper
 from modelreasoner.runtime import Runtime
@@ -241,10 +243,46 @@ def test_the_abandoned_call_still_teaches_the_router_when_it_ends(sqlite_engine,
     assert edge.calls == 1 and edge.samples > 0 and edge.failures == 0 and edge.in_flight == 0
 
 
+HOLD_LIMIT_S = 10.0
+"""Longest a held call waits for its release: only reached when the code under test never
+releases it (a hedge that was never considered), and then the test fails."""
+
+
+@dataclass
+class HeldClient(ScriptedClient):
+    """A ScriptedClient whose ``held`` targets answer (their script) only once their job is
+    released: a first call late for exactly as long as the test needs, with no clock involved.
+    The end of the job's call to ``release_after`` releases it; so can the test (``release``)."""
+
+    held: tuple[str, ...] = ("edge",)
+    release_after: str | None = None
+    _released: dict[str, threading.Event] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def release(self, job_id: uuid.UUID | str) -> None:
+        self._event(str(job_id)).set()
+
+    def _event(self, job_id: str) -> threading.Event:
+        with self._lock:
+            return self._released.setdefault(job_id, threading.Event())
+
+    def call(self, target: Target, job: CallInput, timeout_s: float) -> CallResult:
+        if target.name not in self.held:
+            try:
+                return super().call(target, job, timeout_s)
+            finally:
+                if target.name == self.release_after:
+                    self.release(job.job_id)
+        if not self._event(job.job_id).wait(HOLD_LIMIT_S):
+            raise ModelCallError("timeout", "held call never released")
+        return super().call(target, job, timeout_s)
+
+
 def test_when_the_backup_fails_the_first_call_can_still_win(sqlite_engine, fake_redis):
-    # a backup whose prior p95 is ~700 ms is hedged to ~1 s before the deadline
+    # a backup whose prior p95 is ~700 ms is hedged to ~1 s before the deadline; the first call
+    # (edge) answers only once that backup has failed
     slow_gpu = Target("gpu", "gpu", url="http://gpu", cost_per_call_usd=0.004, prior_latency_ms=300)
-    client = ScriptedClient({"gpu": [ModelCallError("http_5xx", "HTTP 503")]}, delays={"edge": 1.4})
+    client = HeldClient({"gpu": [ModelCallError("http_5xx", "HTTP 503")]}, release_after="gpu")
     runtime = make_runtime(sqlite_engine, fake_redis, client, targets=(EDGE, slow_gpu), hedge_max_share=0.5)
     job_id = submit(sqlite_engine, sla_ms=2000)
     execute(runtime, job_id)
@@ -253,19 +291,32 @@ def test_when_the_backup_fails_the_first_call_can_still_win(sqlite_engine, fake_
     assert attempts_of(trail) == [("gpu", "http_5xx", True), ("edge", "ok", False)]
 
 
-def test_the_hedge_budget_caps_backup_calls(sqlite_engine, fake_redis):
+def test_the_hedge_budget_caps_backup_calls(sqlite_engine, fake_redis, monkeypatch):
     """Six workers (each its own router, so each still trusts the slow edge box) share one
-    budget through Redis: a quarter of all calls may be hedges."""
-    client = ScriptedClient(delays={"edge": 0.8})
-    jobs = []
+    budget through Redis: a quarter of all calls may be hedges. Each job's edge call is still
+    running when the budget is asked (it is released by the answer), then times out. The SLA
+    leaves room for a backup even when a loaded machine is slow to reach the decision."""
+    client = HeldClient({"edge": [ModelCallError("timeout", "no answer within the SLA")] * 6})
+    real_try_hedge = calls._try_hedge
+    asked = []
+
+    def try_hedge(rt) -> bool:
+        admitted = real_try_hedge(rt)
+        asked.append(admitted)
+        client.release(jobs_run[-1])  # jobs run one after another: this is the current one
+        return admitted
+
+    monkeypatch.setattr(calls, "_try_hedge", try_hedge)
+    jobs_run = []
     for _ in range(6):
-        jobs.append(submit(sqlite_engine, sla_ms=400))
-        execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.25), jobs[-1])
-    trails = [load(sqlite_engine, j)[1] for j in jobs]
+        jobs_run.append(submit(sqlite_engine, sla_ms=1200))
+        execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.25), jobs_run[-1])
+    trails = [load(sqlite_engine, j)[1] for j in jobs_run]
     hedges = sum(a.details["hedge"] for t in trails for a in t if a.event == "attempt")
-    calls = len(client.calls)
-    assert 1 <= hedges <= 0.25 * calls
-    assert hedges < len(jobs)  # without the cap every job would have been hedged
+    assert len(asked) == len(jobs_run)  # every job asked the budget for a hedge
+    assert hedges == sum(asked)
+    assert 1 <= hedges <= 0.25 * len(client.calls)
+    assert hedges < len(jobs_run)  # without the cap every job would have been hedged
 
 
 def test_with_hedging_off_a_late_call_is_waited_for(sqlite_engine, fake_redis):
@@ -348,14 +399,15 @@ def test_a_hedge_whose_start_cannot_be_recorded_is_not_sent(sqlite_engine, fake_
 
     def no_row_for_hedges(self, target, hedge):
         if hedge:
+            client.release(job_id)  # the first call answers once the hedge was refused its row
             raise DatabaseUnavailable()
         return real(self, target, hedge)
 
     monkeypatch.setattr(dispatch.CallLog, "__call__", no_row_for_hedges)
-    # Every target is slow, so whichever the router picks first (a loaded machine shifts the
-    # decision as the deadline nears), a backup would be due while it runs.
-    client = ScriptedClient(delays={"edge": 0.6, "cloud": 0.6, "gpu": 0.6})
-    job_id = submit(sqlite_engine, sla_ms=800)
+    # Every target is held until then, so whichever the router picks first, a backup is due
+    # while it runs (the SLA leaves room for one even on a loaded machine).
+    client = HeldClient(held=("edge", "cloud", "gpu"))
+    job_id = submit(sqlite_engine, sla_ms=2000)
     execute(make_runtime(sqlite_engine, fake_redis, client, hedge_max_share=0.5), job_id)
     job, trail = load(sqlite_engine, job_id)
     called = [name for name, _ in client.calls]
