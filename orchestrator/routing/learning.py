@@ -10,17 +10,18 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from orchestrator.error_kinds import ErrorKind
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
 from orchestrator.routing.types import CircuitState, Outcome, SloClassStats, TargetStats
 
-LATENCY_BEARING_ERRORS = frozenset({"timeout"})
+LATENCY_BEARING_ERRORS = frozenset({ErrorKind.TIMEOUT})
 """Failures whose elapsed time is a (censored) latency observation: a timeout means 'at least
 this slow', which must raise the estimate of a target that has become slow."""
-NEUTRAL_ERRORS = frozenset({"cancelled"})
+NEUTRAL_ERRORS = frozenset({ErrorKind.CANCELLED})
+"""Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
 SPREAD_CAP_SIGMAS = 2.5
 """A residual counts towards the latency spread up to 2.5 current sigmas (2.5 sigma keeps 99%
 of a steady target's residuals whole, so its spread is not underestimated)."""
-"""Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
 
 
 def decay_factor(stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG) -> float:
@@ -112,6 +113,11 @@ def _next_circuit(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -
             return _close(stats, outcome, config)
         return stats
     if stats.circuit is CircuitState.OPEN:
+        # A call made while open (``policy._open_probe``) that answered: the target is back.
+        # A failure leaves the period as it is (the probe was not the breaker's to time).
+        started = outcome.at - outcome.latency_ms / 1000.0
+        if outcome.ok and stats.circuit_opened_at and started >= stats.circuit_opened_at:
+            return _close(stats, outcome, config)
         return stats
     if not outcome.ok and _should_open(stats, config):
         return _open(stats, outcome.at, config)
@@ -132,6 +138,7 @@ def _open(stats: TargetStats, now: float, config: RoutingConfig) -> TargetStats:
         stats,
         circuit=CircuitState.OPEN,
         circuit_until=now + period,
+        circuit_opened_at=now,
         open_count=stats.open_count + 1,
         consecutive_failures=0,
         consecutive_successes=0,
