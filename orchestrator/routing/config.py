@@ -31,6 +31,30 @@ class RoutingConfig:
     sample_cap: float = 20.0
     """Evidence never counts for more than 20 calls, so decay brings a target back to its
     prior (and to probing) within about a minute of its last call."""
+    shift_detection: bool = True
+    """A change-point test (two one-sided CUSUMs of the latency residuals, in sigmas) watches
+    for a level shift or a drift; when one fires, the latency mean jumps to the fast-scale
+    EWMA instead of creeping there at ``latency_alpha``."""
+    shift_k: float = 0.5
+    """CUSUM allowance, in sigmas: the test looks for shifts of about 2 x 0.5 = 1 sigma or more
+    (the textbook choice: half the smallest shift worth finding)."""
+    shift_h: float = 5.0
+    """CUSUM threshold, in sigmas. With residuals capped at ``SPREAD_CAP_SIGMAS`` (2.5) it takes
+    three calls in a row far out in the tail to fire, so a heavy tail rarely passes for a shift;
+    a steady log-normal target sees a false alarm about once in 470 calls (both sides together;
+    Siegmund's approximation of the CUSUM's run length, 938 per side), and a false alarm only
+    moves the mean to the fast EWMA, which is still near it. A 4x slowdown at sigma 0.3 fires
+    on its third call."""
+    shift_fast_alpha: float = 0.5
+    """Weight of the newest sample on the fast time scale (about the last two calls)."""
+    tail_quantile: bool = True
+    """Estimate the upper tail from the residuals themselves (a sketch of the residuals in
+    sigmas, ``tail.py``, and its 95th percentile ``TargetStats.tail_z95``) rather than assume a
+    log-normal's 1.645: above the median the model is then a log-normal whose spread puts its
+    p95 where the observed one is, if that is wider."""
+    tail_memory_calls: float = 200.0
+    """The sketch's memory, in calls: 200 calls hold about ten of the 5% above the p95, enough
+    to place it within a bin or two; a level shift clears it (its residuals measured the move)."""
     min_sigma: float = 0.05
     max_sigma: float = 2.0
     p95_z: float = 1.645
@@ -117,6 +141,12 @@ class RoutingConfig:
     next calls; in the simulator two made no measurable difference."""
     circuit_reset_successes: int = 20
     """After 20 consecutive successes the re-opening count resets to zero."""
+    circuit_open_probe: bool = True
+    """When every target that admits a call is below the on-time floor, a non-strict job probes
+    a target whose circuit is open (at most ``circuit_half_open_calls`` at a time), and a
+    success closes that circuit before its open period ends. Found by the scenario generator:
+    in a fleet of two, one target's error burst opened its breaker for 10 s while the other,
+    alone with the whole load, went down or queued; measured in docs/routing.md."""
 
     # --- learning from calls still in flight -----------------------------------------------------
     stall_detection: bool = True
