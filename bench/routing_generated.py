@@ -332,7 +332,8 @@ def main(
             json_out.write_text(json.dumps({"seeds": seed_list, "overrides": list(overrides), "runs": dump(done)}))
 
     began = time.perf_counter()
-    known = reusable(reuse, seed_list) if reuse is not None else None
+    known = reusable(reuse, seed_list) if reuse is not None else {}
+    names += [p for p in POLICIES if p not in names and any(k[1] == p for k in known)]
     results = run_all(indices, seed_list, names, processes, config, checkpoint=save, known=known)
     elapsed = time.perf_counter() - began
     save(results)
