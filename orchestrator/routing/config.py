@@ -31,6 +31,9 @@ class RoutingConfig:
     sample_cap: float = 20.0
     """Evidence never counts for more than 20 calls, so decay brings a target back to its
     prior (and to probing) within about a minute of its last call."""
+    evidence_weighted: bool = True
+    """A new latency counts at least 1 / (evidence + 1) in the mean, so evidence decayed by
+    silence weighs less against a fresh call (``latency_alpha`` is the floor)."""
     shift_detection: bool = True
     """A change-point test (two one-sided CUSUMs of the latency residuals, in sigmas) watches
     for a level shift or a drift; when one fires, the latency mean jumps to the fast-scale
@@ -127,6 +130,11 @@ class RoutingConfig:
     evidence only: it neither counts as an error nor moves the breaker. Found by the scenario
     generator: with tight SLAs and a queue, deadline-bound timeouts opened every circuit in the
     fleet. A hung or unreachable target still trips it (connects give up after 2 s)."""
+    circuit_timeout_plausible: bool = False
+    """A timeout (past ``circuit_min_timeout_s``) moves the breaker only if the call outlived the
+    99.9% quantile (``stall_false_alarm``) of the latency learned so far: a target that is slow
+    or queueing, whose answers already take that long, is the latency model's business, not the
+    breaker's."""
     circuit_base_open_s: float = 10.0
     circuit_max_open_s: float = 300.0
     """Stay open 10 s, doubling with each re-opening up to 300 s (Envoy's max_ejection_time):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from statistics import NormalDist
 
 from orchestrator.error_kinds import ErrorKind
 from orchestrator.routing import tail as tail_sketch
@@ -55,11 +56,13 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     if outcome.error_kind in NEUTRAL_ERRORS:
         return stats
     current = at_time(stats, outcome.at, config)
+    slow_only = outcome.error_kind in LATENCY_BEARING_ERRORS and not _implausibly_slow(current, outcome, config)
     if outcome.ok or outcome.error_kind in LATENCY_BEARING_ERRORS:
-        current = fold_latency(current, outcome.latency_ms, config)
-    if outcome.error_kind in LATENCY_BEARING_ERRORS and outcome.latency_ms < config.circuit_min_timeout_s * 1000.0:
-        # A call cut short by its job's deadline says the target is slow for that deadline (the
-        # latency model learns it), not that it is broken: no error, no step towards the breaker.
+        current = fold_latency(current, outcome.latency_ms, config, censored=not outcome.ok)
+    if slow_only:
+        # A call cut short by its job's deadline, or one no slower than the target has been
+        # answering, says the target is slow (the latency model learns it), not that it is
+        # broken: no error, no step towards the breaker.
         return replace(
             current,
             calls=current.calls + 1,
@@ -83,8 +86,28 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     return _next_circuit(updated, outcome, config)
 
 
-def fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig = DEFAULT_CONFIG) -> TargetStats:
-    """Fold one latency observation into ``stats``' latency model.
+def _implausibly_slow(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> bool:
+    """Whether a timeout is evidence of a broken target: it came after ``circuit_min_timeout_s``
+    and (``circuit_timeout_plausible``) after the (1 - ``stall_false_alarm``) quantile of the
+    latency learned so far (the stall check's level, with the observed tail), so a target that
+    is merely slow or queueing (its answers already take that long) does not trip the breaker;
+    a hung one, or one that was answering far faster, does."""
+    if outcome.latency_ms < config.circuit_min_timeout_s * 1000.0:
+        return False
+    if not config.circuit_timeout_plausible or stats.samples < config.min_samples:
+        return True
+    sigma = max(math.sqrt(stats.log_var), config.min_sigma)
+    upper = max(sigma, sigma * stats.tail_z95 / config.p95_z) if config.tail_quantile else sigma
+    z = NormalDist().inv_cdf(1.0 - config.stall_false_alarm)
+    return math.log(max(outcome.latency_ms, 0.1)) > stats.log_mean + z * upper
+
+
+def fold_latency(
+    stats: TargetStats, latency_ms: float, config: RoutingConfig = DEFAULT_CONFIG, censored: bool = False
+) -> TargetStats:
+    """Fold one latency observation into ``stats``' latency model (``censored``: a timeout, "at
+    least this slow", which moves the mean and spread but not the change-point test or the tail
+    sketch: those describe answered calls).
 
     * EWMA of ln(latency) and of its spread. The spread is measured around the updated mean
       and each residual is capped at ``SPREAD_CAP_SIGMAS`` of the current spread, so a change
@@ -104,14 +127,14 @@ def fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig = 
     sigma = max(math.sqrt(stats.log_var), config.min_sigma)
     z = max(min((x - stats.log_mean) / sigma, SPREAD_CAP_SIGMAS), -SPREAD_CAP_SIGMAS)
     # Evidence decayed by silence weighs less against a new call: a mean over what is left.
-    alpha = max(config.latency_alpha, 1.0 / (stats.samples + 1.0))
+    alpha = max(config.latency_alpha, 1.0 / (stats.samples + 1.0)) if config.evidence_weighted else config.latency_alpha
     mean = stats.log_mean + alpha * (x - stats.log_mean)
     residual = min(abs(x - mean), SPREAD_CAP_SIGMAS * sigma)
     beta = config.latency_var_alpha
     var = (1 - beta) * stats.log_var + beta * residual * residual
     fast = stats.fast_log_mean + config.shift_fast_alpha * (x - stats.fast_log_mean) if stats.fast_log_mean else x
     up, down = stats.shift_up, stats.shift_down
-    if config.shift_detection:
+    if config.shift_detection and not censored:
         up, down = max(0.0, up + z - config.shift_k), max(0.0, down - z - config.shift_k)
         if up > config.shift_h or down > config.shift_h:
             # The new level rests on the few calls since the change (as much evidence as a new
@@ -129,7 +152,7 @@ def fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig = 
                 tail_counts=(),
             )
     counts, tail = stats.tail_counts, stats.tail_z95
-    if config.tail_quantile:
+    if config.tail_quantile and not censored:
         counts = tail_sketch.add(counts, (x - stats.log_mean) / sigma, 1.0 - 1.0 / config.tail_memory_calls)
         tail = tail_sketch.quantile(counts)
     return replace(

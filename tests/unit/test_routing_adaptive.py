@@ -102,12 +102,34 @@ def test_the_sketch_reads_the_95th_percentile_of_what_it_was_fed():
 
 
 def test_after_a_silence_a_new_call_outweighs_the_decayed_evidence():
-    stats = feed(TargetStats(), [800.0] * 30)
+    weighted = replace(CFG, evidence_weighted=True)
+    stats = feed(TargetStats(), [800.0] * 30, config=weighted)
     # a minute later (three half-lives) the evidence is worth 20 / 8 = 2.5 calls
-    later = observe(stats, Outcome("t", True, 100.0, NOW + 62.0), CFG)
+    later = observe(stats, Outcome("t", True, 100.0, NOW + 62.0), weighted)
     share = (stats.log_mean - later.log_mean) / (stats.log_mean - math.log(100.0))
-    assert share > CFG.latency_alpha
-    assert share == pytest.approx(1.0 / (later.samples), rel=0.05)
+    assert share == pytest.approx(1.0 / later.samples, rel=0.05)
+    plain = observe(stats, Outcome("t", True, 100.0, NOW + 62.0), replace(CFG, evidence_weighted=False))
+    assert (stats.log_mean - plain.log_mean) / (stats.log_mean - math.log(100.0)) == pytest.approx(CFG.latency_alpha)
+
+
+def test_a_timeout_no_slower_than_the_target_answers_does_not_move_the_breaker():
+    gate = replace(CFG, circuit_timeout_plausible=True)
+    rng = random.Random(14)
+    queueing = feed(TargetStats(), lognormal(rng, 1500.0, 0.3, 40), config=gate)  # answers take ~1.5 s
+    timeouts = [Outcome("t", False, 2000.0, NOW + 3.0 + i * 0.1, "timeout") for i in range(10)]
+    slow = queueing
+    for outcome in timeouts:
+        slow = observe(slow, outcome, gate)
+    assert slow.circuit is CircuitState.CLOSED and slow.consecutive_failures == 0
+    assert slow.log_mean > queueing.log_mean  # still latency evidence
+    fast = feed(TargetStats(), lognormal(rng, 50.0, 0.3, 40), config=gate)  # a 2 s timeout is a hang here
+    for outcome in timeouts:
+        fast = observe(fast, outcome, gate)
+    assert fast.circuit is CircuitState.OPEN
+    ungated = queueing
+    for outcome in timeouts:
+        ungated = observe(ungated, outcome, replace(CFG, circuit_timeout_plausible=False))
+    assert ungated.circuit is CircuitState.OPEN
 
 
 EDGE = Target("edge", "edge", cost_per_call_usd=0.0002, prior_latency_ms=80, capacity=2)
