@@ -31,10 +31,10 @@ class RoutingConfig:
     sample_cap: float = 20.0
     """Evidence never counts for more than 20 calls, so decay brings a target back to its
     prior (and to probing) within about a minute of its last call."""
-    evidence_weighted: bool = True
+    evidence_weighted: bool = False
     """A new latency counts at least 1 / (evidence + 1) in the mean, so evidence decayed by
     silence weighs less against a fresh call (``latency_alpha`` is the floor)."""
-    shift_detection: bool = True
+    shift_detection: bool = False
     """A change-point test (two one-sided CUSUMs of the latency residuals, in sigmas) watches
     for a level shift or a drift; when one fires, the latency mean jumps to the fast-scale
     EWMA instead of creeping there at ``latency_alpha``."""
@@ -50,7 +50,7 @@ class RoutingConfig:
     on its third call."""
     shift_fast_alpha: float = 0.5
     """Weight of the newest sample on the fast time scale (about the last two calls)."""
-    tail_quantile: bool = True
+    tail_quantile: bool = False
     """Estimate the upper tail from the residuals themselves (a sketch of the residuals in
     sigmas, ``tail.py``, and its 95th percentile ``TargetStats.tail_z95``) rather than assume a
     log-normal's 1.645: above the median the model is then a log-normal whose spread puts its

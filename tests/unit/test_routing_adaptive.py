@@ -12,7 +12,8 @@ import pytest
 from orchestrator.routing import DEFAULT_CONFIG, CircuitState, Outcome, RouteRequest, Target, TargetStats, observe, tail
 from orchestrator.routing.policy import decide, predict_latency
 
-CFG = DEFAULT_CONFIG
+CFG = replace(DEFAULT_CONFIG, shift_detection=True, tail_quantile=True, evidence_weighted=True)
+"""The mechanisms under test, on (they are knobs, off by default: docs/routing.md says why)."""
 NOW = 1_700_000_000.0
 TARGET = Target("t", "cpu", prior_latency_ms=100.0)
 
