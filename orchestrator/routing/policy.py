@@ -208,7 +208,9 @@ def _affordable_probe(view: _View, views: list[_View], request: RouteRequest, ti
     return fallback is not None and view.p95 + fallback.p95 <= time_left
 
 
-def _open_probe(views: list[_View], request: RouteRequest, now: float, config: RoutingConfig) -> _View | None:
+def _open_probe(
+    views: list[_View], request: RouteRequest, now: float, needed: Bar, config: RoutingConfig
+) -> _View | None:
     """A target whose circuit is open, made eligible as a probe for a job that would otherwise
     run on a target unlikely to be on time (every admitted target is below the floor): a
     breaker keeps calls off a broken target while the rest of the fleet can serve, but when the
@@ -219,7 +221,7 @@ def _open_probe(views: list[_View], request: RouteRequest, now: float, config: R
     ``circuit_half_open_calls`` in flight, as when half-open; the target whose open period
     ends soonest."""
     eligible = [v for v in views if v.eligible]
-    if request.strict_sla or not eligible or any(v.meets for v in eligible):
+    if request.strict_sla or (not eligible and not config.circuit_probe_all_open) or any(v.meets for v in eligible):
         return None
     shut = [
         v
@@ -233,6 +235,7 @@ def _open_probe(views: list[_View], request: RouteRequest, now: float, config: R
         return None
     pick = min(shut, key=lambda v: v.stats.circuit_until)
     pick.eligible, pick.skip_reason, pick.probe_kind = True, "", _OPEN
+    pick.meets = pick.p_on_time >= needed.needed and pick.error_rate <= config.max_error_rate
     return pick
 
 
@@ -277,7 +280,7 @@ def decide(
     hints: dict[str, object] = {}
     needed = _with_failover(views, request, time_left, config, slo)
     if config.circuit_open_probe and request.preferred_target in ("auto", ""):
-        _open_probe(views, request, now, config)
+        _open_probe(views, request, now, needed, config)
     views.sort(key=_rank_key)
     if request.preferred_target not in ("auto", ""):
         preferred = [v for v in views if v.eligible and _matches(v, request.preferred_target)]
