@@ -116,4 +116,5 @@ def p_latency(m: Model, time_left_ms: float) -> float:
     if room <= 0.0:
         return 0.0
     d = math.log(room) - m.mu
-    return 0.5 * math.erfc(-d / ((m.upper if d > 0.0 else m.sigma) * _SQRT2))
+    sigma = m.sigma_up if d > 0.0 and m.sigma_up > m.sigma else m.sigma
+    return 0.5 * math.erfc(-d / (sigma * _SQRT2))
