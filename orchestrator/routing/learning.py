@@ -135,8 +135,8 @@ def fold_latency(
     fast = stats.fast_log_mean + config.shift_fast_alpha * (x - stats.fast_log_mean) if stats.fast_log_mean else x
     up, down = stats.shift_up, stats.shift_down
     if config.shift_detection and not censored:
-        up, down = max(0.0, up + z - config.shift_k), max(0.0, down - z - config.shift_k)
-        if up > config.shift_h or down > config.shift_h:
+        up, down, moved = _cusum(up, down, z, config)
+        if moved:
             # The new level rests on the few calls since the change (as much evidence as a new
             # target's), and the residuals that fired the test measured the move, not the tail.
             samples = min(stats.samples + 1.0, config.min_samples)
@@ -166,6 +166,13 @@ def fold_latency(
         tail_z95=tail,
         tail_counts=counts,
     )
+
+
+def _cusum(up: float, down: float, z: float, config: RoutingConfig) -> tuple[float, float, bool]:
+    """The two one-sided CUSUMs after one more residual ``z`` (in sigmas), and whether one
+    passed ``shift_h`` (the level has moved)."""
+    up, down = max(0.0, up + z - config.shift_k), max(0.0, down - z - config.shift_k)
+    return up, down, up > config.shift_h or down > config.shift_h
 
 
 def _next_circuit(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> TargetStats:
