@@ -96,11 +96,13 @@ def run_all(
     processes: int,
     config: RoutingConfig,
     checkpoint: Callable[[dict[int, dict[str, list[Run]]]], None] | None = None,
+    known: dict[tuple[int, str, int], Run] | None = None,
 ) -> dict[int, dict[str, list[Run]]]:
     """Runs by scenario index, then policy (one Run per seed, in seed order). ``checkpoint``
-    gets the scenarios completed so far every 100 runs (a run cut short keeps them)."""
-    tasks = [(i, s, p, config) for i in indices for s in seeds for p in policies]
-    raw: dict[tuple[int, str, int], Run] = {}
+    gets the scenarios completed so far every 100 runs (a run cut short keeps them). Runs in
+    ``known`` (baselines of an earlier run: they do not depend on the router) are not rerun."""
+    raw: dict[tuple[int, str, int], Run] = dict(known or {})
+    tasks = [(i, s, p, config) for i in indices for s in seeds for p in policies if (i, p, s) not in raw]
     pool = multiprocessing.get_context("fork").Pool(processes) if processes > 1 else None
     try:
         stream = pool.imap_unordered(_task, tasks, chunksize=4) if pool else map(_task, tasks)
@@ -241,6 +243,22 @@ def load(path: Path) -> tuple[dict[int, dict[str, list[Run]]], list[int]]:
     return results, data["seeds"]
 
 
+def reusable(path: Path, seeds: Sequence[int]) -> dict[tuple[int, str, int], Run]:
+    """The baselines' and the oracle's runs of a ``--json`` file, keyed like ``run_all``'s: what
+    a run of ours alone can reuse (common random numbers: they are the same runs). Ours' runs
+    are never reused."""
+    results, file_seeds = load(path)
+    if list(file_seeds) != list(seeds):
+        raise click.BadParameter(f"{path} has seeds {file_seeds}, not {list(seeds)}")
+    return {
+        (i, p, s): run
+        for i, by in results.items()
+        for p, runs in by.items()
+        if p != OURS
+        for s, run in zip(file_seeds, runs, strict=True)
+    }
+
+
 def dump(results: dict[int, dict[str, list[Run]]]) -> dict:
     return {
         str(i): {p: [[r.on_time, r.jobs, r.cost_usd, r.by_class] for r in runs] for p, runs in by.items()}
@@ -261,6 +279,12 @@ def dump(results: dict[int, dict[str, list[Run]]]) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="KNOB=VALUE", help="A RoutingConfig knob for ours.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown report.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Raw runs.")
+@click.option(
+    "--reuse",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Take the baselines' and the oracle's runs from this --json file (same seeds) instead of rerunning them.",
+)
 @click.option("--describe", is_flag=True, help="Print the scenarios' parameters as JSON and exit.")
 @click.option(
     "--from-json",
@@ -280,6 +304,7 @@ def main(
     overrides: tuple[str, ...],
     out: Path | None,
     json_out: Path | None,
+    reuse: Path | None,
     describe: bool,
     from_json: Path | None,
 ) -> None:
@@ -293,8 +318,8 @@ def main(
         return
     names = [p for p in policies.split(",") if p]
     unknown = [p for p in names if p not in POLICIES]
-    if unknown or OURS not in names:
-        raise click.BadParameter(f"policies must include {OURS!r} and come from {', '.join(POLICIES)}")
+    if unknown or (OURS not in names and json_out is None):
+        raise click.BadParameter(f"policies come from {', '.join(POLICIES)} and include {OURS!r} unless --json")
     argv = " ".join(sys.argv[1:])
     if from_json is not None:
         results, seed_list = load(from_json)
@@ -307,13 +332,17 @@ def main(
             json_out.write_text(json.dumps({"seeds": seed_list, "overrides": list(overrides), "runs": dump(done)}))
 
     began = time.perf_counter()
-    results = run_all(indices, seed_list, names, processes, config, checkpoint=save)
+    known = reusable(reuse, seed_list) if reuse is not None else {}
+    names += [p for p in POLICIES if p not in names and any(k[1] == p for k in known)]
+    results = run_all(indices, seed_list, names, processes, config, checkpoint=save, known=known)
     elapsed = time.perf_counter() - began
+    save(results)
+    if OURS not in names:
+        return
     report = (
         f"Made by `python -m bench.routing_generated {argv}` in {elapsed:.0f} s on {machine.describe()}.\n\n"
         + render(results, seed_list)
     )
-    save(results)
     _write(out, report)
 
 

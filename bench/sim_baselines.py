@@ -4,7 +4,7 @@ Each is a faithful, small re-implementation of a well-known strategy; they all s
 router in this system sees (the catalogue: names, costs; and the outcomes of their own calls),
 and all get the same worker mechanics (failover down their order) from the harness. None of
 them hedges. Failed calls that are not timeouts carry no latency information, so the
-latency-learning baselines (like ours) learn from successes and timeouts only.
+latency-learning baselines learn from successes and timeouts (a connect timeout included) only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from typing import Any
 
 from bench.sim_engine import CallOutcome, Plan, World
 from bench.sim_scenarios import FLEET, Job, SimTarget
+from orchestrator.error_kinds import ErrorKind
+
+SLOW_ERRORS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECT_ERROR})
+"""Failures whose elapsed time the baselines take as a latency (a timeout; a connect timeout on a
+target that is down): the time a caller waited before it could fail over."""
 
 
 def _names(fleet: tuple[SimTarget, ...] | None) -> tuple[str, ...]:
@@ -23,7 +28,7 @@ def _names(fleet: tuple[SimTarget, ...] | None) -> tuple[str, ...]:
 
 
 def _learns_latency(outcome: CallOutcome) -> bool:
-    return outcome.ok or outcome.error_kind == "timeout"
+    return outcome.ok or outcome.error_kind in SLOW_ERRORS
 
 
 class _Base:
@@ -197,7 +202,7 @@ class LiteLLMLatencyPolicy(_Base):
             self.latencies[target].append(outcome.latency_ms)
             return
         self.fails[target] += 1
-        if outcome.error_kind == "timeout":
+        if outcome.error_kind in SLOW_ERRORS:
             self.latencies[target].append(self.TIMEOUT_PENALTY_MS)
         too_many = self.fails[target] > self.ALLOWED_FAILS
         rate = self.calls[target] >= 5 and self.fails[target] / self.calls[target] >= 0.5

@@ -24,13 +24,20 @@ from bench.sim_scenarios import (
     condition,
     service_ms,
 )
+from orchestrator.error_kinds import COST_BEARING, ErrorKind
 
 ROUTING_TIMEOUT_S = 10.0
 """The worker's per-call timeout ceiling (ROUTING_TIMEOUT_SECONDS default)."""
 MIN_CALL_TIMEOUT_S = 0.5
 """The floor for a late non-strict job's call (orchestrator.constants.MIN_CALL_TIMEOUT_SECONDS)."""
-COST_BEARING_ERRORS = frozenset({"timeout", "http_5xx"})
-"""Failed calls that reached the server and are billed (as modelreasoner.dispatch counts them)."""
+COST_BEARING_ERRORS = COST_BEARING
+"""Failed calls that reached the server and are billed: the worker's set (``ErrorKind``'s
+``COST_BEARING``, which modelreasoner/calls.py bills); a success is billed too."""
+
+
+def billed(target: SimTarget, kind: ErrorKind | None) -> float:
+    """What one call costs: its target's price when it succeeded or failed in a cost-bearing way."""
+    return target.cost_usd if kind is None or kind in COST_BEARING_ERRORS else 0.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class CallOutcome:
     ok: bool
     latency_ms: float
     at: float
-    error_kind: str | None
+    error_kind: ErrorKind | None
     cost_usd: float
 
 
@@ -107,14 +114,18 @@ class World:
         wait, fails, slot_free = self._response(name, job, now)
         target = self.targets[name]
         if slot_free < 0:
-            # httpx raises ConnectTimeout, which the client reports as a timeout; nothing is billed.
+            # httpx raises ConnectTimeout (whichever of the connect and call timeouts is shorter
+            # fires), which the client classifies as connect_error: nothing is billed.
             elapsed = min(wait, timeout_s)
-            return CallOutcome(name, False, elapsed * 1000.0, now + elapsed, "timeout", 0.0)
+            kind = ErrorKind.CONNECT_ERROR
+            return CallOutcome(name, False, elapsed * 1000.0, now + elapsed, kind, billed(target, kind))
         heapq.heapreplace(self.slots[name], slot_free)
         if wait > timeout_s:
-            return CallOutcome(name, False, timeout_s * 1000.0, now + timeout_s, "timeout", target.cost_usd)
-        kind = "http_5xx" if fails else None
-        return CallOutcome(name, not fails, wait * 1000.0, now + wait, kind, target.cost_usd)
+            return CallOutcome(
+                name, False, timeout_s * 1000.0, now + timeout_s, ErrorKind.TIMEOUT, billed(target, ErrorKind.TIMEOUT)
+            )
+        kind = ErrorKind.HTTP_5XX if fails else None
+        return CallOutcome(name, not fails, wait * 1000.0, now + wait, kind, billed(target, kind))
 
 
 @dataclass

@@ -31,6 +31,39 @@ class RoutingConfig:
     sample_cap: float = 20.0
     """Evidence never counts for more than 20 calls, so decay brings a target back to its
     prior (and to probing) within about a minute of its last call."""
+    evidence_weighted: bool = False
+    """A new latency counts at least 1 / (evidence + 1) in the mean, so evidence decayed by
+    silence weighs less against a fresh call (``latency_alpha`` is the floor). Off: it cost
+    attainment on the generated scenarios (docs/routing.md, "Learning from actuals"); the
+    change-point test needs it (a slow level learned in full is otherwise unlearned only by
+    decay)."""
+    shift_detection: bool = False
+    """A change-point test (two one-sided CUSUMs of the latency residuals, in sigmas) watches
+    for a level shift or a drift; when one fires, the latency mean jumps to the fast-scale
+    EWMA instead of creeping there at ``latency_alpha``. Off: measured on the generated
+    scenarios it did not raise attainment (docs/routing.md)."""
+    shift_k: float = 0.5
+    """CUSUM allowance, in sigmas: the test looks for shifts of about 2 x 0.5 = 1 sigma or more
+    (the textbook choice: half the smallest shift worth finding)."""
+    shift_h: float = 5.0
+    """CUSUM threshold, in sigmas. With residuals capped at ``SPREAD_CAP_SIGMAS`` (2.5) it takes
+    three calls in a row far out in the tail to fire, so a heavy tail rarely passes for a shift;
+    a steady log-normal target sees a false alarm about once in 470 calls (both sides together;
+    Siegmund's approximation of the CUSUM's run length, 938 per side), and a false alarm moves
+    the mean to the fast EWMA, still near it, and cuts the evidence to ``min_samples``. A 4x slowdown at sigma 0.3 fires
+    on its third call."""
+    shift_fast_alpha: float = 0.5
+    """Weight of the newest sample on the fast time scale (about the last two calls)."""
+    tail_quantile: bool = False
+    """Estimate the upper tail from the residuals themselves (a sketch of the residuals in
+    sigmas, ``tail.py``, and its 95th percentile ``TargetStats.tail_z95``) rather than assume a
+    log-normal's 1.645: above the median the model is then a log-normal whose spread puts its
+    p95 where the observed one is, if that is wider. Off: it calibrates the p95 (``python -m
+    bench.routing_tail_calibration``) but did not raise attainment on the generated scenarios,
+    at more cost (docs/routing.md)."""
+    tail_memory_calls: float = 200.0
+    """The sketch's memory, in calls: 200 calls hold about ten of the 5% above the p95, enough
+    to place it within a bin or two; a level shift clears it (its residuals measured the move)."""
     min_sigma: float = 0.05
     max_sigma: float = 2.0
     p95_z: float = 1.645
@@ -103,6 +136,17 @@ class RoutingConfig:
     evidence only: it neither counts as an error nor moves the breaker. Found by the scenario
     generator: with tight SLAs and a queue, deadline-bound timeouts opened every circuit in the
     fleet. A hung or unreachable target still trips it (connects give up after 2 s)."""
+    circuit_probe_all_open: bool = False
+    """With every circuit open (nothing admitted), probe one anyway, as ``circuit_open_probe``
+    does (at most ``circuit_half_open_calls`` at a time) instead of failing the job with
+    ``no_eligible_target``. Off: the documented behaviour is that a fleet with every breaker
+    open sheds load; measured in docs/routing.md."""
+    circuit_timeout_plausible: bool = False
+    """A timeout (past ``circuit_min_timeout_s``) moves the breaker only if the call outlived the
+    99.9% quantile (``stall_false_alarm``) of the latency learned so far: a target that is slow
+    or queueing, whose answers already take that long, is the latency model's business, not the
+    breaker's. Off: on the generated scenarios it kept up with the best baseline in two more
+    scenarios but lost 0.4 points of mean attainment at 7% more cost (docs/routing.md)."""
     circuit_base_open_s: float = 10.0
     circuit_max_open_s: float = 300.0
     """Stay open 10 s, doubling with each re-opening up to 300 s (Envoy's max_ejection_time):
@@ -117,6 +161,12 @@ class RoutingConfig:
     next calls; in the simulator two made no measurable difference."""
     circuit_reset_successes: int = 20
     """After 20 consecutive successes the re-opening count resets to zero."""
+    circuit_open_probe: bool = True
+    """When every target that admits a call is below the on-time floor, a non-strict job probes
+    a target whose circuit is open (at most ``circuit_half_open_calls`` at a time), and a
+    success closes that circuit before its open period ends. Found by the scenario generator:
+    in a fleet of two, one target's error burst opened its breaker for 10 s while the other,
+    alone with the whole load, went down or queued; measured in docs/routing.md."""
 
     # --- learning from calls still in flight -----------------------------------------------------
     stall_detection: bool = True

@@ -19,6 +19,7 @@ PROBE_WHY = {
     "new": "little evidence yet",
     "stale": "not called recently",
     "half-open": "circuit half-open",
+    "open": "circuit open, and no admitted target is likely on time",
     "": "exploration",
 }
 
@@ -73,6 +74,8 @@ def decision_reason(
         )
         if not run:
             return f"sla_unmeetable: {gap}; strict SLA requested, so the job is not run"
+        if hints.get("probe_kind") == "open":
+            return f"sla_unmeetable: {gap}; probing {first}, whose circuit is open, before the others"
         return f"sla_unmeetable: {gap}; running on the least-bad target {first}"
     if "preferred" in hints:
         return f"{first} chosen: preferred by the submitter"

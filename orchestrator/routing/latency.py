@@ -1,7 +1,9 @@
 """The latency model: what one more call to a target will take, as a probability distribution.
 
-Service time is log-normal: its ln-ms mean and spread blend the target's prior with what was
-learned (by the weight of the evidence) and with fresh pushed telemetry. Before it, a queue
+Service time is log-normal below its median and, above it, as wide as the observed tail
+(``TargetStats.tail_z95``, the observed p95 in sigmas) if that is wider than a log-normal's: its ln-ms mean and spreads
+blend the target's prior with what was learned (by the weight of the evidence) and with fresh
+pushed telemetry. Before it, a queue
 wait: calls in flight beyond the target's capacity drain at capacity / mean service time.
 A call that has been running implausibly long, while none has ended since it began, raises
 the estimate at once (stall detection). Pure functions; ``policy`` builds on them.
@@ -21,11 +23,23 @@ _SQRT2 = math.sqrt(2.0)
 
 
 class Model(NamedTuple):
-    """Service time ~ log-normal(mu, sigma) in ln-ms, after a queue wait in ms."""
+    """Service time in ln-ms: normal(mu, sigma) below the median and normal(mu, sigma_up) above
+    it (a split log-normal; ``sigma_up`` = ``sigma`` when the observed tail is no heavier),
+    after a queue wait in ms."""
 
     mu: float
     sigma: float
     wait_ms: float
+    sigma_up: float = 0.0
+
+    @property
+    def upper(self) -> float:
+        """The spread above the median."""
+        return max(self.sigma, self.sigma_up)
+
+    def quantile_ms(self, z: float) -> float:
+        """The latency (wait included) at standard-normal quantile ``z`` (>= 0)."""
+        return self.wait_ms + math.exp(self.mu + z * self.upper)
 
 
 def model(target: Target, stats: TargetStats, samples: float, now: float, config: RoutingConfig) -> Model:
@@ -39,6 +53,11 @@ def model(target: Target, stats: TargetStats, samples: float, now: float, config
         tw = config.telemetry_weight
         mu = (1.0 - tw) * mu + tw * math.log(max(stats.telemetry_latency_ms, 0.1))
     sigma = min(max(math.sqrt(var), config.min_sigma), config.max_sigma)
+    # The observed tail, weighed like the rest of the evidence against the prior's log-normal one.
+    sigma_up = 0.0
+    if config.tail_quantile and stats.tail_z95 > 0.0:
+        observed = sigma * stats.tail_z95 / config.p95_z
+        sigma_up = min(weight * observed + (1.0 - weight) * sigma, config.max_sigma)
     capacity = max(target.capacity, 1)
     busy = float(stats.in_flight)
     if fresh and stats.telemetry_utilization is not None:
@@ -53,7 +72,7 @@ def model(target: Target, stats: TargetStats, samples: float, now: float, config
     if config.stall_detection and stats.oldest_in_flight_at and stats.last_call_at <= stats.oldest_in_flight_at:
         age_ms = (now - stats.oldest_in_flight_at) * 1000.0
         mu = _stalled_mu(mu, sigma, wait, age_ms, min(stats.in_flight, capacity), config.stall_false_alarm)
-    return Model(mu, sigma, wait)
+    return Model(mu, sigma, wait, sigma_up)
 
 
 def _stalled_mu(mu: float, sigma: float, wait: float, age_ms: float, in_service: int, false_alarm: float) -> float:
@@ -88,7 +107,7 @@ def predict_latency(
     service time (blended with the prior and fresh telemetry) plus the expected queue wait."""
     samples = stats.samples * decay_factor(stats, now, config)
     m = model(target, stats, samples, now, config)
-    return m.wait_ms + math.exp(m.mu), m.wait_ms + math.exp(m.mu + config.p95_z * m.sigma)
+    return m.wait_ms + math.exp(m.mu), m.quantile_ms(config.p95_z)
 
 
 def p_latency(m: Model, time_left_ms: float) -> float:
@@ -96,4 +115,6 @@ def p_latency(m: Model, time_left_ms: float) -> float:
     room = time_left_ms - m.wait_ms
     if room <= 0.0:
         return 0.0
-    return 0.5 * math.erfc(-(math.log(room) - m.mu) / (m.sigma * _SQRT2))
+    d = math.log(room) - m.mu
+    sigma = m.sigma_up if d > 0.0 and m.sigma_up > m.sigma else m.sigma
+    return 0.5 * math.erfc(-d / (sigma * _SQRT2))

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from statistics import NormalDist
 
+from orchestrator.error_kinds import ErrorKind
+from orchestrator.routing import tail as tail_sketch
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
 from orchestrator.routing.types import CircuitState, Outcome, SloClassStats, TargetStats
 
-LATENCY_BEARING_ERRORS = frozenset({"timeout"})
+LATENCY_BEARING_ERRORS = frozenset({ErrorKind.TIMEOUT})
 """Failures whose elapsed time is a (censored) latency observation: a timeout means 'at least
 this slow', which must raise the estimate of a target that has become slow."""
-NEUTRAL_ERRORS = frozenset({"cancelled"})
+NEUTRAL_ERRORS = frozenset({ErrorKind.CANCELLED})
+"""Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
 SPREAD_CAP_SIGMAS = 2.5
 """A residual counts towards the latency spread up to 2.5 current sigmas (2.5 sigma keeps 99%
 of a steady target's residuals whole, so its spread is not underestimated)."""
-"""Outcomes that say nothing about the target's health (a hedge loser we abandoned)."""
 
 
 def decay_factor(stats: TargetStats, now: float, config: RoutingConfig = DEFAULT_CONFIG) -> float:
@@ -53,17 +56,15 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     if outcome.error_kind in NEUTRAL_ERRORS:
         return stats
     current = at_time(stats, outcome.at, config)
-    samples, log_mean, log_var = current.samples, current.log_mean, current.log_var
+    slow_only = outcome.error_kind in LATENCY_BEARING_ERRORS and not _implausibly_slow(current, outcome, config)
     if outcome.ok or outcome.error_kind in LATENCY_BEARING_ERRORS:
-        samples, log_mean, log_var = _fold_latency(current, outcome.latency_ms, config)
-    if outcome.error_kind in LATENCY_BEARING_ERRORS and outcome.latency_ms < config.circuit_min_timeout_s * 1000.0:
-        # A call cut short by its job's deadline says the target is slow for that deadline (the
-        # latency model learns it), not that it is broken: no error, no step towards the breaker.
+        current = fold_latency(current, outcome.latency_ms, config, censored=not outcome.ok)
+    if slow_only:
+        # A call cut short by its job's deadline, or one no slower than the target has been
+        # answering, says the target is slow (the latency model learns it), not that it is
+        # broken: no error, no step towards the breaker.
         return replace(
             current,
-            samples=samples,
-            log_mean=log_mean,
-            log_var=log_var,
             calls=current.calls + 1,
             updated_at=max(current.updated_at, outcome.at),
             last_call_at=max(current.last_call_at, outcome.at),
@@ -74,9 +75,6 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     successes = current.consecutive_successes + 1 if outcome.ok else 0
     updated = replace(
         current,
-        samples=samples,
-        log_mean=log_mean,
-        log_var=log_var,
         error_rate=error_rate,
         calls=current.calls + 1,
         failures=current.failures + (0 if outcome.ok else 1),
@@ -88,20 +86,93 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     return _next_circuit(updated, outcome, config)
 
 
-def _fold_latency(stats: TargetStats, latency_ms: float, config: RoutingConfig) -> tuple[float, float, float]:
-    """EWMA of ln(latency) and of its spread. The spread is measured around the updated mean
-    and each residual is capped at ``SPREAD_CAP_SIGMAS`` of the current spread, so a change
-    of level (a slowdown, a recovery) moves the mean within a few calls without leaving the
-    spread inflated for the next forty."""
+def _implausibly_slow(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> bool:
+    """Whether a timeout is evidence of a broken target: it came after ``circuit_min_timeout_s``
+    and (``circuit_timeout_plausible``) after the (1 - ``stall_false_alarm``) quantile of the
+    latency learned so far (the stall check's level, with the observed tail), so a target that
+    is merely slow or queueing (its answers already take that long) does not trip the breaker;
+    a hung one, or one that was answering far faster, does."""
+    if outcome.latency_ms < config.circuit_min_timeout_s * 1000.0:
+        return False
+    if not config.circuit_timeout_plausible or stats.samples < config.min_samples:
+        return True
+    sigma = max(math.sqrt(stats.log_var), config.min_sigma)
+    upper = max(sigma, sigma * stats.tail_z95 / config.p95_z) if config.tail_quantile else sigma
+    z = NormalDist().inv_cdf(1.0 - config.stall_false_alarm)
+    return math.log(max(outcome.latency_ms, 0.1)) > stats.log_mean + z * upper
+
+
+def fold_latency(
+    stats: TargetStats, latency_ms: float, config: RoutingConfig = DEFAULT_CONFIG, censored: bool = False
+) -> TargetStats:
+    """Fold one latency observation into ``stats``' latency model (``censored``: a timeout, "at
+    least this slow", which moves the mean and spread but not the change-point test or the tail
+    sketch: those describe answered calls).
+
+    * EWMA of ln(latency) and of its spread. The spread is measured around the updated mean
+      and each residual is capped at ``SPREAD_CAP_SIGMAS`` of the current spread, so a change
+      of level (a slowdown, a recovery) moves the mean within a few calls without leaving the
+      spread inflated for the next forty.
+    * A change-point test (``shift_detection``): two one-sided CUSUMs of the residual in
+      sigmas (capped as above), less the allowance ``shift_k``; when one passes ``shift_h``
+      the level has moved, and the mean jumps to the fast-scale EWMA (``fast_log_mean``).
+    * The tail as observed (``tail_quantile``): a sketch of the residuals in sigmas over about
+      the last ``tail_memory_calls`` calls (``tail``), and its 95th percentile for ``latency.model``.
+    """
     x = math.log(max(latency_ms, 0.1))
     if stats.samples <= 1e-9:
-        return 1.0, x, config.prior_sigma**2
-    mean = stats.log_mean + config.latency_alpha * (x - stats.log_mean)
-    cap = SPREAD_CAP_SIGMAS * max(math.sqrt(stats.log_var), config.min_sigma)
-    residual = min(abs(x - mean), cap)
+        return replace(
+            stats, samples=1.0, log_mean=x, log_var=config.prior_sigma**2, fast_log_mean=x, shift_up=0.0, shift_down=0.0
+        )
+    sigma = max(math.sqrt(stats.log_var), config.min_sigma)
+    z = max(min((x - stats.log_mean) / sigma, SPREAD_CAP_SIGMAS), -SPREAD_CAP_SIGMAS)
+    # Evidence decayed by silence weighs less against a new call: a mean over what is left.
+    alpha = max(config.latency_alpha, 1.0 / (stats.samples + 1.0)) if config.evidence_weighted else config.latency_alpha
+    mean = stats.log_mean + alpha * (x - stats.log_mean)
+    residual = min(abs(x - mean), SPREAD_CAP_SIGMAS * sigma)
     beta = config.latency_var_alpha
     var = (1 - beta) * stats.log_var + beta * residual * residual
-    return min(stats.samples + 1.0, config.sample_cap), mean, var
+    fast = stats.fast_log_mean + config.shift_fast_alpha * (x - stats.fast_log_mean) if stats.fast_log_mean else x
+    up, down = stats.shift_up, stats.shift_down
+    if config.shift_detection and not censored:
+        up, down, moved = _cusum(up, down, z, config)
+        if moved:
+            # The new level rests on the few calls since the change (as much evidence as a new
+            # target's), and the residuals that fired the test measured the move, not the tail.
+            samples = min(stats.samples + 1.0, config.min_samples)
+            return replace(
+                stats,
+                samples=samples,
+                log_mean=fast,
+                log_var=var,
+                fast_log_mean=fast,
+                shift_up=0.0,
+                shift_down=0.0,
+                tail_z95=0.0,
+                tail_counts=(),
+            )
+    counts, tail = stats.tail_counts, stats.tail_z95
+    if config.tail_quantile and not censored:
+        counts = tail_sketch.add(counts, (x - stats.log_mean) / sigma, 1.0 - 1.0 / config.tail_memory_calls)
+        tail = tail_sketch.quantile(counts)
+    return replace(
+        stats,
+        samples=min(stats.samples + 1.0, config.sample_cap),
+        log_mean=mean,
+        log_var=var,
+        fast_log_mean=fast,
+        shift_up=up,
+        shift_down=down,
+        tail_z95=tail,
+        tail_counts=counts,
+    )
+
+
+def _cusum(up: float, down: float, z: float, config: RoutingConfig) -> tuple[float, float, bool]:
+    """The two one-sided CUSUMs after one more residual ``z`` (in sigmas), and whether one
+    passed ``shift_h`` (the level has moved)."""
+    up, down = max(0.0, up + z - config.shift_k), max(0.0, down - z - config.shift_k)
+    return up, down, up > config.shift_h or down > config.shift_h
 
 
 def _next_circuit(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> TargetStats:
@@ -112,6 +183,11 @@ def _next_circuit(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -
             return _close(stats, outcome, config)
         return stats
     if stats.circuit is CircuitState.OPEN:
+        # A call made while open (``policy._open_probe``) that answered: the target is back.
+        # A failure leaves the period as it is (the probe was not the breaker's to time).
+        started = outcome.at - outcome.latency_ms / 1000.0
+        if outcome.ok and stats.circuit_opened_at and started >= stats.circuit_opened_at:
+            return _close(stats, outcome, config)
         return stats
     if not outcome.ok and _should_open(stats, config):
         return _open(stats, outcome.at, config)
@@ -132,6 +208,7 @@ def _open(stats: TargetStats, now: float, config: RoutingConfig) -> TargetStats:
         stats,
         circuit=CircuitState.OPEN,
         circuit_until=now + period,
+        circuit_opened_at=now,
         open_count=stats.open_count + 1,
         consecutive_failures=0,
         consecutive_successes=0,
@@ -149,6 +226,11 @@ def _close(stats: TargetStats, outcome: Outcome, config: RoutingConfig) -> Targe
         samples=1.0,
         log_mean=math.log(max(outcome.latency_ms, 0.1)),
         log_var=config.prior_sigma**2,
+        fast_log_mean=math.log(max(outcome.latency_ms, 0.1)),
+        shift_up=0.0,
+        shift_down=0.0,
+        tail_z95=0.0,
+        tail_counts=(),
         error_rate=0.0,
     )
 

@@ -46,7 +46,7 @@ from orchestrator.routing.types import (
 __all__ = ["decide", "predict_latency"]
 
 _EMPTY = TargetStats()
-_NEW, _STALE, _HALF_OPEN = "new", "stale", "half-open"
+_NEW, _STALE, _HALF_OPEN, _OPEN = "new", "stale", "half-open", "open"
 
 
 @dataclass(slots=True)
@@ -123,7 +123,7 @@ def _view(
         circuit=circuit,
         model=m,
         p50=m.wait_ms + math.exp(m.mu),
-        p95=m.wait_ms + math.exp(m.mu + config.p95_z * m.sigma),
+        p95=m.quantile_ms(config.p95_z),
         wait=m.wait_ms,
         p_latency=p_lat,
         p_on_time=p_lat * (1.0 - error_rate),
@@ -208,11 +208,45 @@ def _affordable_probe(view: _View, views: list[_View], request: RouteRequest, ti
     return fallback is not None and view.p95 + fallback.p95 <= time_left
 
 
+def _open_probe(
+    views: list[_View], request: RouteRequest, now: float, needed: Bar, config: RoutingConfig
+) -> _View | None:
+    """A target whose circuit is open, made eligible as a probe for a job that would otherwise
+    run on a target unlikely to be on time (every admitted target is below the floor): a
+    breaker keeps calls off a broken target while the rest of the fleet can serve, but when the
+    rest cannot (a small fleet, one target flapping and the other overloaded by the whole
+    load), the open target is the job's best remaining chance, and a success closes the circuit
+    (``learning``) without waiting out the open period. Never for a strict job (it fails fast),
+    never when nothing is admitted at all (the fleet is shedding load), at most
+    ``circuit_half_open_calls`` in flight, as when half-open; the target whose open period
+    ends soonest."""
+    eligible = [v for v in views if v.eligible]
+    if request.strict_sla or (not eligible and not config.circuit_probe_all_open) or any(v.meets for v in eligible):
+        return None
+    shut = [
+        v
+        for v in views
+        if v.circuit is CircuitState.OPEN
+        and v.target.enabled
+        and v.stats.in_flight < config.circuit_half_open_calls
+        and _eligibility(v.target, v.stats, CircuitState.HALF_OPEN, now, config)[0]
+    ]
+    if not shut:
+        return None
+    pick = min(shut, key=lambda v: v.stats.circuit_until)
+    pick.eligible, pick.skip_reason, pick.probe_kind = True, "", _OPEN
+    pick.meets = pick.p_on_time >= needed.needed and pick.error_rate <= config.max_error_rate
+    return pick
+
+
 def _probe(
     views: list[_View], request: RouteRequest, time_left: float, u: float, config: RoutingConfig
 ) -> _View | None:
     """The target to probe with this job, if any: a half-open one whenever the job can afford
     it (its circuit caps the probes in flight); a new or stale one in ``probe_share`` of jobs."""
+    opened = next((v for v in views if v.probe_kind == _OPEN), None)
+    if opened is not None:
+        return opened
     half_open = [v for v in views if v.probe_kind == _HALF_OPEN]
     for view in half_open:
         if _affordable_probe(view, views, request, time_left):
@@ -245,6 +279,8 @@ def decide(
     views = [_view(t, stats.get(t.name, _EMPTY), request, time_left, now, config) for t in targets]
     hints: dict[str, object] = {}
     needed = _with_failover(views, request, time_left, config, slo)
+    if config.circuit_open_probe and request.preferred_target in ("auto", ""):
+        _open_probe(views, request, now, needed, config)
     views.sort(key=_rank_key)
     if request.preferred_target not in ("auto", ""):
         preferred = [v for v in views if v.eligible and _matches(v, request.preferred_target)]
@@ -253,8 +289,8 @@ def decide(
             hints["preferred"] = preferred[0].target.name
     else:
         pick = _probe(views, request, time_left, u, config)
-        # A half-open target's every call is a probe; a new or stale one is only if moved up.
-        if pick is not None and (pick is not views[0] or pick.probe_kind == _HALF_OPEN):
+        # A half-open or open target's every call is a probe; a new or stale one is only if moved up.
+        if pick is not None and (pick is not views[0] or pick.probe_kind in (_HALF_OPEN, _OPEN)):
             views = [pick] + [v for v in views if v is not pick]
             hints["probe"] = pick.target.name
             hints["probe_kind"] = pick.probe_kind

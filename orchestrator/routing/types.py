@@ -86,6 +86,20 @@ class TargetStats:
     in_flight: int = 0
     last_call_at: float = 0.0
     oldest_in_flight_at: float = 0.0
+    fast_log_mean: float = 0.0
+    """EWMA of ln(latency) on the fast time scale (``shift_fast_alpha``): where the level has
+    moved to, taken up when the change-point test fires."""
+    shift_up: float = 0.0
+    shift_down: float = 0.0
+    """The two one-sided CUSUM statistics of the standardized latency residuals (sigmas)."""
+    tail_z95: float = 0.0
+    """The 95th percentile of the residuals (ln(latency) - log_mean) / sigma over recent calls
+    (0: not enough yet; a log-normal's is about 1.645): the tail as observed, not as a
+    log-normal would have it. ``tail_counts`` is the sketch it is read from (``tail.py``)."""
+    tail_counts: tuple[float, ...] = ()
+    circuit_opened_at: float = 0.0
+    """When the circuit last opened (epoch s; 0: never): a call started after it that succeeds
+    closes the circuit even before its open period has passed (a probe made while it was open)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,6 +113,8 @@ class TargetStats:
         values = {k: v for k, v in data.items() if k in known}
         if "circuit" in values:
             values["circuit"] = CircuitState(values["circuit"])
+        if "tail_counts" in values:
+            values["tail_counts"] = tuple(values["tail_counts"])
         return cls(**values)
 
     @property

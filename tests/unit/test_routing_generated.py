@@ -123,3 +123,21 @@ def test_a_report_renders_again_from_the_saved_runs(tmp_path):
     assert result.exit_code == 0, result.output
     body = lambda path: path.read_text().split("\n", 2)[2]  # noqa: E731 (the first line names the command)
     assert body(first) == body(again) and "| 6 |" in body(again)
+
+
+def test_ours_alone_reuses_the_baselines_of_an_earlier_run_and_gets_the_same_report(tmp_path, monkeypatch):
+    whole, base, reused = tmp_path / "whole.json", tmp_path / "base.json", tmp_path / "reused.json"
+    run = lambda *args: CliRunner().invoke(routing_generated.main, ["--only", "6", "--seeds", "1", *args])  # noqa: E731
+    assert run("--policies", "ours,random,oracle", "--json", str(whole)).exit_code == 0
+    assert run("--policies", "random,oracle", "--json", str(base)).exit_code == 0
+    rerun: list[str] = []
+    task = routing_generated._task
+    monkeypatch.setattr(routing_generated, "_task", lambda args: rerun.append(args[2]) or task(args))
+    result = run("--policies", "ours", "--reuse", str(base), "--json", str(reused))
+    assert result.exit_code == 0, result.output
+    assert rerun == ["ours"]
+    assert json.loads(reused.read_text())["runs"] == json.loads(whole.read_text())["runs"]
+    other_seeds = CliRunner().invoke(
+        routing_generated.main, ["--only", "6", "--seeds", "2", "--policies", "ours", "--reuse", str(base)]
+    )
+    assert other_seeds.exit_code != 0 and "seeds" in other_seeds.output

@@ -8,9 +8,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from bench import routing_sim
+from bench import routing_sim, sim_engine
 from bench.sim_engine import Harness, Plan, World
 from bench.sim_scenarios import SCENARIOS, Effect, Job, make_draws, make_jobs
+from orchestrator.error_kinds import ErrorKind
 
 TINY = replace(SCENARIOS["brownout"], name="tiny", duration_s=24.0, warmup_s=4.0, rate=25.0)
 TINY = replace(TINY, effects=(Effect("cloud", 10.0, 16.0, latency_x=5.0, error_rate=0.3),))
@@ -75,6 +76,16 @@ class _Fixed:
         return False
 
 
+def test_the_simulator_bills_the_failures_the_worker_bills():
+    from modelreasoner.calls import COST_BEARING_ERRORS as WORKER_BILLS
+
+    assert sim_engine.COST_BEARING_ERRORS == WORKER_BILLS
+    target = World(make_draws(TINY, 1, 1), ()).targets["gpu"]
+    for kind in ErrorKind:
+        assert sim_engine.billed(target, kind) == (target.cost_usd if kind in WORKER_BILLS else 0.0)
+    assert sim_engine.billed(target, None) == target.cost_usd
+
+
 def test_an_unreachable_target_costs_its_connect_timeout_and_the_job_fails_over():
     down = replace(TINY, name="down", effects=(Effect("edge", 0.0, 100.0, down=True),))
     jobs = [Job(0, 1.0, 10_000.0, None)]
@@ -82,7 +93,7 @@ def test_an_unreachable_target_costs_its_connect_timeout_and_the_job_fails_over(
     policy = _Fixed(("edge", "gpu"))
     (record,) = Harness(policy, world, jobs).run()
     first, second = policy.ended
-    assert (first.target, first.error_kind, first.cost_usd) == ("edge", "timeout", 0.0)
+    assert (first.target, first.error_kind, first.cost_usd) == ("edge", ErrorKind.CONNECT_ERROR, 0.0)
     assert first.latency_ms == pytest.approx(2000.0)
     assert second.ok and record.winner == "gpu" and record.calls == 2 and record.on_time
     assert record.cost_usd == pytest.approx(0.004)
