@@ -51,7 +51,7 @@ class Terminal:
     cost_usd: float | None = None
     attempts: int | None = None
     decision: dict[str, Any] | None = None
-    """Only when the decision was not stored with the claim (a job no target could run)."""
+    """Set when the decision is not a run (no target fits): written with the terminal state."""
     winner: Attempt | None = None
     """The successful attempt (its audit row is written with the terminal state)."""
 
@@ -226,8 +226,8 @@ def attempt_row(job: Job, actor: str, attempt: Attempt, number: int) -> dict[str
 
 
 def completed(winner: Attempt, attempts: list[Attempt]) -> Terminal:
-    """The terminal state of a served job. The decision is not in it: ``record_decision``
-    stored it with the claim, before any call."""
+    """The terminal state of a served job. The decision is not in it: it was written with the
+    first call's ``call_started`` row, before any call."""
     return Terminal(
         JobStatus.COMPLETED,
         target=winner.target,

@@ -9,7 +9,10 @@ module that writes a job's state and the audit rows of its transitions (a job is
                 └──── undeliverable / give_up ──▶ failed     (cancel_for_erasure: any active job)
 
 Every transition is a conditional UPDATE, so concurrent workers, duplicate deliveries and late
-finishers are safe: a claim succeeds once per delivery, and the first terminal write wins.
+finishers are safe: a claim succeeds once per delivery, and the first terminal write wins. On
+Postgres the worker's transitions are one statement each (``orchestrator.job_sql``), their
+audit rows written only from the row the UPDATE changed; elsewhere (SQLite) the same rows are
+separate statements in one transaction.
 
 Every job and case belongs to a tenant. An Idempotency-Key, a ``case_id`` and a read are scoped
 to the caller's tenant; another tenant's job is "not found", exactly as a job that does not
