@@ -1,9 +1,9 @@
 """The worker's database retry: one database step (never a model call) run again while
 Postgres is unreachable, DB_RETRY_ATTEMPTS tries with jittered exponential backoff.
 
-Only DB steps are wrapped: a claim, a decision, a ``call_started`` or ``attempt`` row, the
-terminal write. A blip after a model call therefore re-runs the write, never the call
-(issue 11, defect 4).
+Only DB steps are wrapped: a claim, a ``call_started`` row (with the decision or an earlier
+call's ``attempt`` row), the terminal write. A blip after a model call therefore re-runs the
+write, never the call (issue 11, defect 4).
 """
 
 from __future__ import annotations

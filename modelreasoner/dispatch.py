@@ -1,11 +1,16 @@
 """Runs one claimed job: plan its route, record the decision, call targets in order with
 deadline-bounded timeouts (hedged when the router says it pays), fail over on error, and return
-the terminal fields to persist. The decision and failed attempts are written as they happen,
-so a crash leaves an honest trail.
+the terminal fields to persist.
 
     plan(rt, job)                        -> Plan | Terminal   (no I/O but the router's stats)
-    record_decision(session, rt, job, d)                      (in the caller's transaction)
+    record_decision(rt, job, d)          -> Routed            (in memory: written with the first call)
     execute_plan(rt, job, plan)          -> Terminal          (the model calls)
+
+One write per state change: the decision and its ``routed`` row are written with the first
+call's ``call_started`` row, a failed call's ``attempt`` row with the next call's
+``call_started`` row, and whatever is left (``Plan.unwritten``) with the terminal state. Every
+``call_started`` row is committed before its request leaves, so a crash still leaves every
+billed call in the trail.
 
 Every write goes through ``orchestrator.jobs``, the one writer of a job's state and trail.
 """
@@ -14,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from modelreasoner.calls import Attempt, call_input, call_once, call_timeout, hedged_call
 from modelreasoner.db_retry import with_db_retry
 from modelreasoner.runtime import Runtime
-from orchestrator import jobs
+from orchestrator import audit, jobs
 from orchestrator.db import session_scope
 from orchestrator.error_kinds import ErrorKind
 from orchestrator.metrics import FAILOVERS, ROUTING_DECISIONS
@@ -48,9 +51,18 @@ class Terminal:
     cost_usd: float | None = None
     attempts: int | None = None
     decision: dict[str, Any] | None = None
-    """Only when the decision was not stored with the claim (a job no target could run)."""
+    """Set when the decision is not a run (no target fits): written with the terminal state."""
     winner: Attempt | None = None
     """The successful attempt (its audit row is written with the terminal state)."""
+
+
+@dataclass
+class Unwritten:
+    """What a job's next write carries: the decision (until the first call is recorded) and
+    the ``attempt`` rows of calls that ended since the last write."""
+
+    routed: jobs.Routed | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +72,7 @@ class Plan:
     targets: dict[str, Target]
     request: RouteRequest
     decision: Decision
+    unwritten: Unwritten = field(default_factory=Unwritten)
 
 
 def plan(rt: Runtime, job: Job, catalogue: list[Target] | None = None, refresh: bool = True) -> Plan | Terminal:
@@ -93,7 +106,7 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
         return failed(kind, decision.reason, decision=decision.to_dict())
     hedge = hedge_plan(decision, request, rt.router.config) if rt.settings.hedge_enabled else None
     payload = call_input(job)
-    started = CallLog(rt, job)
+    started = CallLog(rt, job, planned.unwritten)
     attempts: list[Attempt] = []
     pending = [c.target for c in decision.call_order]
     while pending:
@@ -113,7 +126,7 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
         for attempt in finished:
             if attempt is not winner:
                 attempts.append(attempt)
-                _record_failover(rt, job, attempt, len(attempts))
+                _record_failover(rt, started, attempt, len(attempts))
         if winner is not None:
             attempts.append(winner)
             return completed(winner, attempts)
@@ -121,42 +134,51 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
 
 
 class CallLog:
-    """Writes each call's ``call_started`` row (its own transaction, retried while Postgres is
-    unreachable) before the request leaves, and numbers the calls of this claim. If the row
-    cannot be written, the call is not made."""
+    """Writes each call's ``call_started`` row (one statement, retried while Postgres is
+    unreachable) before the request leaves, together with what ``unwritten`` holds, and numbers
+    the calls of this claim. If the row cannot be written, the call is not made."""
 
-    def __init__(self, rt: Runtime, job: Job) -> None:
-        self._rt = rt
-        self._job = job
+    def __init__(self, rt: Runtime, job: Job, unwritten: Unwritten) -> None:
+        self.rt = rt
+        self.job = job
+        self.unwritten = unwritten
         self._count = 0
 
     def __call__(self, target: Target, hedge: bool) -> int:
         self._count += 1
         number = self._count
-        details = {"claim": self._job.claim_count, "call": number, "hedge": hedge}
+        details = {"claim": self.job.claim_count, "call": number, "hedge": hedge}
+        row = audit.row(audit.CALL_STARTED, self.rt.worker_id, target=target.name, details=details)
+        routed, rows = self.unwritten.routed, list(self.unwritten.rows)
 
         def write() -> None:
-            with session_scope(self._rt.sessions) as session:
-                jobs.call_started(session, self._job.id, actor=self._rt.worker_id, target=target.name, details=details)
+            with session_scope(self.rt.sessions) as session:
+                jobs.start_call(session, self.job.id, row, routed=routed, rows=rows)
 
-        with_db_retry(self._rt.settings, write)
+        with_db_retry(self.rt.settings, write)
+        self.unwritten.routed = None
+        del self.unwritten.rows[: len(rows)]
         return number
 
 
-def record_decision(session: Session, rt: Runtime, job: Job, decision: Decision) -> None:
-    """Store the decision on the job and its ``routed`` audit row, in ``session``'s transaction."""
+def record_decision(rt: Runtime, job: Job, decision: Decision) -> jobs.Routed:
+    """The decision as stored on the job, with its ``routed`` audit row (written with the
+    job's first call, or with its terminal state when no call is made)."""
     first = decision.candidates[0].target if decision.candidates else "none"
     ROUTING_DECISIONS.labels(first, str(decision.sla_unmeetable).lower()).inc()
     chosen: Candidate | None = decision.chosen
-    routed = jobs.Routed(
+    return jobs.Routed(
         decision=decision.to_dict(),
         predicted_ms=chosen.predicted_p50_ms if chosen else None,
         predicted_p95_ms=chosen.predicted_p95_ms if chosen else None,
-        target=chosen.target if chosen else None,
-        outcome=ErrorKind.SLA_UNMEETABLE if decision.sla_unmeetable else "ok",
-        details={"reason": decision.reason, "order": [c.target for c in decision.call_order]},
+        row=audit.row(
+            "routed",
+            rt.worker_id,
+            target=chosen.target if chosen else None,
+            outcome=ErrorKind.SLA_UNMEETABLE if decision.sla_unmeetable else "ok",
+            details={"reason": decision.reason, "order": [c.target for c in decision.call_order]},
+        ),
     )
-    jobs.store_decision(session, job.id, routed, actor=rt.worker_id)
 
 
 def route_request(job: Job) -> RouteRequest:
@@ -170,28 +192,23 @@ def route_request(job: Job) -> RouteRequest:
     )
 
 
-def _record_failover(rt: Runtime, job: Job, attempt: Attempt, number: int) -> None:
-    """Audit a call that did not produce the result (failed, or abandoned after a hedge)."""
+def _record_failover(rt: Runtime, started: CallLog, attempt: Attempt, number: int) -> None:
+    """Note a call that did not produce the result (failed, or abandoned after a hedge): its
+    audit row is written with the next call's start, or with the terminal state."""
     if attempt.error_kind is not ErrorKind.CANCELLED:
         FAILOVERS.labels(attempt.target).inc()
         log.warning(
             "model call failed; failing over",
             extra={"target": attempt.target, "error_kind": attempt.error_kind, "attempt": number},
         )
-
-    def write() -> None:
-        with session_scope(rt.sessions) as session:
-            attempt_audit(session, job, rt.worker_id, attempt, number)
-
-    with_db_retry(rt.settings, write)  # the write only: a blip here never repeats the call
+    started.unwritten.rows.append(attempt_row(started.job, rt.worker_id, attempt, number))
 
 
-def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int) -> None:
-    """The audit row of one call, in ``session``'s transaction."""
-    jobs.record_attempt(
-        session,
-        job.id,
-        actor=actor,
+def attempt_row(job: Job, actor: str, attempt: Attempt, number: int) -> dict[str, Any]:
+    """The ``attempt`` audit row of one call (``audit.row``: written with a later statement)."""
+    return audit.row(
+        "attempt",
+        actor,
         at=attempt.ended_at,
         target=attempt.target,
         outcome="ok" if attempt.ok else attempt.error_kind,
@@ -209,8 +226,8 @@ def attempt_audit(session, job: Job, actor: str, attempt: Attempt, number: int) 
 
 
 def completed(winner: Attempt, attempts: list[Attempt]) -> Terminal:
-    """The terminal state of a served job. The decision is not in it: ``record_decision``
-    stored it with the claim, before any call."""
+    """The terminal state of a served job. The decision is not in it: it was written with the
+    first call's ``call_started`` row, before any call."""
     return Terminal(
         JobStatus.COMPLETED,
         target=winner.target,

@@ -35,6 +35,8 @@ SQLSTATE_TEXT = {
 """What an SQLSTATE means, in words that cannot carry data."""
 
 _TABLE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)\"?", re.IGNORECASE)
+_WITH = re.compile(r"^\s*WITH\b", re.IGNORECASE)
+_WRITES = re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)\"?", re.IGNORECASE)
 
 
 def step_failed(step: str, exc: BaseException) -> str:
@@ -52,7 +54,7 @@ def _database_error(exc: DBAPIError) -> str:
     code = getattr(exc.orig, "pgcode", None)
     what = SQLSTATE_TEXT.get(code or "", f"database error {code}" if code else type(exc).__name__)
     table = _table_of(exc.statement or "")
-    column = _column_too_long(table, exc.params) if code == "22001" and table else None
+    column = _column_too_long(table, exc.params) if code == "22001" and table in Base.metadata.tables else None
     if column:
         return f"{what} for {table}.{column}"
     return f"{what} in {table}" if table else what
@@ -60,6 +62,9 @@ def _database_error(exc: DBAPIError) -> str:
 
 def _table_of(statement: str) -> str | None:
     match = _TABLE.match(statement)
+    if match is None and _WITH.match(statement):  # one statement writing several tables (orchestrator.job_sql)
+        written = dict.fromkeys(t for t in _WRITES.findall(statement) if t in Base.metadata.tables)
+        return " or ".join(written) or None
     return match.group(1) if match and match.group(1) in Base.metadata.tables else None
 
 

@@ -43,6 +43,8 @@ is routed to within this long, without a restart."""
 class Runtime:
     settings: Settings
     engine: Engine
+    """Autocommit on Postgres: a session's statements are each their own transaction. Code that
+    needs a transaction of several statements (the reconciler) uses an engine of its own."""
     sessions: sessionmaker[Session]
     redis: redis.Redis
     router: Router
@@ -112,7 +114,9 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
     concurrency = concurrency or settings.worker_concurrency
     # No pre-ping: a stale connection (after a Postgres restart) fails the step, and the
     # worker's database retry (DB_RETRY_ATTEMPTS) runs it again on a fresh connection.
-    engine = make_engine(settings, pool_size=concurrency + 2, pre_ping=False)
+    # Autocommit (Postgres): every job transition is one statement (orchestrator.job_sql), its
+    # own transaction, with no BEGIN or COMMIT round trip; nothing here needs a longer one.
+    engine = make_engine(settings, pool_size=concurrency + 2, pre_ping=False, autocommit=True)
     if settings.database_url.startswith("sqlite"):
         init_db(engine)  # the embedded dev default: a worker may start before the API
     sessions = make_session_factory(engine)

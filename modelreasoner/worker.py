@@ -38,7 +38,7 @@ from modelreasoner.runtime import Runtime
 from modelreasoner.threaded_worker import ThreadedWorker
 from orchestrator import jobs, tracing
 from orchestrator.constants import QUEUE_NAME
-from orchestrator.db import session_scope
+from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import ConfigError
 from orchestrator.logs import job_context
@@ -149,7 +149,7 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
     try:
         terminal = _run(rt, job, planned)
         try:
-            persist(rt, job, terminal)
+            persist(rt, job, terminal, planned.unwritten if isinstance(planned, dispatch.Plan) else None)
         except Exception as exc:
             if database_down(exc):
                 raise  # the lease lapses and the reconciler runs it again (bounded by JOB_MAX_CLAIMS)
@@ -160,33 +160,33 @@ def execute(rt: Runtime, job_id: uuid.UUID) -> dict[str, str | None]:
 
 
 def _claim_and_route(rt: Runtime, job_id: uuid.UUID, step: Step) -> Claimed:
-    """One transaction: the claim, the routing decision and their audit rows. The decision is
-    committed before any model call, so a crash still leaves an honest trail. The target
-    catalogue is read first: nothing else may touch the database inside the transaction."""
+    """The claim (one statement, with its audit row), then the route, in memory: the decision
+    is written with the first call's ``call_started`` row, before the request leaves, or with
+    the terminal state when no call is made (``dispatch.Unwritten``). The target catalogue is
+    read first."""
     step.name = "claim"
     catalogue = rt.targets()
     with session_scope(rt.sessions) as session:
         now = datetime.now(UTC)
         lease = rt.settings.job_lease_seconds
-        job = jobs.claim(session, job_id, worker_id=rt.worker_id, now=now, lease_seconds=lease, commit=False)
-        if job is None:
-            return None, None
-        step.name = "route"
-        try:
-            planned = dispatch.plan(rt, job, catalogue, refresh=False)
-        except Exception as exc:  # a routing bug must not undo the claim
-            planned = _crashed(rt, exc, "route")
-        if isinstance(planned, dispatch.Plan):
-            dispatch.record_decision(session, rt, job, planned.decision)
-        return job, planned
+        job = jobs.claim(session, job_id, worker_id=rt.worker_id, now=now, lease_seconds=lease)
+    if job is None:
+        return None, None
+    step.name = "route"
+    try:
+        planned = dispatch.plan(rt, job, catalogue, refresh=False)
+    except Exception as exc:  # a routing bug must not undo the claim
+        planned = _crashed(rt, exc, "route")
+    if isinstance(planned, dispatch.Plan):
+        planned.unwritten.routed = dispatch.record_decision(rt, job, planned.decision)
+    return job, planned
 
 
 def _route_again(rt: Runtime, job: Job) -> dispatch.Plan | dispatch.Terminal:
     """Nothing in the cached catalogue could take the job: one may have been registered since."""
     planned = dispatch.plan(rt, job, rt.targets(refresh=True), refresh=False)
     if isinstance(planned, dispatch.Plan):
-        with session_scope(rt.sessions) as session:
-            dispatch.record_decision(session, rt, job, planned.decision)
+        planned.unwritten.routed = dispatch.record_decision(rt, job, planned.decision)
     return planned
 
 
@@ -231,18 +231,21 @@ def _give_up(rt: Runtime, job_id: uuid.UUID, step: str, exc: Exception) -> dict[
     return {"status": JobStatus.FAILED.value, "target": None}
 
 
-def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
-    """Write the terminal state (first terminal write wins) and record its metrics."""
+def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal, unwritten: dispatch.Unwritten | None = None) -> bool:
+    """Write the terminal state (first terminal write wins) with the audit rows not yet
+    written (``unwritten``, then the winning call's), and record its metrics."""
     now = datetime.now(UTC)
     total_s = (now - job.created_at).total_seconds()
     completed = terminal.status is JobStatus.COMPLETED
     sla_met = total_s * 1000.0 <= job.sla_ms if completed else None
+    unwritten = unwritten or dispatch.Unwritten()
+    rows = list(unwritten.rows)
+    if terminal.winner is not None:
+        rows.append(dispatch.attempt_row(job, rt.worker_id, terminal.winner, terminal.attempts or 1))
 
     def write() -> bool:
         with session_scope(rt.sessions) as session:
-            if terminal.winner is not None:
-                dispatch.attempt_audit(session, job, rt.worker_id, terminal.winner, terminal.attempts or 1)
-            return _finish(session, rt.worker_id, now, job.id, terminal, sla_met)
+            return _finish(session, rt.worker_id, now, job.id, terminal, sla_met, unwritten.routed, rows)
 
     if not with_db_retry(rt.settings, write):
         log.info("job already finished elsewhere; this result is discarded")
@@ -262,7 +265,14 @@ def persist(rt: Runtime, job: Job, terminal: dispatch.Terminal) -> bool:
 
 
 def _finish(
-    session, actor: str, now: datetime, job_id: uuid.UUID, terminal: dispatch.Terminal, sla_met: bool | None
+    session,
+    actor: str,
+    now: datetime,
+    job_id: uuid.UUID,
+    terminal: dispatch.Terminal,
+    sla_met: bool | None,
+    routed: jobs.Routed | None,
+    rows: list[dict],
 ) -> bool:
     return jobs.finish(
         session,
@@ -279,6 +289,8 @@ def _finish(
         attempts=terminal.attempts,
         sla_met=sla_met,
         decision=terminal.decision,
+        routed=routed,
+        rows=rows,
     )
 
 
@@ -342,14 +354,20 @@ def main(concurrency: int | None, burst: bool, simulate: bool, name: str | None)
         "worker starting",
         extra={"concurrency": slots, "targets": [t.name for t in rt.static_targets], "simulate": rt.simulate},
     )
-    reconciler = None
+    reconciler = reconciler_engine = None
     if settings.reconciler_enabled and not burst:
-        reconciler = Reconciler(rt.sessions, get_queue(rt.redis), settings, actor=actor_name("worker")).start()
+        # Its own (transactional) engine: the jobs' engine autocommits, and a sweep's reads and
+        # conditional writes must be one transaction.
+        reconciler_engine = make_engine(settings, pool_size=1)
+        sessions = make_session_factory(reconciler_engine)
+        reconciler = Reconciler(sessions, get_queue(rt.redis), settings, actor=actor_name("worker")).start()
     try:
         worker.work(burst=burst, logging_level=settings.log_level)
     finally:
         if reconciler is not None:
             reconciler.stop()
+        if reconciler_engine is not None:
+            reconciler_engine.dispose()
     if not burst and not worker.stop_signalled:
         # RQ's loop ended on an error it could not handle: exit non-zero so a supervisor restarts us.
         log.error("worker loop ended unexpectedly; exiting with status 1")

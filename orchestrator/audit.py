@@ -63,8 +63,24 @@ def record(
     """Insert one audit row in ``session``'s transaction (the caller commits, together with the
     state change it describes). A plain INSERT, not an ORM object: the trail is append-only and
     nothing reads the row back in the same transaction, so the unit of work is pure cost."""
-    row = {
-        "job_id": job_id,
+    values = row(event, actor, at=at, target=target, outcome=outcome, latency_ms=latency_ms, details=details)
+    session.execute(INSERT_ROW, {"job_id": job_id, **values})
+
+
+def row(
+    event: str,
+    actor: str,
+    *,
+    at: datetime | None = None,
+    target: str | None = None,
+    outcome: str | None = None,
+    latency_ms: float | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One audit row of a job, not yet written (its job id is given where it is written): the
+    worker builds the rows of a transition first and writes them with its next statement
+    (``orchestrator.jobs``)."""
+    return {
         "event": event,
         "actor": fit_actor(actor),
         "at": at or utcnow(),
@@ -73,7 +89,14 @@ def record(
         "latency_ms": latency_ms,
         "details": details,
     }
-    session.execute(INSERT_ROW, row)
+
+
+def record_rows(session: Session, job_id: uuid.UUID, rows: list[dict[str, Any]]) -> None:
+    """Insert rows made by ``row``, in order, in ``session``'s transaction, one INSERT each
+    (databases without data-modifying CTEs; on Postgres ``orchestrator.job_sql`` writes them)."""
+    for values in rows:
+        event, actor = values["event"], values["actor"]
+        record(session, job_id, event, actor, **{k: v for k, v in values.items() if k not in ("event", "actor")})
 
 
 def trail(session: Session, job_id: uuid.UUID) -> list[Audit]:

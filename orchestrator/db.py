@@ -164,7 +164,8 @@ def make_engine(
     trip on every checkout, for callers that retry on a dead connection anyway (the worker).
     ``autocommit`` (Postgres): every connection autocommits from the start, set once when it is
     opened rather than switched on each checkout and back on each return (each switch costs a
-    round trip); for the API's intake, whose writes are single statements."""
+    round trip); for the API's intake and the worker's job transitions, whose writes are single
+    statements (orchestrator.intake, orchestrator.job_sql)."""
     url = settings.database_url
     if url.startswith("sqlite"):
         engine = create_engine(

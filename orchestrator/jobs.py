@@ -9,7 +9,10 @@ module that writes a job's state and the audit rows of its transitions (a job is
                 └──── undeliverable / give_up ──▶ failed     (cancel_for_erasure: any active job)
 
 Every transition is a conditional UPDATE, so concurrent workers, duplicate deliveries and late
-finishers are safe: a claim succeeds once per delivery, and the first terminal write wins.
+finishers are safe: a claim succeeds once per delivery, and the first terminal write wins. On
+Postgres the worker's transitions are one statement each (``orchestrator.job_sql``), their
+audit rows written only from the row the UPDATE changed; elsewhere (SQLite) the same rows are
+separate statements in one transaction.
 
 Every job and case belongs to a tenant. An Idempotency-Key, a ``case_id`` and a read are scoped
 to the caller's tenant; another tenant's job is "not found", exactly as a job that does not
@@ -23,10 +26,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from orchestrator import audit
+from orchestrator import audit, job_sql
 from orchestrator.error_kinds import ErrorKind
 from orchestrator.errors import BadRequest, NotFound
 from orchestrator.models import ACTIVE_STATUSES, Job, JobStatus, utcnow
@@ -119,13 +122,26 @@ def _lease_until(session: Session, lease_seconds: float, fallback: datetime):
     return fallback + timedelta(seconds=lease_seconds)
 
 
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def claim(
     session: Session, job_id: uuid.UUID, *, worker_id: str, now: datetime, lease_seconds: float, commit: bool = True
 ) -> Job | None:
-    """Atomically move a queued job to running for this worker (and commit, unless ``commit``
-    is False: the caller adds to the transaction). Returns the job, or None when it is not
-    queued (already claimed, finished, or unknown): a duplicate delivery. The lease runs on the
-    database's clock; ``now`` (this host's) is the job's start time in its record."""
+    """Atomically move a queued job to running for this worker, with its ``claimed`` audit row
+    (and commit, unless ``commit`` is False: the caller adds to the transaction). Returns the
+    job (not attached to ``session``), or None when it is not queued (already claimed,
+    finished, or unknown): a duplicate delivery. The lease runs on the database's clock;
+    ``now`` (this host's) is the job's start time in its record. On Postgres: one statement."""
+    if _postgres(session):
+        params = {"job_id": job_id, "now": now, "lease": timedelta(seconds=lease_seconds), "worker_id": worker_id}
+        row = session.connection().execute(job_sql.CLAIM, {**params, "audit_actor": audit.fit_actor(worker_id)}).first()
+        if row is None:
+            return None
+        if commit:
+            session.commit()  # a no-op on the worker's autocommit connection: the statement committed
+        return Job(**row._mapping)
     job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
@@ -133,10 +149,10 @@ def claim(
             status=JobStatus.RUNNING.value,
             started_at=now,
             claim_count=Job.claim_count + 1,
-            lease_expires_at=_lease_until(session, lease_seconds, now),
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
             worker_id=worker_id,
         )
-        .returning(Job)  # one round trip: the claim and the row it claimed
+        .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
     ).one_or_none()
     if job is None:
@@ -148,10 +164,6 @@ def claim(
     return job
 
 
-_STORE_DECISION = update(_TABLE).where(_TABLE.c.id == bindparam("job_id"))
-"""Built once; its SET clause comes from the columns named in the parameters."""
-
-
 @dataclass(frozen=True)
 class Routed:
     """A routing decision as stored on the job and in its ``routed`` audit row."""
@@ -159,50 +171,32 @@ class Routed:
     decision: dict
     predicted_ms: float | None
     predicted_p95_ms: float | None
-    target: str | None
-    """The chosen target (None: nothing could be chosen)."""
-    outcome: str
-    """``ok``, or ``sla_unmeetable`` when no target fits the SLA."""
-    details: dict
+    row: dict
+    """The ``routed`` audit row (``audit.row``)."""
+
+    def columns(self) -> dict:
+        return {"decision": self.decision, "predicted_ms": self.predicted_ms, "predicted_p95_ms": self.predicted_p95_ms}
 
 
-def store_decision(session: Session, job_id: uuid.UUID, routed: Routed, *, actor: str) -> None:
-    """Store the routing decision on a claimed job and its ``routed`` audit row, in
-    ``session``'s transaction (the worker commits it with the claim, before any model call)."""
-    session.execute(
-        _STORE_DECISION,
-        {
-            "job_id": job_id,
-            "decision": routed.decision,
-            "predicted_ms": routed.predicted_ms,
-            "predicted_p95_ms": routed.predicted_p95_ms,
-        },
-    )
-    details = routed.details
-    audit.record(session, job_id, "routed", actor, target=routed.target, outcome=routed.outcome, details=details)
-
-
-def call_started(session: Session, job_id: uuid.UUID, *, actor: str, target: str, details: dict) -> None:
-    """The ``call_started`` row of a model call, in ``session``'s transaction: written (and
-    committed by the caller) before any byte of the request leaves."""
-    audit.record(session, job_id, audit.CALL_STARTED, actor, target=target, details=details)
-
-
-def record_attempt(
-    session: Session,
-    job_id: uuid.UUID,
-    *,
-    actor: str,
-    at: datetime,
-    target: str,
-    outcome: str,
-    latency_ms: float,
-    details: dict,
+def start_call(
+    session: Session, job_id: uuid.UUID, call_started: dict, *, routed: Routed | None, rows: list[dict]
 ) -> None:
-    """The ``attempt`` row of one finished (or abandoned) model call, in ``session``'s transaction."""
-    audit.record(
-        session, job_id, "attempt", actor, at=at, target=target, outcome=outcome, latency_ms=latency_ms, details=details
-    )
+    """Write a model call's ``call_started`` row (``audit.row``), after ``rows`` (audit rows
+    not yet written: earlier calls' ``attempt`` rows), with the decision and its ``routed`` row
+    first when ``routed`` is given (the first call of a claim), and commit: before any byte of
+    the request leaves. On Postgres: one statement, its own transaction on the worker's
+    autocommit connection."""
+    trail = [routed.row] if routed is not None else []
+    trail += [*rows, call_started]
+    if _postgres(session):
+        statement = job_sql.START_CALL if routed is None else job_sql.START_CALL_DECIDED
+        params = {"job_id": job_id, "rows": job_sql.rows_param(trail), **(routed.columns() if routed else {})}
+        session.connection().execute(statement, params)
+    else:
+        if routed is not None:
+            session.execute(update(_TABLE).where(_TABLE.c.id == job_id).values(**routed.columns()))
+        audit.record_rows(session, job_id, trail)
+    session.commit()
 
 
 def renew_leases(session: Session, job_ids: list[uuid.UUID], *, worker_id: str, lease_seconds: float) -> int:
@@ -226,6 +220,10 @@ def give_up(
     """Fail a job this worker could not run (a step raised), and commit: only if it is still
     queued (the claim was rolled back) or running under ``worker_id``, so a job another worker
     claimed meanwhile is left alone. ``error`` must be PHI-free. False when nothing changed."""
+    failed_row = _failed_row(worker_id, now, {"error_kind": error_kind})
+    if _postgres(session):
+        params = {"job_id": job_id, "me": worker_id, "now": now, "error_kind": error_kind, "error": error}
+        return _won(session, job_sql.GIVE_UP, {**params, "rows": job_sql.rows_param([failed_row])})
     mine = or_(
         _TABLE.c.status == JobStatus.QUEUED.value,
         and_(_TABLE.c.status == JobStatus.RUNNING.value, _TABLE.c.worker_id == worker_id),
@@ -240,9 +238,16 @@ def give_up(
     if result.rowcount != 1:
         session.rollback()
         return False
-    _audit_failed(session, job_id, worker_id, now, {"error_kind": error_kind})
+    audit.record_rows(session, job_id, [failed_row])
     session.commit()
     return True
+
+
+def _won(session: Session, statement, params: dict) -> bool:
+    """Run a ``job_sql`` transition and commit; True if its UPDATE changed the job."""
+    won = session.connection().execute(statement, params).first() is not None
+    session.commit()  # a no-op on the worker's autocommit connection: the statement committed
+    return won
 
 
 def finish(
@@ -261,26 +266,34 @@ def finish(
     attempts: int | None = None,
     sla_met: bool | None = None,
     decision: dict | None = None,
+    routed: Routed | None = None,
+    rows: list[dict] | None = None,
 ) -> bool:
     """Write the terminal state of a job (the columns given; None leaves one as it is, such as
-    the decision stored with the claim), plus its audit row, and commit.
+    the decision stored with the first call) and commit, with its audit rows: ``routed``'s
+    decision and row when it was never written (no call was made), then ``rows`` (``attempt``
+    rows not yet written), then the terminal row. On Postgres: one statement.
 
     Idempotent: only a job still queued or running is changed, so the first terminal write wins
-    and a late duplicate (a recovered job finished twice) returns False and changes nothing.
+    and a late duplicate (a recovered job finished twice) returns False and writes nothing,
+    none of its audit rows either.
     """
     if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         raise ValueError(f"{status} is not a terminal status")
     given = {
-        "error_kind": error_kind,
-        "error": error,
-        "target": target,
-        "result": result,
-        "latency_ms": latency_ms,
-        "cost_usd": cost_usd,
-        "attempts": attempts,
-        "sla_met": sla_met,
-        "decision": decision,
+        **({"decision": decision} if routed is None else routed.columns()),
+        **{"error_kind": error_kind, "error": error, "target": target, "result": result},
+        **{"latency_ms": latency_ms, "cost_usd": cost_usd, "attempts": attempts, "sla_met": sla_met},
     }
+    details = {"error_kind": error_kind} if status is JobStatus.FAILED else None
+    terminal = audit.row(
+        status.value, actor, at=now, target=target, outcome=status.value, latency_ms=latency_ms, details=details
+    )
+    trail = [*([routed.row] if routed is not None else []), *(rows or []), terminal]
+    if _postgres(session):
+        params = {name: given.get(name) for name in job_sql.FINISH_COLUMNS}
+        params.update(job_id=job_id, status=status.value, now=now, rows=job_sql.rows_param(trail))
+        return _won(session, job_sql.FINISH, params)
     columns = {name: value for name, value in given.items() if value is not None}
     written = session.execute(
         update(_TABLE)
@@ -290,24 +303,17 @@ def finish(
     if written.rowcount != 1:
         session.rollback()
         return False
-    details = {"error_kind": error_kind} if status is JobStatus.FAILED else None
-    audit.record(
-        session,
-        job_id,
-        status.value,
-        actor,
-        at=now,
-        target=target,
-        outcome=status.value,
-        latency_ms=latency_ms,
-        details=details,
-    )
+    audit.record_rows(session, job_id, trail)
     session.commit()
     return True
 
 
+def _failed_row(actor: str, now: datetime, details: dict) -> dict:
+    return audit.row(JobStatus.FAILED.value, actor, at=now, outcome="failed", details=details)
+
+
 def _audit_failed(session: Session, job_id: uuid.UUID, actor: str, now: datetime, details: dict) -> None:
-    audit.record(session, job_id, JobStatus.FAILED.value, actor, at=now, outcome="failed", details=details)
+    audit.record_rows(session, job_id, [_failed_row(actor, now, details)])
 
 
 # --- reconciler side (each in the caller's transaction; False: the job moved on meanwhile) ----

@@ -50,7 +50,7 @@ def test_a_claim_that_always_fails_ends_the_job_at_the_first_delivery(pg_engine,
     job, trail = load(pg_engine, job_id)
     assert summary["status"] == "failed" and client.calls == []
     assert job.status == "failed" and job.error_kind == "internal_error" and job.claim_count == 0
-    assert job.error == "claim failed: value too long in audit"
+    assert job.error == "claim failed: value too long in jobs or audit"
     assert [a.event for a in trail] == ["submitted", "failed"]
 
 

@@ -65,6 +65,23 @@ def test_a_decision_that_cannot_be_stored_fails_the_job_naming_the_route_step(sq
     assert job.status == "failed" and job.error.startswith("route failed: ") and client.calls == []
 
 
+def test_a_decision_whose_write_fails_is_never_followed_by_a_call(sqlite_engine, fake_redis, monkeypatch):
+    """The decision is written with the first call's ``call_started`` row: when that write
+    fails for good, no call is made, and the job ends failed with the decision and its
+    ``routed`` row written with the terminal state."""
+
+    def broken(*args, **kwargs):
+        raise data_error()
+
+    monkeypatch.setattr(jobs, "start_call", broken)
+    client = ScriptedClient()
+    job_id = submit(sqlite_engine)
+    execute(make_runtime(sqlite_engine, fake_redis, client), job_id)
+    job, trail = load(sqlite_engine, job_id)
+    assert client.calls == [] and job.status == "failed" and job.error.startswith("call failed: ")
+    assert job.decision is not None and [a.event for a in trail] == ["submitted", "claimed", "routed", "failed"]
+
+
 def test_a_result_that_cannot_be_written_fails_the_job_naming_the_persist_step(sqlite_engine, fake_redis, monkeypatch):
     """Defect 3's tail: a terminal write that fails deterministically used to leave the job
     running until its lease lapsed, then ran the model again (up to JOB_MAX_CLAIMS times)."""

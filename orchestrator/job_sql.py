@@ -1,0 +1,189 @@
+"""The worker's job transitions on Postgres, one statement each, built once at import.
+
+Each is a data-modifying CTE, as intake's submit (``orchestrator.intake``): the conditional
+UPDATE decides, and the audit rows of the transition are inserted ``FROM`` the row it changed,
+so they exist only if it won. On the worker's autocommit connection the statement is also its
+own transaction: no BEGIN, no COMMIT round trip.
+
+Audit rows travel as one JSONB parameter (``rows``: a list of ``audit.row`` dicts, see
+``rows_param``), unpacked by ``jsonb_to_recordset`` and inserted in list order, so any number of
+rows is the same statement.
+
+    CLAIM       queued -> running, RETURNING the job, + its ``claimed`` row
+    START_CALL  a call's ``call_started`` row, after the rows not yet written (the ``routed``
+                row, earlier calls' ``attempt`` rows) [START_CALL_DECIDED: + the decision]
+    FINISH      active -> completed | failed (columns given; NULL leaves one), + its rows
+    GIVE_UP     queued, or running under this worker -> failed, + its ``failed`` row
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    Integer,
+    Interval,
+    String,
+    and_,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from orchestrator.models import ACTIVE_STATUSES, Audit, Job, JobStatus
+
+JOBS, AUDIT = Job.__table__, Audit.__table__
+AUDIT_COLUMNS = ["job_id", "event", "actor", "at", "target", "outcome", "latency_ms", "details"]
+JSON_PARAM = JSONB(none_as_null=True)
+"""A JSON parameter whose None is SQL NULL (not JSON ``null``), so COALESCE keeps the column."""
+FINISH_COLUMNS = (
+    *("error_kind", "error", "target", "result", "latency_ms", "cost_usd", "attempts", "sla_met"),
+    *("decision", "predicted_ms", "predicted_p95_ms"),
+)
+"""The columns a terminal write may set; a NULL parameter leaves the column as it is.
+
+A parameter named after a column of ``jobs`` that the UPDATE does not set would be added to its
+SET clause by SQLAlchemy: the others are named ``job_id``, ``audit_actor``, ``me``, ``now``..."""
+
+
+def rows_param(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``audit.row`` dicts as the ``rows`` parameter: numbered in order, times as ISO text."""
+    return [
+        {**row, "n": n, "at": row["at"].isoformat() if isinstance(row["at"], datetime) else row["at"]}
+        for n, row in enumerate(rows)
+    ]
+
+
+def _param(name: str, type_) -> Any:
+    # INSERT ... SELECT does not coerce an untyped parameter to the column's type: cast it.
+    return cast(bindparam(name, type_=type_), type_)
+
+
+def _insert_rows(job_id, source=None) -> Any:
+    """INSERT the ``rows`` parameter's audit rows of ``job_id`` (a parameter, or a column of
+    ``source``: none when it is empty), in list order (ids, and so the trail's order among equal
+    times, follow it)."""
+    rows = (
+        func.jsonb_to_recordset(bindparam("rows", type_=JSONB))
+        .table_valued(
+            column("n", Integer),
+            column("event", String),
+            column("actor", String),
+            column("at", DateTime(timezone=True)),
+            column("target", String),
+            column("outcome", String),
+            column("latency_ms", Float),
+            column("details", JSONB),
+        )
+        .render_derived(name="r", with_types=True)
+    )
+    values = [job_id, *(rows.c[name] for name in AUDIT_COLUMNS[1:])]
+    chosen = select(*values)
+    if source is not None:
+        chosen = chosen.select_from(source.join(rows, true()))
+    return insert(AUDIT).from_select(AUDIT_COLUMNS, chosen.order_by(rows.c.n))
+
+
+def _winner_writes(changed) -> Any:
+    """``WITH done AS (<changed> RETURNING id), trail AS (INSERT rows FROM done) SELECT id FROM
+    done``: the rows are written only if the UPDATE changed the job."""
+    done = changed.returning(JOBS.c.id).cte("done")
+    return select(done.c.id).add_cte(_insert_rows(done.c.id, done).cte("trail"))
+
+
+def _claim() -> Any:
+    claimed = (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status == JobStatus.QUEUED.value)
+        .values(
+            status=JobStatus.RUNNING.value,
+            started_at=bindparam("now"),
+            claim_count=JOBS.c.claim_count + 1,
+            lease_expires_at=func.clock_timestamp() + bindparam("lease", type_=Interval),
+            worker_id=bindparam("worker_id"),
+        )
+        .returning(*JOBS.c)
+        .cte("claimed")
+    )
+    row = select(
+        claimed.c.id,
+        literal_column("'claimed'"),
+        _param("audit_actor", AUDIT.c.actor.type),
+        _param("now", AUDIT.c.at.type),
+        func.jsonb_build_object("claim", claimed.c.claim_count),
+    )
+    audit_row = insert(AUDIT).from_select(["job_id", "event", "actor", "at", "details"], row).cte("claimed_audit")
+    return select(*claimed.c).add_cte(audit_row)
+
+
+def _start_call(decided: bool) -> Any:
+    rows = _insert_rows(_param("job_id", JOBS.c.id.type))
+    if not decided:
+        return rows
+    decision = (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id"))
+        .values(
+            decision=bindparam("decision", type_=JSON_PARAM),
+            predicted_ms=bindparam("predicted_ms"),
+            predicted_p95_ms=bindparam("predicted_p95_ms"),
+        )
+        .returning(JOBS.c.id)
+        .cte("decided")
+    )
+    return rows.add_cte(decision)
+
+
+def _finish() -> Any:
+    def given(name: str):
+        type_ = JSON_PARAM if name in ("result", "decision") else JOBS.c[name].type
+        return func.coalesce(bindparam(name, type_=type_), JOBS.c[name])
+
+    changed = (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id"), or_(*(JOBS.c.status == s.value for s in ACTIVE_STATUSES)))
+        .values(
+            status=bindparam("status"),
+            finished_at=bindparam("now"),
+            lease_expires_at=None,
+            **{name: given(name) for name in FINISH_COLUMNS},
+        )
+    )
+    return _winner_writes(changed)
+
+
+def _give_up() -> Any:
+    mine = or_(
+        JOBS.c.status == JobStatus.QUEUED.value,
+        and_(JOBS.c.status == JobStatus.RUNNING.value, JOBS.c.worker_id == bindparam("me")),
+    )
+    changed = (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id"), mine)
+        .values(
+            status=JobStatus.FAILED.value,
+            finished_at=bindparam("now"),
+            lease_expires_at=None,
+            error_kind=bindparam("error_kind"),
+            error=bindparam("error"),
+        )
+    )
+    return _winner_writes(changed)
+
+
+CLAIM = _claim()
+START_CALL = _start_call(decided=False)
+START_CALL_DECIDED = _start_call(decided=True)
+FINISH = _finish()
+GIVE_UP = _give_up()
