@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelreasoner.client import KEEPALIVE_EXPIRY_SECONDS, ModelClient
 from modelreasoner.lease import LeaseKeeper
+from modelreasoner.pinned_transport import http_client
 from modelreasoner.resilient_stats import ResilientStatsStore
 from modelreasoner.simulated import SimulatedClient, simulated_targets
 from modelreasoner.stats_writer import StatsWriter
@@ -121,19 +122,22 @@ def build_runtime(settings: Settings, *, concurrency: int | None = None) -> Runt
         init_db(engine)  # the embedded dev default: a worker may start before the API
     sessions = make_session_factory(engine)
     connection = make_redis(settings)
-    http = httpx.Client(
-        limits=httpx.Limits(
+    url_policy = policy_for(settings)
+    # Both clients connect only to addresses the URL policy checked (no DNS rebinding between
+    # the pre-call check and the connection: modelreasoner.pinned_transport).
+    http = http_client(
+        httpx.Limits(
             max_connections=concurrency * 4,
             max_keepalive_connections=concurrency * 2,
             keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
         ),
-        follow_redirects=False,
+        url_policy,
     )
     # A call whose reused connection the server had closed is retried once on this client:
     # no keep-alive, so always a fresh connection.
-    fresh = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), follow_redirects=False)
+    fresh = http_client(httpx.Limits(max_keepalive_connections=0), url_policy)
     worker_id = new_worker_id(settings.worker_hostname)
-    client = ModelClient(http, fresh=fresh, url_policy=policy_for(settings))
+    client = ModelClient(http, fresh=fresh, url_policy=url_policy)
     static_targets = configured_targets(settings)
     if settings.worker_simulate:
         client, static_targets = SimulatedClient(), simulated_targets()

@@ -17,9 +17,14 @@ Checked twice: when an admin registers a target (POST /register_agent: refused i
    name, a domain (``.example.org`` or ``*.example.org``: any name under it), or a CIDR / address
    that holds every resolved address.
 
-The rules (``evaluate``) are pure; resolution is the injected ``Resolver``. The check runs on the
-addresses the policy resolved; the HTTP client resolves again when it connects, so a DNS answer
-that changes in between (rebinding) is caught at the next call, not that one (docs/api.md).
+The rules (``evaluate``) are pure; resolution is the injected ``Resolver``. The worker's
+connections go only to addresses these rules admitted: its HTTP transport
+(``modelreasoner.pinned_transport``) does not let the HTTP client resolve the name; each new
+connection resolves it through ``UrlPolicy.addresses`` (the policy's resolver), checks every
+address with ``evaluate`` and connects to one of them by its literal address (TLS SNI and the
+Host header keep the name). A DNS answer that changes between the pre-call check and the
+connection (rebinding) is therefore refused (``url_refused``) or connects where the rules allow,
+never elsewhere (docs/security.md).
 """
 
 from __future__ import annotations
@@ -203,6 +208,22 @@ class UrlPolicy:
                 return f"host {host} {exc}"
             return None if name_allowed(host, self.rules) else f"host {host} is not in TARGET_URL_ALLOWLIST"
         return evaluate(host, addresses, self.rules)
+
+    def addresses(self, host: str, timeout_s: float | None = None) -> list[IPAddress]:
+        """Where a connection to ``host`` may go: every address it resolves to now (through this
+        policy's resolver, within ``resolve_timeout_s`` and ``timeout_s``), all checked. Raise
+        ``ModelCallError('url_refused')`` if the rules refuse them, ``UnresolvableHost`` if there
+        are none. Never cached: this is the answer a connection is made to."""
+        literal = literal_address(host)
+        if literal is not None:
+            found = [literal]
+        else:
+            bound = self.resolve_timeout_s if timeout_s is None else min(self.resolve_timeout_s, timeout_s)
+            found = self.resolve(host, bound)
+        reason = evaluate(host, found, self.rules)
+        if reason is not None:
+            raise ModelCallError("url_refused", f"url refused by the target URL policy: {reason}")
+        return [normalise(a) for a in found]
 
     def check(self, url: str) -> None:
         """At registration: raise ``UrlRefused`` (422 on ``url``) unless ``url`` may be called."""
