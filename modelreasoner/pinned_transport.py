@@ -68,10 +68,11 @@ def pinned_transport(
 ) -> httpx.HTTPTransport:
     """An ``httpx.HTTPTransport`` (its request, response and exception mapping: timeouts stay
     ``httpx.TimeoutException`` and so on) whose connection pool connects through ``PinnedBackend``.
-    No proxy from the environment: a proxy would connect to the name itself."""
-    transport = httpx.HTTPTransport(limits=limits, trust_env=False)
+    An ``httpx.Client`` given this transport takes no proxy from the environment (a proxy would
+    resolve the name itself)."""
+    transport = httpx.HTTPTransport(limits=limits)
     transport._pool = httpcore.ConnectionPool(  # the one pool argument httpx does not expose
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=httpx.create_ssl_context(),  # SSL_CERT_FILE / SSL_CERT_DIR still apply
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
