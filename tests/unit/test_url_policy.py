@@ -176,3 +176,28 @@ def test_the_circuit_gauge_folds_names_past_the_bound_into_other(monkeypatch):
     family = next(f for f in collector.collect() if f.name == "pedi_circuit_state")
     values = {s.labels["target"]: s.value for s in family.samples}
     assert len(values) == 4 and values["gpu"] == 0 and values[OTHER_TARGET] == 2
+
+
+def test_addresses_resolves_every_time_within_the_tighter_bound_and_checks_every_answer():
+    """What a connection is made to: never a cached verdict, the connect timeout bounds the lookup,
+    and one forbidden address among the answers refuses them all."""
+    table = {"gpu.example.org": ["10.0.0.5"]}
+    bounds: list[float] = []
+    inner = resolver(table)
+
+    def resolve(host: str, timeout: float):
+        bounds.append(timeout)
+        return inner(host, timeout)
+
+    checked = UrlPolicy(rules_from((), development=False), resolve, 1.0)
+    assert checked.addresses("gpu.example.org", 0.25) == [ipaddress.ip_address("10.0.0.5")]
+    assert checked.addresses("gpu.example.org") == [ipaddress.ip_address("10.0.0.5")]
+    table["gpu.example.org"] = ["10.0.0.5", "169.254.169.254"]
+    with pytest.raises(ModelCallError) as refused:
+        checked.addresses("gpu.example.org", 5.0)
+    assert refused.value.kind == "url_refused" and "169.254.169.254" in refused.value.message
+    assert bounds == [0.25, 1.0, 1.0]
+    assert checked.addresses("::ffff:10.0.0.7") == [ipaddress.ip_address("10.0.0.7")]  # no lookup
+    assert len(bounds) == 3
+    with pytest.raises(UnresolvableHost):
+        checked.addresses("nowhere.example.org")
