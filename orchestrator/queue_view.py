@@ -122,11 +122,15 @@ def requeues_since_claim(sessions: sessionmaker[Session], job_ids: list[uuid.UUI
     return counts
 
 
-def missing(candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime) -> list[uuid.UUID]:
+def missing(
+    candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime, latest_take: datetime
+) -> list[uuid.UUID]:
     """The candidates on no RQ list, or taken by a worker too long ago to still be trusted: a
     taken job is trusted while it was taken (or, if that is unknown, enqueued) at or after
     ``trust_taken_after``. Judging by the take, not the enqueue, keeps a job that waited long in
-    a backlog and was just taken from being enqueued a second time before its claim."""
+    a backlog and was just taken from being enqueued a second time before its claim. A take
+    time later than ``latest_take`` comes from a worker whose clock runs ahead: it is ignored,
+    so such a worker dying cannot hide a job for longer than the enqueue allows."""
     found = []
     for job_id, enqueued_at in candidates.items():
         key = str(job_id)
@@ -134,7 +138,8 @@ def missing(candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_aft
             continue
         if key in view.taken:
             taken_at = view.taken[key]
-            since = enqueued_at if taken_at is None else max(enqueued_at, taken_at)
+            known = taken_at is not None and taken_at <= latest_take
+            since = max(enqueued_at, taken_at) if known else enqueued_at
             if since >= trust_taken_after:
                 continue
         found.append(job_id)

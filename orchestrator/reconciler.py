@@ -203,13 +203,17 @@ class _Pass:
         # it (after the enqueue when the take time is unknown); past it, it hung or died between
         # the two (RQ itself notices only after ~15 minutes). A job that waited in a backlog
         # longer than this and was just taken is not enqueued a second time.
-        trust_taken_after = self.cutoff - timedelta(seconds=self.settings.job_lease_seconds)
+        # The take time is on the worker's clock: one further ahead than the allowed skew is ignored.
+        trust = (
+            self.cutoff - timedelta(seconds=self.settings.job_lease_seconds),
+            self.now + timedelta(seconds=self.settings.max_clock_skew_seconds),
+        )
         candidates = queued_before(self.sessions, self.cutoff)
-        suspects = missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
+        suspects = missing(candidates, rq_view(self.queue, self.now), *trust) if candidates else []
         if not suspects:
             return
         time.sleep(self.confirm_seconds)
-        suspects = missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
+        suspects = missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), *trust)
         with session_scope(self.sessions) as session:
             still_queued = set(
                 session.scalars(select(Job.id).where(Job.id.in_(suspects), Job.status == JobStatus.QUEUED.value))

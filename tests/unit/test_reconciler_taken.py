@@ -115,4 +115,21 @@ def test_a_take_time_that_is_unknown_falls_back_to_the_enqueue():
     a, b, c, d = (uuid.uuid4() for _ in range(4))
     view = RQView(frozenset(), {str(a): None, str(b): None, str(c): new, str(d): old})
     candidates = {a: old, b: new, c: old, d: old}
-    assert missing(candidates, view, cutoff) == [a, d]
+    assert missing(candidates, view, cutoff, latest_take=new) == [a, d]
+
+
+def test_a_take_time_from_a_clock_running_ahead_is_ignored():
+    cutoff = datetime(2026, 1, 1, tzinfo=UTC)
+    job_id = uuid.uuid4()
+    ahead = cutoff + timedelta(minutes=10)
+    view = RQView(frozenset(), {str(job_id): ahead})
+    candidates = {job_id: cutoff - timedelta(seconds=1)}
+    assert missing(candidates, view, cutoff, latest_take=ahead) == []
+    assert missing(candidates, view, cutoff, latest_take=ahead - timedelta(seconds=1)) == [job_id]
+
+
+def test_a_worker_ahead_of_the_database_clock_cannot_hide_a_job_it_took(sessions, queue, settings):
+    job_id = submit_and_enqueue(sessions, queue)
+    now = later(TRUST_S + 10)
+    take(queue, at=now + timedelta(minutes=10))  # the worker's clock runs ten minutes ahead
+    assert run(sessions, queue, settings, now).requeued == [str(job_id)]
