@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rq import Queue
+from rq.executions import Execution
 from rq.registry import StartedJobRegistry
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,22 +26,49 @@ ENQUEUE_EVENTS = ("submitted", "requeued", "recovered")
 @dataclass(frozen=True)
 class RQView:
     """Where RQ has job ids: ``waiting`` on the queue list; ``taken`` by a worker (moved to the
-    intermediate list, or registered as started and not yet expired)."""
+    intermediate list, or registered as started and not yet expired), with when it was taken:
+    the ``created_at`` of its RQ execution, written by the worker as it takes the job
+    (``prepare_execution``, the same in the stock forking ``rq worker`` and the threaded one),
+    or None when that is unknown (only on the intermediate list, or the execution is gone)."""
 
     waiting: frozenset[str]
-    taken: frozenset[str]
+    taken: dict[str, datetime | None]
 
 
 def rq_view(queue: Queue, now: datetime) -> RQView:
-    """One consistent read of the queue list, the intermediate list and the started registry."""
+    """One consistent read of the queue list, the intermediate list and the started registry,
+    then one pipelined read of when each started execution began: two round trips."""
     started_key = StartedJobRegistry(queue=queue).key
     with queue.connection.pipeline(transaction=True) as pipe:
         pipe.lrange(queue.key, 0, -1)
         pipe.lrange(queue.intermediate_queue_key, 0, -1)
         pipe.zrangebyscore(started_key, now.timestamp(), "+inf")
         waiting, intermediate, started = pipe.execute()
-    taken = {_text(i) for i in intermediate} | {StartedJobRegistry.parse_job_id(_text(e)) for e in started}
-    return RQView(frozenset(_text(i) for i in waiting), frozenset(taken))
+    taken: dict[str, datetime | None] = {_text(i): None for i in intermediate}
+    for job_id, taken_at in _taken_at(queue, [_text(e) for e in started]):
+        earlier = taken.get(job_id)
+        taken[job_id] = taken_at if earlier is None or (taken_at is not None and taken_at > earlier) else earlier
+    return RQView(frozenset(_text(i) for i in waiting), taken)
+
+
+def _taken_at(queue: Queue, entries: list[str]) -> list[tuple[str, datetime | None]]:
+    """(job id, start of its execution) for each started-registry entry (``job_id:execution_id``)."""
+    keyed = [e for e in entries if ":" in e]
+    created: list[bytes | None] = []
+    if keyed:
+        with queue.connection.pipeline(transaction=False) as pipe:
+            for entry in keyed:
+                pipe.hget(Execution.from_composite_key(entry, queue.connection).key, "created_at")
+            created = pipe.execute()
+    found = {e: _timestamp(c) for e, c in zip(keyed, created, strict=True)}
+    return [(StartedJobRegistry.parse_job_id(e), found.get(e)) for e in entries]
+
+
+def _timestamp(value: bytes | str | None) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(_text(value)), UTC) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _text(value: bytes | str) -> str:
@@ -94,13 +122,25 @@ def requeues_since_claim(sessions: sessionmaker[Session], job_ids: list[uuid.UUI
     return counts
 
 
-def missing(candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime) -> list[uuid.UUID]:
-    missing = []
+def missing(
+    candidates: dict[uuid.UUID, datetime], view: RQView, trust_taken_after: datetime, latest_take: datetime
+) -> list[uuid.UUID]:
+    """The candidates on no RQ list, or taken by a worker too long ago to still be trusted: a
+    taken job is trusted while it was taken (or, if that is unknown, enqueued) at or after
+    ``trust_taken_after``. Judging by the take, not the enqueue, keeps a job that waited long in
+    a backlog and was just taken from being enqueued a second time before its claim. A take
+    time later than ``latest_take`` comes from a worker whose clock runs ahead: it is ignored,
+    so such a worker dying cannot hide a job for longer than the enqueue allows."""
+    found = []
     for job_id, enqueued_at in candidates.items():
         key = str(job_id)
         if key in view.waiting:
             continue
-        if key in view.taken and enqueued_at >= trust_taken_after:
-            continue
-        missing.append(job_id)
-    return missing
+        if key in view.taken:
+            taken_at = view.taken[key]
+            known = taken_at is not None and taken_at <= latest_take
+            since = max(enqueued_at, taken_at) if known else enqueued_at
+            if since >= trust_taken_after:
+                continue
+        found.append(job_id)
+    return found

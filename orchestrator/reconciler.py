@@ -7,7 +7,8 @@ One pass (``reconcile_once``) repairs what a crash or a Redis loss leaves behind
   claimed JOB_MAX_CLAIMS times, ends ``failed`` with error_kind ``abandoned``, so a job's model
   call runs a bounded number of times;
 * a job ``queued`` in Postgres that is on no RQ list (Redis restarted or was flushed, the API's
-  enqueue failed, a worker died between taking it and claiming it) is enqueued again (audit
+  enqueue failed), or that a worker took more than grace + lease ago and never claimed (it died
+  or hung in between), is enqueued again (audit
   ``requeued``), or, once it has been requeued JOB_MAX_REQUEUES times since its last claim
   (every delivery failed before a worker could claim it: a poison job), ends ``failed`` with
   error_kind ``undeliverable``, counted by pedi_jobs_undeliverable_total.
@@ -198,15 +199,21 @@ class _Pass:
     # --- queued jobs that Redis lost ------------------------------------------------------------
 
     def requeue_missing(self) -> None:
-        # A worker that took a job but has not claimed it yet is trusted this long after the
-        # enqueue; past it, it died between the two (RQ itself notices only after ~15 minutes).
-        trust_taken_after = self.cutoff - timedelta(seconds=self.settings.job_lease_seconds)
+        # A worker that took a job but has not claimed it yet is trusted this long after it took
+        # it (after the enqueue when the take time is unknown); past it, it hung or died between
+        # the two (RQ itself notices only after ~15 minutes). A job that waited in a backlog
+        # longer than this and was just taken is not enqueued a second time.
+        # The take time is on the worker's clock: one further ahead than the allowed skew is ignored.
+        trust = (
+            self.cutoff - timedelta(seconds=self.settings.job_lease_seconds),
+            self.now + timedelta(seconds=self.settings.max_clock_skew_seconds),
+        )
         candidates = queued_before(self.sessions, self.cutoff)
-        suspects = missing(candidates, rq_view(self.queue, self.now), trust_taken_after) if candidates else []
+        suspects = missing(candidates, rq_view(self.queue, self.now), *trust) if candidates else []
         if not suspects:
             return
         time.sleep(self.confirm_seconds)
-        suspects = missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), trust_taken_after)
+        suspects = missing({j: candidates[j] for j in suspects}, rq_view(self.queue, self.now), *trust)
         with session_scope(self.sessions) as session:
             still_queued = set(
                 session.scalars(select(Job.id).where(Job.id.in_(suspects), Job.status == JobStatus.QUEUED.value))
