@@ -77,9 +77,10 @@ class _Fixed:
 
 
 def test_the_simulator_bills_the_failures_the_worker_bills():
-    from modelreasoner.calls import COST_BEARING_ERRORS as WORKER_BILLS
+    from modelreasoner import calls
 
-    assert sim_engine.COST_BEARING_ERRORS == WORKER_BILLS
+    WORKER_BILLS = calls.COST_BEARING  # the set the worker's calls bill (modelreasoner/calls.py)
+    assert sim_engine.COST_BEARING_ERRORS is WORKER_BILLS, "one definition, shared by the worker and the simulator"
     target = World(make_draws(TINY, 1, 1), ()).targets["gpu"]
     for kind in ErrorKind:
         assert sim_engine.billed(target, kind) == (target.cost_usd if kind in WORKER_BILLS else 0.0)
