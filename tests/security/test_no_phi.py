@@ -240,9 +240,11 @@ def crash_on_terminal_write(pg_url):
 
 @pytest.fixture
 def crash_in_plan(pg_url):
-    """Make the audit row of a failed model call, written between calls, fail for a job whose
-    observations hold PLAN_CRASH_TOKEN, with an error quoting those observations: a crash inside
-    the call plan, which the worker catches, logs and turns into a failed job."""
+    """Make the ``call_started`` audit row, written inside the call plan just before a call
+    leaves (with the decision), fail for a job whose observations hold PLAN_CRASH_TOKEN, with an
+    error quoting those observations: a crash inside the call plan, which the worker catches,
+    logs and turns into a failed job. (A failed call's ``attempt`` row is no longer written on
+    its own between calls: it goes with the next call's start or with the finish.)"""
     engine = create_engine(pg_url)
     with engine.begin() as connection:
         connection.execute(
@@ -253,7 +255,7 @@ DECLARE
     obs text;
 BEGIN
     SELECT observations INTO obs FROM jobs WHERE id = NEW.job_id;
-    IF NEW.event = 'attempt' AND obs LIKE '%{PLAN_CRASH_TOKEN}%' THEN
+    IF NEW.event = 'call_started' AND obs LIKE '%{PLAN_CRASH_TOKEN}%' THEN
         RAISE EXCEPTION 'cannot store the attempt of %', obs USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
