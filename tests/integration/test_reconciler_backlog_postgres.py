@@ -9,14 +9,12 @@ import time
 import uuid
 
 import pytest
-import redis
 from rq import SimpleWorker
 from sqlalchemy import func, select
 
 from orchestrator import intake
-from orchestrator.db import make_session_factory
 from orchestrator.models import Audit, Job
-from orchestrator.queue_rq import enqueue_job, get_queue
+from orchestrator.queue_rq import enqueue_job
 from orchestrator.reconciler import reconcile_once
 from orchestrator.schemas import JobCreate
 from orchestrator.settings import load_settings
@@ -31,18 +29,6 @@ BACKLOG = 100
 @pytest.fixture
 def settings():
     return load_settings().model_copy(update={"job_lease_seconds": LEASE_S, "reconciler_grace_seconds": GRACE_S})
-
-
-@pytest.fixture
-def sessions(pg_engine):
-    return make_session_factory(pg_engine)
-
-
-@pytest.fixture
-def queue(redis_url):
-    connection = redis.Redis.from_url(redis_url)
-    yield get_queue(connection)
-    connection.close()
 
 
 def submit_and_enqueue(sessions, queue, count: int) -> list[uuid.UUID]:

@@ -7,30 +7,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from orchestrator import intake, jobs
-from orchestrator.db import make_session_factory
 from orchestrator.models import Audit, Job
-from orchestrator.queue_rq import get_queue
 from orchestrator.reconciler import reconcile_once
 from orchestrator.schemas import JobCreate
 from orchestrator.settings import load_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-
-
-@pytest.fixture
-def sessions(pg_engine):
-    return make_session_factory(pg_engine)
-
-
-@pytest.fixture
-def queue(redis_url):
-    connection = redis.Redis.from_url(redis_url)
-    yield get_queue(connection)
-    connection.close()
 
 
 def submit_many(sessions, count: int) -> list[uuid.UUID]:
