@@ -43,6 +43,7 @@ the caller set a runner URL: /route_task needs one runner-contract target."""
 WORKER_METRICS_PORT = 9100
 """The port the compose file and Helm chart use for worker metrics (a free one if it is taken)."""
 PROMETHEUS_PORT = 9090
+KEYED = "Keys are configured: first `export API_KEY=<one of your keys>` (one with submit and read)."
 CURL = (
     "curl -s -X POST http://localhost:{port}/api/submit -H 'content-type: application/json'{auth} "
     '-d \'{{"age_months": 24, "observations": "Does not point to show things and says no words yet."}}\''
@@ -179,6 +180,7 @@ def main(api_port: int, model_port: int, concurrency: int, prometheus: bool) -> 
     """Run the whole pipeline locally until Ctrl-C (or SIGTERM)."""
     try:
         settings = load_settings()
+        keyed = bool(settings.principals)  # API_KEY, API_KEYS_JSON or API_KEYS_FILE (read now: a bad file stops here)
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
     prometheus_bin = shutil.which("prometheus") if prometheus else None
@@ -235,7 +237,7 @@ def main(api_port: int, model_port: int, concurrency: int, prometheus: bool) -> 
         prometheus_url = None
         if prometheus_bin:
             prometheus_url = start_prometheus(supervisor, prometheus_bin, api_port, metrics_port)
-        announce(api_port, metrics_port, prometheus_url, settings.api_key is not None)
+        announce(api_port, metrics_port, prometheus_url, keyed)
         supervisor.watch()
     except (KeyboardInterrupt, Stop):
         say("stopping")
@@ -294,7 +296,7 @@ def start_redis(supervisor: Supervisor) -> str:
 
 def announce(port: int, metrics_port: int, prometheus_url: str | None, auth: bool) -> None:
     base = f"http://localhost:{port}"
-    auth_header = " -H 'x-api-key: $API_KEY'" if auth else ""
+    auth_header = ' -H "x-api-key: $API_KEY"' if auth else ""
     click.echo(
         "\n".join(
             [
@@ -307,6 +309,7 @@ def announce(port: int, metrics_port: int, prometheus_url: str | None, auth: boo
                 *([f"  prometheus    {prometheus_url}"] if prometheus_url else []),
                 f"  logs          {LOGS.relative_to(ROOT)}/",
                 "",
+                *([KEYED] if auth else []),
                 "Submit a case:",
                 "  " + CURL.format(port=port, auth=auth_header),
                 "Then open the status_url it returns, e.g.:",
