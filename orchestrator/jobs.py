@@ -184,8 +184,10 @@ def start_call(
     """Write a model call's ``call_started`` row (``audit.row``), after ``rows`` (audit rows
     not yet written: earlier calls' ``attempt`` rows), with the decision and its ``routed`` row
     first when ``routed`` is given (the first call of a claim), and commit: before any byte of
-    the request leaves. On Postgres: one statement, its own transaction on the worker's
-    autocommit connection."""
+    the request leaves. The rows are written whatever the job's state by then (the call is
+    made either way). On Postgres: one statement, its own transaction on the worker's
+    autocommit connection, and each row is written once even if the statement is sent again
+    (a retry after a commit whose answer was lost)."""
     trail = [routed.row] if routed is not None else []
     trail += [*rows, call_started]
     if _postgres(session):
