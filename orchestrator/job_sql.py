@@ -1,27 +1,35 @@
 """The worker's job transitions on Postgres, one statement each, built once at import.
 
 Each is a data-modifying CTE, as intake's submit (``orchestrator.intake``): the conditional
-UPDATE decides, and the audit rows of the transition are inserted ``FROM`` the row it changed,
-so they exist only if it won. On the worker's autocommit connection the statement is also its
-own transaction: no BEGIN, no COMMIT round trip.
+UPDATE decides, and the audit rows of the transition are inserted with what it returned, so
+they exist only if it won. On the worker's autocommit connection the statement is also its own
+transaction: no BEGIN, no COMMIT round trip.
 
 Audit rows travel as one JSONB parameter (``rows``: a list of ``audit.row`` dicts, see
 ``rows_param``), unpacked by ``jsonb_to_recordset`` and inserted in list order, so any number of
-rows is the same statement.
+rows is the same statement. A row marked ``always`` is a fact that does not depend on who owns
+the job (the outcome of a model call that was made): it is written whether or not the UPDATE
+wins, and at most once, so a statement sent again after a commit whose answer was lost does
+not write it twice.
 
     CLAIM       queued -> running, RETURNING the job, + its ``claimed`` row
     START_CALL  a call's ``call_started`` row, after the rows not yet written (the ``routed``
-                row, earlier calls' ``attempt`` rows) [START_CALL_DECIDED: + the decision]
-    FINISH      active -> completed | failed (columns given; NULL leaves one), + its rows
+                row, earlier calls' ``attempt`` rows), all ``always`` [START_CALL_DECIDED: + the
+                decision]
+    FINISH      active -> completed | failed (columns given; NULL leaves one), + its rows: the
+                ``always`` ones (its calls' ``attempt`` rows) even when another write ended the
+                job first, the others (``routed``, the terminal row) only if it wins
     GIVE_UP     queued, or running under this worker -> failed, + its ``failed`` row
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     Integer,
@@ -57,10 +65,17 @@ A parameter named after a column of ``jobs`` that the UPDATE does not set would 
 SET clause by SQLAlchemy: the others are named ``job_id``, ``audit_actor``, ``me``, ``now``..."""
 
 
-def rows_param(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``audit.row`` dicts as the ``rows`` parameter: numbered in order, times as ISO text."""
+def rows_param(rows: list[dict[str, Any]], *, always: Collection[int] = ()) -> list[dict[str, Any]]:
+    """``audit.row`` dicts as the ``rows`` parameter: numbered in order, times as ISO text.
+    ``always``: the positions of the rows a transition writes even if its UPDATE loses (in
+    START_CALL, every row is)."""
     return [
-        {**row, "n": n, "at": row["at"].isoformat() if isinstance(row["at"], datetime) else row["at"]}
+        {
+            **row,
+            "n": n,
+            "always": n in always,
+            "at": row["at"].isoformat() if isinstance(row["at"], datetime) else row["at"],
+        }
         for n, row in enumerate(rows)
     ]
 
@@ -70,14 +85,13 @@ def _param(name: str, type_) -> Any:
     return cast(bindparam(name, type_=type_), type_)
 
 
-def _insert_rows(job_id, source=None) -> Any:
-    """INSERT the ``rows`` parameter's audit rows of ``job_id`` (a parameter, or a column of
-    ``source``: none when it is empty), in list order (ids, and so the trail's order among equal
-    times, follow it)."""
-    rows = (
+def _rows() -> Any:
+    """The ``rows`` parameter as a table ``r``."""
+    return (
         func.jsonb_to_recordset(bindparam("rows", type_=JSONB))
         .table_valued(
             column("n", Integer),
+            column("always", Boolean),
             column("event", String),
             column("actor", String),
             column("at", DateTime(timezone=True)),
@@ -88,18 +102,43 @@ def _insert_rows(job_id, source=None) -> Any:
         )
         .render_derived(name="r", with_types=True)
     )
-    values = [job_id, *(rows.c[name] for name in AUDIT_COLUMNS[1:])]
-    chosen = select(*values)
-    if source is not None:
-        chosen = chosen.select_from(source.join(rows, true()))
+
+
+def _not_written(rows, job_id) -> Any:
+    """No audit row of ``job_id`` is this one already (same event, actor, time to the
+    microsecond and target): the statement was sent again after a commit whose answer was lost."""
+    same = (
+        select(AUDIT.c.id)
+        .where(AUDIT.c.job_id == job_id, AUDIT.c.at == rows.c.at, AUDIT.c.event == rows.c.event)
+        .where(AUDIT.c.actor == rows.c.actor, AUDIT.c.target.is_not_distinct_from(rows.c.target))
+    )
+    return ~same.exists()
+
+
+def _insert_rows(done=None) -> Any:
+    """INSERT the ``rows`` parameter's audit rows of the ``job_id`` parameter in list order (ids,
+    and so the trail's order among equal times, follow it). Without ``done``, every row, once;
+    with ``done`` (the UPDATE's RETURNING, empty when it lost), the ``always`` rows once, and
+    the others only if ``done`` holds the job."""
+    job_id = _param("job_id", JOBS.c.id.type)
+    rows = _rows()
+    chosen = select(job_id, *(rows.c[name] for name in AUDIT_COLUMNS[1:]))
+    if done is None:
+        chosen = chosen.select_from(rows).where(_not_written(rows, job_id))
+    else:
+        won = done.c.id.is_not(None)
+        chosen = chosen.select_from(rows.outerjoin(done, true()))
+        chosen = chosen.where(or_(and_(rows.c.always, _not_written(rows, job_id)), and_(~rows.c.always, won)))
     return insert(AUDIT).from_select(AUDIT_COLUMNS, chosen.order_by(rows.c.n))
 
 
 def _winner_writes(changed) -> Any:
-    """``WITH done AS (<changed> RETURNING id), trail AS (INSERT rows FROM done) SELECT id FROM
-    done``: the rows are written only if the UPDATE changed the job."""
+    """``WITH done AS (<changed> RETURNING id), trail AS (INSERT rows LEFT JOIN done) SELECT id
+    FROM done``: the ``always`` rows are written whoever wins, the others only if the UPDATE
+    changed the job. The INSERT reads ``done``, so it runs after the UPDATE settled: when
+    another transaction holds the job's row, after that one commits and the UPDATE re-checks."""
     done = changed.returning(JOBS.c.id).cte("done")
-    return select(done.c.id).add_cte(_insert_rows(done.c.id, done).cte("trail"))
+    return select(done.c.id).add_cte(_insert_rows(done).cte("trail"))
 
 
 def _claim() -> Any:
@@ -128,7 +167,7 @@ def _claim() -> Any:
 
 
 def _start_call(decided: bool) -> Any:
-    rows = _insert_rows(_param("job_id", JOBS.c.id.type))
+    rows = _insert_rows()
     if not decided:
         return rows
     decision = (

@@ -11,8 +11,8 @@ module that writes a job's state and the audit rows of its transitions (a job is
 Every transition is a conditional UPDATE, so concurrent workers, duplicate deliveries and late
 finishers are safe: a claim succeeds once per delivery, and the first terminal write wins. On
 Postgres the worker's transitions are one statement each (``orchestrator.job_sql``), their
-audit rows written only from the row the UPDATE changed; elsewhere (SQLite) the same rows are
-separate statements in one transaction.
+audit rows written only if the UPDATE changed the job, except the ``attempt`` rows of model
+calls, which are written whoever won; elsewhere (SQLite) the same rows are separate statements.
 
 Every job and case belongs to a tenant. An Idempotency-Key, a ``case_id`` and a read are scoped
 to the caller's tenant; another tenant's job is "not found", exactly as a job that does not
@@ -184,8 +184,10 @@ def start_call(
     """Write a model call's ``call_started`` row (``audit.row``), after ``rows`` (audit rows
     not yet written: earlier calls' ``attempt`` rows), with the decision and its ``routed`` row
     first when ``routed`` is given (the first call of a claim), and commit: before any byte of
-    the request leaves. On Postgres: one statement, its own transaction on the worker's
-    autocommit connection."""
+    the request leaves. The rows are written whatever the job's state by then (the call is
+    made either way). On Postgres: one statement, its own transaction on the worker's
+    autocommit connection, and each row is written once even if the statement is sent again
+    (a retry after a commit whose answer was lost)."""
     trail = [routed.row] if routed is not None else []
     trail += [*rows, call_started]
     if _postgres(session):
@@ -275,8 +277,11 @@ def finish(
     rows not yet written), then the terminal row. On Postgres: one statement.
 
     Idempotent: only a job still queued or running is changed, so the first terminal write wins
-    and a late duplicate (a recovered job finished twice) returns False and writes nothing,
-    none of its audit rows either.
+    and a late duplicate (a recovered job finished twice, a job the reconciler or an erasure
+    ended) returns False, changes nothing and writes no ``routed`` or terminal row. ``rows``
+    are written either way: they record model calls that were made, whoever ended the job. On
+    Postgres each of them is written once even if the statement is sent again (a retry after
+    a commit whose answer was lost).
     """
     if status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         raise ValueError(f"{status} is not a terminal status")
@@ -289,10 +294,12 @@ def finish(
     terminal = audit.row(
         status.value, actor, at=now, target=target, outcome=status.value, latency_ms=latency_ms, details=details
     )
-    trail = [*([routed.row] if routed is not None else []), *(rows or []), terminal]
+    head, calls = [routed.row] if routed is not None else [], rows or []
+    trail = [*head, *calls, terminal]
     if _postgres(session):
         params = {name: given.get(name) for name in job_sql.FINISH_COLUMNS}
-        params.update(job_id=job_id, status=status.value, now=now, rows=job_sql.rows_param(trail))
+        always = range(len(head), len(head) + len(calls))
+        params.update(job_id=job_id, status=status.value, now=now, rows=job_sql.rows_param(trail, always=always))
         return _won(session, job_sql.FINISH, params)
     columns = {name: value for name, value in given.items() if value is not None}
     written = session.execute(
@@ -302,6 +309,8 @@ def finish(
     )
     if written.rowcount != 1:
         session.rollback()
+        audit.record_rows(session, job_id, calls)
+        session.commit()
         return False
     audit.record_rows(session, job_id, trail)
     session.commit()

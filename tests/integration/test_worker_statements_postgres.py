@@ -1,6 +1,7 @@
 """The worker's job transitions on real Postgres, on an autocommit engine as the worker runs
 them: one statement per state change (orchestrator.job_sql), the same trail as before, the
-``call_started`` row committed before its call, and audit rows only from the write that won."""
+``call_started`` row committed before its call, and the terminal row only from the write that
+won (a call's ``attempt`` row is written either way: tests/integration/test_lost_finish_postgres.py)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_the_decision_and_call_started_row_are_committed_before_the_call(autocom
     assert seen == [(True, ["submitted", "claimed", "routed", "call_started"])]
 
 
-def test_a_late_finish_writes_nothing_not_even_its_audit_rows(autocommit_engine):
+def test_a_late_finish_changes_nothing_but_records_its_calls(autocommit_engine):
     job_id = submit(autocommit_engine)
     now = datetime.now(UTC)
     attempt = audit.row("attempt", "w", at=now, target="edge", outcome="ok", details={"call": 1})
@@ -83,16 +84,20 @@ def test_a_late_finish_writes_nothing_not_even_its_audit_rows(autocommit_engine)
         assert jobs.claim(session, job_id, worker_id="w", now=now, lease_seconds=15) is not None
         assert jobs.finish(session, job_id, JobStatus.COMPLETED, actor="w", now=now, target="edge", rows=[attempt])
         late = [audit.row("attempt", "late", at=now, target="gpu", outcome="ok")]
-        assert not jobs.finish(session, job_id, JobStatus.FAILED, actor="late", now=now, error="x", rows=late)
+        routed = jobs.Routed({"chosen": "gpu"}, 1.0, 2.0, audit.row("routed", "late", at=now, target="gpu"))
+        args = {"actor": "late", "now": now, "error": "x", "routed": routed, "rows": late}
+        assert not jobs.finish(session, job_id, JobStatus.FAILED, **args)
         events = session.execute(select(Audit.event, Audit.actor).where(Audit.job_id == job_id).order_by(Audit.id))
+        # Its call happened: its attempt row is the truth. Its routed and terminal rows are not.
         assert [tuple(e) for e in events] == [
             ("submitted", "anonymous"),
             ("claimed", "w"),
             ("attempt", "w"),
             ("completed", "w"),
+            ("attempt", "late"),
         ]
         job = session.get(Job, job_id)
-        assert job.status == "completed" and job.error is None and job.target == "edge"
+        assert job.status == "completed" and job.error is None and job.target == "edge" and job.decision is None
 
 
 def test_a_worker_gives_up_only_a_job_it_holds(autocommit_engine):
