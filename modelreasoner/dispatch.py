@@ -171,6 +171,7 @@ def record_decision(rt: Runtime, job: Job, decision: Decision) -> jobs.Routed:
         decision=decision.to_dict(),
         predicted_ms=chosen.predicted_p50_ms if chosen else None,
         predicted_p95_ms=chosen.predicted_p95_ms if chosen else None,
+        worker_id=rt.worker_id,
         row=audit.row(
             "routed",
             rt.worker_id,

@@ -172,7 +172,11 @@ def _start_call(decided: bool) -> Any:
         return rows
     decision = (
         update(JOBS)
-        .where(JOBS.c.id == bindparam("job_id"))
+        .where(
+            JOBS.c.id == bindparam("job_id"),
+            JOBS.c.status == JobStatus.RUNNING.value,
+            JOBS.c.worker_id == bindparam("claim_worker"),
+        )
         .values(
             decision=bindparam("decision", type_=JSON_PARAM),
             predicted_ms=bindparam("predicted_ms"),

@@ -173,9 +173,16 @@ class Routed:
     predicted_p95_ms: float | None
     row: dict
     """The ``routed`` audit row (``audit.row``)."""
+    worker_id: str = ""
+    """The claim this decision belongs to: it is stored on the job only while that worker still
+    holds the job (a stalled worker whose job was recovered and claimed again cannot overwrite the
+    new claim's decision; its ``routed`` row is still written, as the record of its own call)."""
 
     def columns(self) -> dict:
         return {"decision": self.decision, "predicted_ms": self.predicted_ms, "predicted_p95_ms": self.predicted_p95_ms}
+
+    def params(self) -> dict:
+        return {**self.columns(), "claim_worker": self.worker_id}
 
 
 def start_call(
@@ -192,11 +199,20 @@ def start_call(
     trail += [*rows, call_started]
     if _postgres(session):
         statement = job_sql.START_CALL if routed is None else job_sql.START_CALL_DECIDED
-        params = {"job_id": job_id, "rows": job_sql.rows_param(trail), **(routed.columns() if routed else {})}
+        params = {
+            "job_id": job_id,
+            "rows": job_sql.rows_param(trail),
+            **(routed.params() if routed else {}),
+        }
         session.connection().execute(statement, params)
     else:
         if routed is not None:
-            session.execute(update(_TABLE).where(_TABLE.c.id == job_id).values(**routed.columns()))
+            mine = (
+                _TABLE.c.id == job_id,
+                _TABLE.c.status == JobStatus.RUNNING.value,
+                _TABLE.c.worker_id == routed.worker_id,
+            )
+            session.execute(update(_TABLE).where(*mine).values(**routed.columns()))
         audit.record_rows(session, job_id, trail)
     session.commit()
 

@@ -115,3 +115,36 @@ def test_a_worker_gives_up_only_a_job_it_holds(autocommit_engine):
         assert failed.details == {"error_kind": "internal_error"} and failed.at == later
         job = session.get(Job, job_id)
         assert job.status == "failed" and job.error == "route failed: X" and job.worker_id == "them"
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_a_stalled_worker_cannot_overwrite_the_decision_of_the_claim_that_replaced_it(autocommit_engine, backend):
+    engine = autocommit_engine if backend == "postgres" else create_engine("sqlite://")
+    if backend == "sqlite":
+        from orchestrator.models import Base
+
+        Base.metadata.create_all(engine)
+    job_id = submit(engine)
+    now = datetime.now(UTC)
+
+    def routed(worker: str, chosen: str) -> jobs.Routed:
+        row = audit.row("routed", worker, at=now, target=chosen)
+        return jobs.Routed({"chosen": chosen}, 1.0, 2.0, row, worker_id=worker)
+
+    def started(worker: str, target: str) -> dict:
+        return audit.row(audit.CALL_STARTED, worker, at=now, target=target, details={"call": 1})
+
+    with Session(engine) as session:
+        jobs.claim(session, job_id, worker_id="stalled", now=now, lease_seconds=15)
+        # The stalled worker's job is recovered and claimed again before its first call starts.
+        session.execute(Job.__table__.update().where(Job.id == job_id).values(status="queued"))
+        session.commit()
+        jobs.claim(session, job_id, worker_id="new", now=now, lease_seconds=15)
+        jobs.start_call(session, job_id, started("new", "gpu"), routed=routed("new", "gpu"), rows=[])
+        jobs.start_call(session, job_id, started("stalled", "edge"), routed=routed("stalled", "edge"), rows=[])
+        job = session.get(Job, job_id)
+        session.refresh(job)
+        assert job.decision == {"chosen": "gpu"} and job.worker_id == "new"
+        events = session.execute(select(Audit.event, Audit.actor).where(Audit.job_id == job_id).order_by(Audit.id))
+        # The stalled worker's call still happens and is recorded, with its own routed row.
+        assert ("routed", "stalled") in [tuple(e) for e in events]
