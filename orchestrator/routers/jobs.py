@@ -195,6 +195,7 @@ def to_public(job: Job, trail: list[Audit], reader: Principal) -> JobPublic:
         error=job.error,
         error_kind=job.error_kind,
         preferred_target=job.preferred_target,
+        tenant=job.tenant,
         sla_ms=job.sla_ms,
         sla_met=job.sla_met,
         created_at=job.created_at,
