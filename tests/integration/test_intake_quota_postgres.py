@@ -96,11 +96,11 @@ def test_a_replay_at_the_limit_returns_its_job_and_a_finished_job_frees_a_place(
     assert attached.created
     with pytest.raises(QuotaExceeded):
         submit(sessions, body(CAP + 1))
-    with pytest.raises(BadRequest, match="case_id"):  # another tenant's case: 400 as ever, even at the limit
-        with sessions() as session:
-            intake.submit_screening(
-                session, body(7, case_id=case_id), actor="key-a", default_sla_ms=2000, tenant="b", max_in_flight=CAP
-            )
+    # Another tenant's case: 400 as ever, even at the limit.
+    with pytest.raises(BadRequest, match="case_id"), sessions() as session:
+        intake.submit_screening(
+            session, body(7, case_id=case_id), actor="key-a", default_sla_ms=2000, tenant="b", max_in_flight=CAP
+        )
 
 
 def test_a_capped_task_is_limited_like_a_screening_job(sessions):
