@@ -13,6 +13,13 @@ Idempotency-Key replay (the earlier job; 409 if the body differs) from a ``case_
 the tenant's (400, exactly as one that does not exist). Other databases (SQLite, for development
 and tests) run the same rows as separate INSERTs in one transaction.
 
+A key with a ``max_in_flight`` limit (orchestrator.quotas) takes a slower, exact path: a READ
+COMMITTED transaction that takes the key's advisory lock, then runs the same statement with one
+more condition (the key's jobs queued or running are below the limit), then commits. Submissions
+of one capped key are thus serialised from count to commit, so the limit is never overshot; an
+Idempotency-Key replay still returns its job at the limit. On SQLite the transaction takes the
+database's write lock before it counts.
+
 Every job and case belongs to a tenant. An Idempotency-Key and a ``case_id`` are scoped to the
 caller's tenant; another tenant's key is simply unused here (a new job, and no hint that the key
 exists elsewhere).
@@ -26,12 +33,24 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, cast, exists, insert, literal_column, select
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    cast,
+    exists,
+    false,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from orchestrator import audit
+from orchestrator import audit, quotas
 from orchestrator.errors import BadRequest, IdempotencyConflict
 from orchestrator.models import Audit, Case, Job, JobKind, JobStatus, utcnow
 from orchestrator.principals import DEFAULT_TENANT
@@ -76,12 +95,15 @@ def submit_screening(
     default_sla_ms: int,
     idempotency_key: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    max_in_flight: int | None = None,
 ) -> Submitted:
     """Store a screening job (and its case when new) as ``queued`` for ``tenant`` and commit.
 
     An Idempotency-Key this tenant used before returns the earlier job if the body is the same,
     and raises IdempotencyConflict if it differs. A ``case_id`` must be one of the tenant's
-    cases; another tenant's is refused exactly as one that does not exist (BadRequest).
+    cases; another tenant's is refused exactly as one that does not exist (BadRequest). With
+    ``max_in_flight``, raises QuotaExceeded if ``actor`` already has that many jobs queued or
+    running (a replay is answered first).
     """
     digest = request_hash(body.model_dump(mode="json"))
     job = _queued_row(body, JobKind.SCREENING, actor, tenant, default_sla_ms, idempotency_key, digest)
@@ -90,7 +112,8 @@ def submit_screening(
     job["observations"] = body.observations
     job["embedding"] = decode_embedding(body.embedding_b64) if body.embedding_b64 else None
     shape = EXISTING_CASE if body.case_id is not None else NEW_CASE
-    return _submit(session, shape, job, _audit_row(job), case_given=body.case_id is not None)
+    given = body.case_id is not None
+    return _submit(session, shape, job, _audit_row(job), case_given=given, max_in_flight=max_in_flight)
 
 
 def submit_task(
@@ -101,14 +124,17 @@ def submit_task(
     default_sla_ms: int,
     idempotency_key: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    max_in_flight: int | None = None,
 ) -> Submitted:
     """Store a generic task as a ``queued`` job of kind ``task`` for ``tenant`` and commit; the
-    caller enqueues it after. The caller has checked consent. Idempotency works as for screening
-    jobs (the kind is part of the digest, so a key reused across the two endpoints is a conflict)."""
+    caller enqueues it after. The caller has checked consent. Idempotency and ``max_in_flight``
+    work as for screening jobs (the kind is part of the digest, so a key reused across the two
+    endpoints is a conflict)."""
     job = _queued_row(body, JobKind.TASK, actor, tenant, default_sla_ms, idempotency_key, task_hash(body))
     job["task_type"] = body.task_type
     job["payload"] = body.payload
-    return _submit(session, NO_CASE, job, _audit_row(job, consent=True), case_given=False)
+    audit_row = _audit_row(job, consent=True)
+    return _submit(session, NO_CASE, job, audit_row, case_given=False, max_in_flight=max_in_flight)
 
 
 def replayed_task(session: Session, body: TaskCreate, idempotency_key: str, tenant: str) -> JobRef | None:
@@ -166,35 +192,80 @@ def _audit_row(job: dict[str, Any], **details: Any) -> dict[str, Any]:
     }
 
 
-def _submit(session: Session, shape: str, job: dict, audit_row: dict, *, case_given: bool) -> Submitted:
-    created = _write(session, shape, job, audit_row)
+def _submit(
+    session: Session, shape: str, job: dict, audit_row: dict, *, case_given: bool, max_in_flight: int | None
+) -> Submitted:
+    created = _write(session, shape, job, audit_row, max_in_flight)
     if created:
         return Submitted(JobRef(job["id"], job["kind"], job["status"]), created=True)
     # Nothing inserted: the tenant used this Idempotency-Key before (or a racing request with it
-    # won), or the named case is not the tenant's. A replay is answered first, as it always was.
+    # won), or the named case is not the tenant's, or the key is at its max_in_flight. A replay
+    # is answered first, as it always was (a replay adds no job, so the limit does not refuse it).
     key = job["idempotency_key"]
     earlier = _replay(session, job["tenant"], key, job["request_hash"]) if key is not None else None
     if earlier is not None:
         return Submitted(earlier, created=False)
-    if case_given:
+    if case_given and not _case_of_tenant(session, job["case_id"], job["tenant"]):
         raise BadRequest("case_id: no case with this id", field="case_id")
+    if max_in_flight is not None:
+        quotas.refuse_in_flight(job["actor"], max_in_flight)
     raise RuntimeError("the job INSERT wrote nothing, and no earlier job holds its Idempotency-Key")
 
 
-def _write(session: Session, shape: str, job: dict, audit_row: dict) -> bool:
+def _write(session: Session, shape: str, job: dict, audit_row: dict, max_in_flight: int | None) -> bool:
     """Insert the job (and its case, and its audit row) and commit; False if nothing was written."""
-    if session.get_bind().dialect.name == "postgresql":
-        # Core execution on the session's connection: the ORM's execute path adds nothing here.
-        inserted = session.connection().execute(ONE_STATEMENT[shape], {**job, **audit_row}).first() is not None
-        session.commit()  # a no-op on the API's autocommit connection: the statement committed
+    if session.get_bind().dialect.name != "postgresql":
+        return _write_each(session, shape, job, audit_row, max_in_flight)
+    if max_in_flight is not None:
+        return _write_capped(session, shape, {**job, **audit_row, "max_in_flight": max_in_flight})
+    # Core execution on the session's connection: the ORM's execute path adds nothing here.
+    inserted = session.connection().execute(ONE_STATEMENT[shape], {**job, **audit_row}).first() is not None
+    session.commit()  # a no-op on the API's autocommit connection: the statement committed
+    return inserted
+
+
+def _write_capped(session: Session, shape: str, params: dict) -> bool:
+    """Postgres, a key with a max_in_flight: lock the key, insert while it is below its limit,
+    commit (which releases the lock). The INSERT starts after the lock is granted, so under READ
+    COMMITTED it counts every job an earlier holder committed."""
+    connection = session.connection()
+    lock = {"lock": quotas.in_flight_lock_id(params["actor"])}
+    if not connection.connection.dbapi_connection.autocommit:  # an ordinary session's transaction
+        connection.exec_driver_sql(LOCK_KEY, lock)
+        inserted = connection.execute(CAPPED_STATEMENT[shape], params).first() is not None
+        session.commit()
         return inserted
-    return _write_each(session, shape, job, audit_row)
+    # The API's autocommit connection: open the transaction by hand (psycopg2 sends BEGIN and the
+    # lock as one message) and always end it, so no transaction goes back to the pool open.
+    connection.exec_driver_sql(BEGIN_AND_LOCK_KEY, lock)
+    try:
+        inserted = connection.execute(CAPPED_STATEMENT[shape], params).first() is not None
+    except BaseException:
+        _roll_back(connection)
+        raise
+    connection.exec_driver_sql("COMMIT")
+    return inserted
 
 
-def _write_each(session: Session, shape: str, job: dict, audit_row: dict) -> bool:
+def _roll_back(connection: Connection) -> None:
+    try:
+        connection.exec_driver_sql("ROLLBACK")
+    except SQLAlchemyError:  # the connection is broken: drop it rather than pool it mid-transaction
+        connection.invalidate()
+
+
+def _write_each(session: Session, shape: str, job: dict, audit_row: dict, max_in_flight: int | None) -> bool:
     """The same rows as separate INSERTs in one transaction (databases without data-modifying
-    CTEs); a unique-key violation is the racing replay."""
+    CTEs); a unique-key violation is the racing replay. With ``max_in_flight`` the transaction
+    first takes SQLite's write lock (a write that changes nothing), so no other writer can add
+    a job between the count and the INSERT."""
+    if max_in_flight is not None:
+        session.execute(update(JOBS).where(false()).values(id=JOBS.c.id))
+        if session.scalar(quotas.in_flight_of(job["actor"])) >= max_in_flight:
+            session.rollback()
+            return False
     if shape == EXISTING_CASE and not _case_of_tenant(session, job["case_id"], job["tenant"]):
+        session.rollback()
         return False
     try:
         if shape == NEW_CASE:
@@ -252,21 +323,26 @@ def _param(name: str, column) -> Any:
     return cast(bindparam(name, type_=column.type), column.type)
 
 
-def _job_select(shape: str) -> Select:
+def _job_select(shape: str, capped: bool) -> Select:
     chosen = select(*(_param(name, JOBS.c[name]) for name in JOB_COLUMNS))
     if shape == EXISTING_CASE:
         ours = (CASES.c.id == _param("case_id", CASES.c.id), CASES.c.tenant == _param("tenant", CASES.c.tenant))
         chosen = chosen.where(exists().where(*ours))
+    if capped:
+        in_flight = quotas.in_flight_of(_param("actor", JOBS.c.actor)).scalar_subquery()
+        chosen = chosen.where(in_flight < bindparam("max_in_flight", type_=Integer))
     return chosen
 
 
-def _one_statement(shape: str):
+def _one_statement(shape: str, capped: bool = False):
     """``WITH job AS (INSERT ... ON CONFLICT DO NOTHING RETURNING id) [, case AS (INSERT ...
     FROM job)], audit AS (INSERT ... FROM job) SELECT id FROM job``: the case and the audit row
-    exist only if the job was inserted (foreign keys are checked at the end of the statement)."""
+    exist only if the job was inserted (foreign keys are checked at the end of the statement).
+    ``capped``: the job is inserted only while its actor has fewer than ``:max_in_flight`` jobs
+    queued or running."""
     job = (
         pg_insert(JOBS)
-        .from_select(list(JOB_COLUMNS), _job_select(shape))
+        .from_select(list(JOB_COLUMNS), _job_select(shape, capped))
         .on_conflict_do_nothing(index_elements=[JOBS.c.tenant, JOBS.c.idempotency_key])
         .returning(JOBS.c.id)
         .cte("new_job")
@@ -297,3 +373,7 @@ def _one_statement(shape: str):
 
 
 ONE_STATEMENT = {shape: _one_statement(shape) for shape in (NEW_CASE, EXISTING_CASE, NO_CASE)}
+CAPPED_STATEMENT = {shape: _one_statement(shape, capped=True) for shape in (NEW_CASE, EXISTING_CASE, NO_CASE)}
+LOCK_KEY = "SELECT pg_advisory_xact_lock(%(lock)s)"
+BEGIN_AND_LOCK_KEY = f"BEGIN ISOLATION LEVEL READ COMMITTED; {LOCK_KEY}"
+"""Raw SQL (psycopg2 interpolates ``%(lock)s``; two statements go as one message)."""

@@ -22,7 +22,7 @@ from orchestrator.metrics import JOBS_SUBMITTED
 from orchestrator.models import Audit, Job, JobKind
 from orchestrator.principals import Principal
 from orchestrator.queue_rq import enqueue_after_commit
-from orchestrator.quotas import QuotaDep
+from orchestrator.quotas import QuotaDep, in_flight_cap
 from orchestrator.schemas import (
     AttemptPublic,
     AuditPublic,
@@ -81,6 +81,7 @@ def submit(
             default_sla_ms=services.settings.default_sla_ms,
             idempotency_key=idempotency_key,
             tenant=principal.tenant,
+            max_in_flight=in_flight_cap(principal, services.settings),
         )
     job = accept(submitted, services, response)
     return JobAccepted(job_id=job.id, status=job.status, status_url=status_url(services, job.id))
@@ -194,6 +195,7 @@ def to_public(job: Job, trail: list[Audit], reader: Principal) -> JobPublic:
         error=job.error,
         error_kind=job.error_kind,
         preferred_target=job.preferred_target,
+        tenant=job.tenant,
         sla_ms=job.sla_ms,
         sla_met=job.sla_met,
         created_at=job.created_at,

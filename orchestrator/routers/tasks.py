@@ -18,7 +18,7 @@ from orchestrator.constants import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX_LENGT
 from orchestrator.db import session_scope
 from orchestrator.errors import Forbidden, NotFound
 from orchestrator.models import JobKind
-from orchestrator.quotas import QuotaDep
+from orchestrator.quotas import QuotaDep, in_flight_cap
 from orchestrator.routers.jobs import accept, to_public
 from orchestrator.schemas import ErrorBody, OutcomePublic, TaskAccepted, TaskCreate, TaskPublic
 
@@ -78,6 +78,7 @@ def route_task(
             default_sla_ms=services.settings.default_sla_ms,
             idempotency_key=idempotency_key,
             tenant=principal.tenant,
+            max_in_flight=in_flight_cap(principal, services.settings),
         )
     job = accept(submitted, services, response)
     return TaskAccepted(task_id=job.id, status=job.status, status_url=task_url(services, job.id))

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator
 
 from orchestrator.constants import AGE_MONTHS_MAX, OBSERVATIONS_MAX_CHARS
+from orchestrator.principals import DEFAULT_TENANT
 from orchestrator.schemas.common import (
     EMBEDDING_B64_MAX_CHARS,
     EMBEDDING_B64_PATTERN,
@@ -103,6 +104,7 @@ class JobPublic(OutcomePublic):
     case_id: uuid.UUID | None
     kind: str
     preferred_target: str
+    tenant: str = Field(DEFAULT_TENANT, description="The tenant the job belongs to (its submitting key's)")
 
 
 class JobSummary(BaseModel):

@@ -6,7 +6,9 @@ replicas share the rate through Redis. With Redis down the limiter fails open, c
 from __future__ import annotations
 
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -158,3 +160,46 @@ def test_bad_quota_fields_stop_the_start_naming_the_variable(monkeypatch, bad):
     monkeypatch.setenv("API_KEYS_JSON", keys_env(quota_principal(FLOOD, **bad))["API_KEYS_JSON"])
     with pytest.raises(ConfigError, match="API_KEYS_JSON"):
         load_settings()
+
+
+RACE_CAP, RACERS = 5, 40
+
+
+def test_concurrent_submits_of_one_key_never_exceed_its_jobs_in_flight(stack, pg_url):
+    """The attacker fires 40 submissions of one key at once (distinct bodies, no worker running):
+    exactly max_in_flight are accepted, every other one is a 429 with Retry-After, and exactly
+    max_in_flight jobs (and audit rows) exist. A count-then-insert without a per-key lock lets
+    racing requests pass the same count and overshoots the cap."""
+    api = stack.api(**keys_env(quota_principal(SLOW, max_in_flight=RACE_CAP)))
+    barrier = threading.Barrier(RACERS)
+
+    def fire(i: int) -> httpx.Response:
+        with httpx.Client(base_url=api.url, headers={"x-api-key": SLOW}, timeout=30) as client:
+            barrier.wait()
+            return client.post("/api/submit", json={**BODY, "observations": f"QUOTA-MARKER-8d1c racer {i}"})
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        answers = list(pool.map(fire, range(RACERS)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [202] * RACE_CAP + [429] * (RACERS - RACE_CAP), f"202: {codes.count(202)}, 429: {codes.count(429)}"
+    for refused in (a for a in answers if a.status_code == 429):
+        assert_quota_refusal(refused, "max_in_flight", 60)
+    assert stored(pg_url, SLOW) == (RACE_CAP, RACE_CAP)
+    accepted = {a.json()["job_id"] for a in answers if a.status_code == 202}
+    assert len(accepted) == RACE_CAP
+
+
+def test_an_idempotent_replay_at_the_cap_returns_the_job_not_429(stack, pg_url):
+    api = stack.api(**keys_env(quota_principal(SLOW, max_in_flight=2)))
+    slow = api.as_key(SLOW)
+    first = slow.post("/api/submit", json=BODY, headers={"Idempotency-Key": "replay-1"})
+    second = slow.post("/api/submit", json={**BODY, "age_months": 31})
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert_quota_refusal(slow.post("/api/submit", json={**BODY, "age_months": 32}), "max_in_flight", 60)
+    replay = slow.post("/api/submit", json=BODY, headers={"Idempotency-Key": "replay-1"})
+    assert replay.status_code == 202, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["job_id"] == first.json()["job_id"]
+    conflict = slow.post("/api/submit", json={**BODY, "age_months": 33}, headers={"Idempotency-Key": "replay-1"})
+    assert conflict.status_code == 409, conflict.text
+    assert stored(pg_url, SLOW) == (2, 2)
