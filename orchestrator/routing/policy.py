@@ -46,7 +46,7 @@ __all__ = ["decide", "predict_latency"]
 
 _EMPTY = TargetStats()
 _NEW, _STALE, _HALF_OPEN, _OPEN = "new", "stale", "half-open", "open"
-_OPEN_STATE, _HALF_OPEN_STATE = CircuitState.OPEN, CircuitState.HALF_OPEN
+_CLOSED_STATE, _OPEN_STATE, _HALF_OPEN_STATE = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 _CIRCUIT_VALUE = {state: state.value for state in CircuitState}
 """Each circuit state's value, looked up without the enum's descriptor (the same str objects)."""
 
@@ -92,7 +92,10 @@ class _View:
         if circuit is _OPEN_STATE and now >= stats.circuit_until:
             circuit = _HALF_OPEN_STATE
         m = model(target, stats, samples, now, config)
-        eligible, skip = _eligibility(target, stats, circuit, now, config)
+        if circuit is _CLOSED_STATE and target.enabled and stats.telemetry_up is not False:
+            eligible, skip = True, ""  # what _eligibility says, without the call (most targets)
+        else:
+            eligible, skip = _eligibility(target, stats, circuit, now, config)
         self.target = target
         self.stats = stats
         self.samples = samples
@@ -108,7 +111,9 @@ class _View:
         self.skip_reason = skip
         self.meets = self.queue_behind = self.failover = False
         self.within_budget = budget is None or target.cost_per_call_usd <= budget
-        self.probe_kind = _probe_kind(stats, samples, circuit, now, config) if eligible else ""
+        # Most targets are not probed: one with calls in flight never is unless half-open.
+        busy = stats.in_flight >= config.probe_max_in_flight and circuit is not _HALF_OPEN_STATE
+        self.probe_kind = _probe_kind(stats, samples, circuit, now, config) if eligible and not busy else ""
 
 
 def _eligibility(
@@ -302,8 +307,12 @@ def decide(
     run = bool(eligible) and not (request.strict_sla and unmeetable)
     if eligible and request.budget_usd is not None and not eligible[0].within_budget:
         hints["over_budget"] = True
+    probed, preferred_name = hints.get("probe"), hints.get("preferred")
     candidates = tuple(
-        _candidate(rank, v, request, time_left, hints, needed, config) for rank, v in enumerate(views, start=1)
+        [
+            _candidate(rank, v, request, time_left, probed, preferred_name, needed, config)
+            for rank, v in enumerate(views, start=1)
+        ]
     )
     return Decision(
         job_id=request.job_id,
@@ -317,12 +326,20 @@ def decide(
 
 
 def _candidate(
-    rank: int, view: _View, request: RouteRequest, time_left: float, hints: dict, needed: Bar, config: RoutingConfig
+    rank: int,
+    view: _View,
+    request: RouteRequest,
+    time_left: float,
+    probed: object,
+    preferred: object,
+    needed: Bar,
+    config: RoutingConfig,
 ) -> Candidate:
+    """``probed`` and ``preferred``: the names of the decision's probe and preferred target, if any."""
     target = view.target
     name = target.name
-    probe = hints.get("probe") == name
-    why = candidate_reason(view, request, time_left, needed, probe, hints.get("preferred") == name, config)
+    probe = probed == name
+    why = candidate_reason(view, request, time_left, needed, probe, preferred == name, config)
     # Positional, in the order of Candidate's fields (a hundred of these per decision).
     return Candidate(
         name,
