@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from orchestrator.routing import CircuitState
 from tests.support import decision_battery
 
 
@@ -26,3 +27,18 @@ def test_the_canonical_form_tells_decisions_apart():
     first, second = list(decision_battery.synthetic(scenes=1, jobs=2))
     assert decision_battery.canonical(first) != decision_battery.canonical(second)
     assert repr(first.candidates[0].p_on_time) in decision_battery.canonical(first)
+
+
+def test_every_candidate_field_holds_its_own_kind_of_value():
+    """The policy builds Candidates positionally (for speed): a field added to or moved in
+    ``Candidate`` without the policy following would put values in the wrong fields."""
+    states = {state.value for state in CircuitState}
+    for decision in decision_battery.synthetic(scenes=8, jobs=4):
+        for rank, c in enumerate(decision.candidates, start=1):
+            assert (c.rank, type(c.target), type(c.tier), type(c.reason), type(c.rule)) == (rank, str, str, str, str)
+            assert c.reason.startswith(f"{c.target}: ") and c.circuit in states
+            assert all(type(flag) is bool for flag in (c.eligible, c.meets_sla, c.within_budget, c.probe))
+            assert type(c.failover_counted) is bool and type(c.in_flight) is int
+            assert 0.0 <= c.p_on_time <= 1.0 and 0.0 <= c.error_rate <= 1.0 and 0.0 <= c.on_time_needed <= 1.0
+            assert c.predicted_p95_ms >= c.predicted_p50_ms >= c.queue_wait_ms >= 0.0
+            assert c.cost_usd >= 0.0 and c.time_left_ms == (decision.candidates[0].time_left_ms)
