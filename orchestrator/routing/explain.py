@@ -11,9 +11,14 @@ passes the deadline), then whether a failover after an error was counted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from orchestrator.routing.config import RoutingConfig
 from orchestrator.routing.objective import Bar
 from orchestrator.routing.types import RouteRequest
+
+if TYPE_CHECKING:
+    from orchestrator.routing.policy import _View
 
 PROBE_WHY = {
     "new": "little evidence yet",
@@ -25,33 +30,41 @@ PROBE_WHY = {
 
 
 def candidate_reason(
-    c: dict, request: RouteRequest, skip_reason: str, probe_kind: str, hints: dict, config: RoutingConfig
+    view: _View,
+    request: RouteRequest,
+    time_left: float,
+    needed: Bar,
+    probe: bool,
+    preferred: bool,
+    config: RoutingConfig,
 ) -> str:
-    """The reason of the candidate whose fields (``Candidate``'s, but the reason) are ``c``."""
-    name = c["target"]
-    if not c["eligible"]:
-        return f"{name}: {skip_reason}; skipped"
-    p, needed, error = c["p_on_time"], c["on_time_needed"], c["error_rate"]
-    likely = p >= needed
+    """The reason of the candidate built from ``view`` (``policy._View``: its numbers are the
+    Candidate's): ``probe``, it is probed with this job; ``preferred``, by the submitter."""
+    name = view.target.name
+    if not view.eligible:
+        return f"{name}: {view.skip_reason}; skipped"
+    p, bar_p, error = view.p_on_time, needed.needed, view.error_rate
+    likely = p >= bar_p
     if likely and error > config.max_error_rate:
         head = f"{name}: error rate {error:.0%} > {config.max_error_rate:.0%} allowed ({p:.2%} on time)"
     else:
-        head = f"{name}: {p:.2%} on time {'>=' if likely else '<'} {needed:.2%} needed ({c['rule']})"
-    p95, left = c["predicted_p95_ms"], c["time_left_ms"]
+        head = f"{name}: {p:.2%} on time {'>=' if likely else '<'} {bar_p:.2%} needed ({needed.rule})"
+    p95 = view.p95
     text = (
-        f"{head}; p95 {p95:.0f} ms {'<=' if p95 <= left else '>'} {left:.0f} ms left of the {request.sla_ms:.0f} ms SLA"
+        f"{head}; p95 {p95:.0f} ms {'<=' if p95 <= time_left else '>'} {time_left:.0f} ms left of the "
+        f"{request.sla_ms:.0f} ms SLA"
     )
-    if c["failover_counted"]:
+    if view.failover:
         text += "; failover counted"
-    text += f"; ${c['cost_usd']:.4f}/call"
-    if c["queue_wait_ms"] >= 1.0:
-        text += f"; ~{c['queue_wait_ms']:.0f} ms queue ({c['in_flight']} in flight)"
-    if not c["within_budget"]:
+    text += f"; ${view.target.cost_per_call_usd:.4f}/call"
+    if view.wait >= 1.0:
+        text += f"; ~{view.wait:.0f} ms queue ({view.stats.in_flight} in flight)"
+    if not view.within_budget:
         text += f"; over the ${request.budget_usd:.4f} budget"
-    if hints.get("preferred") == name:
+    if preferred:
         text += "; preferred by the submitter"
-    if c["probe"]:
-        text += f"; probing ({PROBE_WHY[probe_kind]})"
+    if probe:
+        text += f"; probing ({PROBE_WHY[view.probe_kind]})"
     return text
 
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
 from orchestrator.routing.explain import candidate_reason, decision_reason
-from orchestrator.routing.latency import Model, model, p_latency, predict_latency
+from orchestrator.routing.latency import model, p_latency, predict_latency
 from orchestrator.routing.learning import decay_factor
 from orchestrator.routing.objective import Bar, bar
 from orchestrator.routing.types import (
@@ -47,36 +46,74 @@ __all__ = ["decide", "predict_latency"]
 
 _EMPTY = TargetStats()
 _NEW, _STALE, _HALF_OPEN, _OPEN = "new", "stale", "half-open", "open"
+_CLOSED_STATE, _OPEN_STATE, _HALF_OPEN_STATE = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+_CIRCUIT_VALUE = {state: state.value for state in CircuitState}
+"""Each circuit state's value, looked up without the enum's descriptor (the same str objects)."""
 
 
-@dataclass(slots=True)
 class _View:
-    """One target as seen for one job: the numbers behind its Candidate."""
+    """One target as seen for one job: the numbers behind its Candidate. Built once per target
+    and decision (a hundred of them per decision with a hundred targets), so it is a plain
+    slotted class filled in by its constructor rather than a dataclass built from keywords."""
 
-    target: Target
-    stats: TargetStats
-    samples: float
-    error_rate: float
-    circuit: CircuitState
-    model: Model
-    p50: float
-    p95: float
-    wait: float
-    p_latency: float
-    p_on_time: float
-    eligible: bool
-    skip_reason: str
-    meets: bool
-    within_budget: bool
-    queue_behind: bool
-    probe_kind: str
-    failover: bool = False
+    __slots__ = (
+        "target",
+        "stats",
+        "samples",
+        "error_rate",
+        "circuit",
+        "model",
+        "p50",
+        "p95",
+        "wait",
+        "p_latency",
+        "p_on_time",
+        "eligible",
+        "skip_reason",
+        "meets",
+        "within_budget",
+        "queue_behind",
+        "probe_kind",
+        "failover",
+    )
 
-
-def _circuit(stats: TargetStats, now: float) -> CircuitState:
-    if stats.circuit is CircuitState.OPEN and now >= stats.circuit_until:
-        return CircuitState.HALF_OPEN
-    return stats.circuit
+    def __init__(
+        self,
+        target: Target,
+        stats: TargetStats,
+        budget: float | None,
+        time_left: float,
+        now: float,
+        config: RoutingConfig,
+    ) -> None:
+        factor = decay_factor(stats, now, config)
+        samples = stats.samples * factor
+        circuit = stats.circuit
+        if circuit is _OPEN_STATE and now >= stats.circuit_until:
+            circuit = _HALF_OPEN_STATE
+        m = model(target, stats, samples, now, config)
+        if circuit is _CLOSED_STATE and target.enabled and stats.telemetry_up is not False:
+            eligible, skip = True, ""  # what _eligibility says, without the call (most targets)
+        else:
+            eligible, skip = _eligibility(target, stats, circuit, now, config)
+        self.target = target
+        self.stats = stats
+        self.samples = samples
+        self.error_rate = error_rate = stats.error_rate * factor
+        self.circuit = circuit
+        self.model = m
+        self.wait = m.wait_ms
+        self.p50 = m.wait_ms + math.exp(m.mu)
+        self.p95 = m.quantile_ms(config.p95_z)
+        self.p_latency = p_lat = p_latency(m, time_left)
+        self.p_on_time = p_lat * (1.0 - error_rate)
+        self.eligible = eligible
+        self.skip_reason = skip
+        self.meets = self.queue_behind = self.failover = False
+        self.within_budget = budget is None or target.cost_per_call_usd <= budget
+        # Most targets are not probed: one with calls in flight never is unless half-open.
+        busy = stats.in_flight >= config.probe_max_in_flight and circuit is not _HALF_OPEN_STATE
+        self.probe_kind = _probe_kind(stats, samples, circuit, now, config) if eligible and not busy else ""
 
 
 def _eligibility(
@@ -104,36 +141,6 @@ def _probe_kind(stats: TargetStats, samples: float, circuit: CircuitState, now: 
     if stats.last_call_at and now - stats.last_call_at > config.probe_stale_s:
         return _STALE
     return ""
-
-
-def _view(
-    target: Target, stats: TargetStats, request: RouteRequest, time_left: float, now: float, config: RoutingConfig
-) -> _View:
-    factor = decay_factor(stats, now, config)
-    samples, error_rate = stats.samples * factor, stats.error_rate * factor
-    circuit = _circuit(stats, now)
-    m = model(target, stats, samples, now, config)
-    eligible, skip = _eligibility(target, stats, circuit, now, config)
-    p_lat = p_latency(m, time_left)
-    return _View(
-        target=target,
-        stats=stats,
-        samples=samples,
-        error_rate=error_rate,
-        circuit=circuit,
-        model=m,
-        p50=m.wait_ms + math.exp(m.mu),
-        p95=m.quantile_ms(config.p95_z),
-        wait=m.wait_ms,
-        p_latency=p_lat,
-        p_on_time=p_lat * (1.0 - error_rate),
-        eligible=eligible,
-        skip_reason=skip,
-        meets=False,
-        queue_behind=False,
-        within_budget=request.budget_usd is None or target.cost_per_call_usd <= request.budget_usd,
-        probe_kind=_probe_kind(stats, samples, circuit, now, config) if eligible else "",
-    )
 
 
 def _best_two(views: list[_View]) -> tuple[_View | None, _View | None]:
@@ -276,7 +283,8 @@ def decide(
     probed by any job that can afford it, a few calls at a time.
     """
     time_left = (request.deadline - now) * 1000.0
-    views = [_view(t, stats.get(t.name, _EMPTY), request, time_left, now, config) for t in targets]
+    budget, get = request.budget_usd, stats.get
+    views = [_View(t, get(t.name, _EMPTY), budget, time_left, now, config) for t in targets]
     hints: dict[str, object] = {}
     needed = _with_failover(views, request, time_left, config, slo)
     if config.circuit_open_probe and request.preferred_target in ("auto", ""):
@@ -299,8 +307,12 @@ def decide(
     run = bool(eligible) and not (request.strict_sla and unmeetable)
     if eligible and request.budget_usd is not None and not eligible[0].within_budget:
         hints["over_budget"] = True
+    probed, preferred_name = hints.get("probe"), hints.get("preferred")
     candidates = tuple(
-        _candidate(rank, v, request, time_left, hints, needed, config) for rank, v in enumerate(views, start=1)
+        [
+            _candidate(rank, v, request, time_left, probed, preferred_name, needed, config)
+            for rank, v in enumerate(views, start=1)
+        ]
     )
     return Decision(
         job_id=request.job_id,
@@ -318,30 +330,36 @@ def _candidate(
     view: _View,
     request: RouteRequest,
     time_left: float,
-    hints: dict,
+    probed: object,
+    preferred: object,
     needed: Bar,
     config: RoutingConfig,
 ) -> Candidate:
-    fields = {
-        "target": view.target.name,
-        "tier": view.target.tier,
-        "rank": rank,
-        "eligible": view.eligible,
-        "meets_sla": view.meets,
-        "within_budget": view.within_budget,
-        "predicted_p50_ms": view.p50,
-        "predicted_p95_ms": view.p95,
-        "time_left_ms": time_left,
-        "cost_usd": view.target.cost_per_call_usd,
-        "error_rate": view.error_rate,
-        "circuit": view.circuit.value,
-        "in_flight": view.stats.in_flight,
-        "probe": hints.get("probe") == view.target.name,
-        "p_on_time": view.p_on_time,
-        "queue_wait_ms": view.wait,
-        "on_time_needed": needed.needed,
-        "rule": needed.rule,
-        "failover_counted": view.failover,
-    }
-    why = candidate_reason(fields, request, view.skip_reason, view.probe_kind, hints, config)
-    return Candidate(reason=why, **fields)
+    """``probed`` and ``preferred``: the names of the decision's probe and preferred target, if any."""
+    target = view.target
+    name = target.name
+    probe = probed == name
+    why = candidate_reason(view, request, time_left, needed, probe, preferred == name, config)
+    # Positional, in the order of Candidate's fields (a hundred of these per decision).
+    return Candidate(
+        name,
+        target.tier,
+        rank,
+        view.eligible,
+        view.meets,
+        view.within_budget,
+        view.p50,
+        view.p95,
+        time_left,
+        target.cost_per_call_usd,
+        view.error_rate,
+        _CIRCUIT_VALUE[view.circuit],
+        view.stats.in_flight,
+        probe,
+        why,
+        view.p_on_time,
+        view.wait,
+        needed.needed,
+        needed.rule,
+        view.failover,
+    )
