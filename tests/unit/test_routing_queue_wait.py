@@ -145,3 +145,40 @@ def test_outcomes_without_the_count_teach_nothing():
 def test_round_trips_through_the_store_format():
     stats = TargetStats(service_ref_ms=123.5, capacity_log_ratio=-1.2)
     assert TargetStats.from_dict(stats.to_dict()) == stats
+
+
+def test_the_simulator_reports_the_count_with_a_jobs_first_call_only():
+    """``OurRouterPolicy`` reports, as the worker does, the calls in flight on the target when a
+    job's first call started (and the catalogue's capacity); a failover made later reports None."""
+    from bench.sim_engine import CallOutcome
+    from bench.sim_router import OurRouterPolicy
+    from bench.sim_scenarios import Job
+
+    ours = OurRouterPolicy(random.Random(1), ON, hedging=False)
+    seen: list[Outcome] = []
+    ours.router.record = seen.append
+    name = ours.plan(Job(0, 0.0, 10_000.0, None), 0.0).order[0]
+    first = ours.call_started(name, 0.0)
+    ours.plan(Job(1, 0.1, 10_000.0, None), 0.1)
+    second = ours.call_started(name, 0.1)
+    failover = ours.call_started(name, 0.2)  # no plan since: a failover or a hedge
+    for token, at in ((first, 1.0), (second, 1.1), (failover, 1.2)):
+        ours.call_ended(name, token, CallOutcome(name, True, 100.0, at, None, 0.0))
+    capacity = next(t.capacity for t in ours.targets if t.name == name)
+    assert [(o.in_flight, o.capacity) for o in seen] == [(0, capacity), (1, capacity), (None, None)]
+
+
+def test_the_worker_reports_the_count_with_a_jobs_first_call(sqlite_engine, fake_redis):
+    """The worker's first call of a job carries the decision's count of calls in flight and the
+    catalogue's capacity: with nothing else in flight, its latency becomes the queue-free
+    service time of the target that answered."""
+    from tests.unit.test_worker_logic import ScriptedClient, execute, make_runtime, submit
+
+    runtime = make_runtime(sqlite_engine, fake_redis, ScriptedClient())
+    seen: list[Outcome] = []
+    record = runtime.router.record
+    runtime.router.record = lambda outcome: (seen.append(outcome), record(outcome))[1]
+    execute(runtime, submit(sqlite_engine))
+    assert len(seen) == 1
+    assert seen[0].in_flight == 0
+    assert seen[0].capacity == next(t.capacity for t in runtime.static_targets if t.name == seen[0].target)
