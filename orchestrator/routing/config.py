@@ -198,6 +198,10 @@ class RoutingConfig:
     capacity_ref_alpha: float = 0.05
     """Weight of a new queue-free call in ``service_ref_ms`` (about the last 40 such calls):
     every capacity update is measured against it, so it must not wobble with one slow call."""
+    capacity_ref_min_calls: float = 10.0
+    """The queue-free service time counts (for capacity updates and, in place of the learned
+    latency, in the queue wait) once it rests on 10 calls: a mean of three calls of a bimodal
+    target misses its slow mode, and a queue wait that low fills the target's queue."""
 
     # --- hedging --------------------------------------------------------------------------------
     hedge_backup_margin: float = 1.5

@@ -68,8 +68,8 @@ def model(target: Target, stats: TargetStats, samples: float, now: float, config
     # FIFO with `capacity` slots: each earlier departure frees a slot after mean_service/capacity.
     # Learning the capacity measures the service time of calls that did not queue; the learned
     # latency includes the waits the target's calls have had.
-    service = stats.service_ref_ms if config.capacity_learning and stats.service_ref_ms > 0.0 else 0.0
-    service = service or math.exp(mu + sigma * sigma / 2.0)
+    learned = config.capacity_learning and stats.service_ref_calls >= config.capacity_ref_min_calls
+    service = stats.service_ref_ms if learned else math.exp(mu + sigma * sigma / 2.0)
     wait = ahead * service / capacity if ahead > 0 else 0.0
     # A call still running while none has ended since it began: the target may have stalled.
     # (If later calls have come back, the old one is a straggler, and they are the evidence.)

@@ -178,6 +178,8 @@ def effective_capacity(capacity: int, stats: TargetStats, config: RoutingConfig 
     return max(capacity * math.exp(stats.capacity_log_ratio), 1.0)
 
 
+MIN_LEARNED_SLOTS = 0.5
+"""The learned capacity may go down to half a slot; the latency model counts at least one."""
 CAPACITY_ERROR_CLIP = (-1.0, 2.0)
 """A call's relative latency error counts between -1 and +2: one very slow call (a heavy tail)
 moves the capacity no more than two queued calls do."""
@@ -202,7 +204,7 @@ def fold_capacity(
         calls = min(stats.service_ref_calls + 1.0, 1.0 / config.capacity_ref_alpha)
         ref = stats.service_ref_ms + (latency_ms - stats.service_ref_ms) / calls
         return replace(stats, service_ref_ms=ref, service_ref_calls=calls)
-    if stats.service_ref_calls < config.min_samples or capacity < 1:
+    if stats.service_ref_calls < config.capacity_ref_min_calls or capacity < 1:
         return stats
     slots = max(capacity * math.exp(stats.capacity_log_ratio), 1.0)
     calls = in_flight + 1.0
@@ -213,7 +215,9 @@ def fold_capacity(
     error = min(max(latency_ms / predicted - 1.0, low), high)
     bound = math.log(config.capacity_max_ratio)
     ratio = stats.capacity_log_ratio - config.capacity_step * error
-    ratio = min(max(ratio, -bound, -math.log(capacity)), bound)
+    # Down to half a slot, so that on a one-slot target noise does not only push the estimate up
+    # (the model counts at least one slot, and a half-slot estimate climbs back in a few calls).
+    ratio = min(max(ratio, -bound, math.log(MIN_LEARNED_SLOTS / capacity)), bound)
     return replace(stats, capacity_log_ratio=ratio)
 
 

@@ -107,7 +107,8 @@ class TargetStats:
     """How many queue-free calls ``service_ref_ms`` rests on (capped at 1 / ``capacity_ref_alpha``)."""
     capacity_log_ratio: float = 0.0
     """ln(effective capacity / catalogue capacity), learned from how latency grows with the
-    calls in flight at each call's start (``learning.fold_capacity``); 0: the catalogue's."""
+    calls in flight at each call's start (``learning.fold_capacity``); 0: the catalogue's. May
+    go down to half a slot (``learning.MIN_LEARNED_SLOTS``); the latency model counts at least one."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
