@@ -182,14 +182,15 @@ class RoutingConfig:
     box (median 120 ms) is still noticed within ~0.4 s."""
 
     # --- queue wait -----------------------------------------------------------------------------
-    capacity_learning: bool = False
+    capacity_learning: bool = True
     """Learn each target's effective capacity rather than trust the catalogue's: every answered
     call that reports the calls in flight when it started (``Outcome.in_flight``) compares its
     latency with the queue-free service time (``TargetStats.service_ref_ms``) times the
     inflation the current capacity predicts, max(1, (in flight + 1) / capacity); a call slower
     than that lowers the capacity, a faster one raises it (``learning.fold_capacity``). Only
     calls near or past the capacity (in flight + 1 > capacity / 2) move it, so a lightly loaded
-    target keeps its catalogue entry."""
+    target keeps its catalogue entry. On: on the generated scenarios 1-200 it kept up with the
+    best baseline in 184 against 181, mean attainment 77.216% against 77.212% (docs/routing.md)."""
     capacity_step: float = 0.03
     """How far one call moves ln(capacity) per unit of relative error (clipped to [-1, 2]): a
     catalogue that says 8 slots for 2 is corrected within about 30 calls that queued."""

@@ -4,7 +4,8 @@ Service time is log-normal below its median and, above it, as wide as the observ
 (``TargetStats.tail_z95``, the observed p95 in sigmas) if that is wider than a log-normal's: its ln-ms mean and spreads
 blend the target's prior with what was learned (by the weight of the evidence) and with fresh
 pushed telemetry. Before it, a queue
-wait: calls in flight beyond the target's capacity drain at capacity / mean service time.
+wait: calls in flight beyond the target's capacity (the catalogue's, scaled by what its calls have
+shown: ``capacity_learning``) drain at capacity / mean service time.
 A call that has been running implausibly long, while none has ended since it began, raises
 the estimate at once (stall detection). Pure functions; ``policy`` builds on them.
 """
