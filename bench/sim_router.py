@@ -60,6 +60,9 @@ class OurRouterPolicy:
         self.targets = list(targets) if targets is not None else fleet_targets()
         self.hedging = hedging
         self.budget = HedgeBudget()
+        self.capacity = {t.name: t.capacity for t in self.targets}
+        self.in_flight: dict[str, int] = {}
+        self.first_call = False
 
     def plan(self, job: Job, now: float) -> Plan:
         request = RouteRequest(
@@ -71,16 +74,34 @@ class OurRouterPolicy:
         if self.hedging and order:
             spec = hedge_plan(decision, request, self.config)
             hedge = (spec.delay_s, spec.backup) if spec else None
+        # As in the worker, the decision's count of calls in flight goes with the job's first
+        # call (the harness starts it right away), not with a failover or a hedge made later.
+        self.first_call = decision.run and bool(order)
         return Plan(order, run=decision.run, hedge=hedge)
 
     def call_started(self, target: str, now: float) -> Any:
         self.budget.note_call(EPOCH + now)
-        return self.router.call_started(target, EPOCH + now)
+        busy = self.in_flight.get(target, 0)
+        self.in_flight[target] = busy + 1
+        reported = busy if self.first_call else None
+        self.first_call = False
+        return self.router.call_started(target, EPOCH + now), reported
 
     def call_ended(self, target: str, token: Any, outcome: CallOutcome) -> None:
-        self.router.call_ended(target, token)
+        call_id, busy = token
+        self.in_flight[target] -= 1
+        self.router.call_ended(target, call_id)
         self.router.record(
-            Outcome(target, outcome.ok, outcome.latency_ms, EPOCH + outcome.at, outcome.error_kind, outcome.cost_usd)
+            Outcome(
+                target,
+                outcome.ok,
+                outcome.latency_ms,
+                EPOCH + outcome.at,
+                outcome.error_kind,
+                outcome.cost_usd,
+                in_flight=busy,
+                capacity=self.capacity.get(target) if busy is not None else None,
+            )
         )
 
     def job_ended(self, job: Job, on_time: bool, at: float | None) -> None:

@@ -85,11 +85,19 @@ def call_timeout(rt: Runtime, target: Target, request: RouteRequest, now: float)
 
 
 def call_once(
-    rt: Runtime, target: Target, payload: CallInput, timeout: float, hedge: bool = False, call: int | None = None
+    rt: Runtime,
+    target: Target,
+    payload: CallInput,
+    timeout: float,
+    hedge: bool = False,
+    call: int | None = None,
+    in_flight: int | None = None,
 ) -> Attempt:
     """One call, counted in flight and folded into the shared stats whatever happens. Any
     exception the client raises, of any class, is a failed attempt (``classify``), never a
-    crashed job: it is audited, feeds the circuit breaker and fails over like any other."""
+    crashed job: it is audited, feeds the circuit breaker and fails over like any other.
+    ``in_flight``: the other calls in flight on the target as the router's decision counted
+    them (None: not known), reported on the outcome so the router can learn the real capacity."""
     now = time.time()
     call_id = rt.router.call_started(target.name, now)
     if rt.settings.hedge_enabled:
@@ -110,7 +118,14 @@ def call_once(
             cost = target.cost_per_call_usd if exc.kind in COST_BEARING else 0.0
             attempt = Attempt(target.name, False, elapsed, exc.kind, exc.message, cost_usd=cost, hedge=hedge, call=call)
         outcome = Outcome(
-            target.name, attempt.ok, attempt.latency_ms, time.time(), attempt.error_kind, attempt.cost_usd
+            target.name,
+            attempt.ok,
+            attempt.latency_ms,
+            time.time(),
+            attempt.error_kind,
+            attempt.cost_usd,
+            in_flight=in_flight,
+            capacity=target.capacity if in_flight is not None else None,
         )
     finally:
         after_call(rt, target.name, call_id, outcome)
@@ -157,6 +172,7 @@ def hedged_call(
     hedge: HedgeSpec,
     decided_at: float,
     started: Started,
+    in_flight: int | None = None,
 ) -> list[Attempt]:
     """The first call of a job (``payload`` to ``primary``, with ``timeout`` s), with a backup call to
     ``backup`` if the first has not answered ``hedge.delay_s`` after the decision and the
@@ -167,7 +183,7 @@ def hedged_call(
     the server is still working on it); its real outcome reaches the stats when it ends.
     """
     first_call = started(primary, False)
-    first = _submit(call_once, rt, primary, payload, timeout, False, first_call)
+    first = _submit(call_once, rt, primary, payload, timeout, False, first_call, in_flight)
     first_started = time.perf_counter()
     wait([first], timeout=max(decided_at + hedge.delay_s - time.time(), 0.0))
     if first.done():

@@ -109,6 +109,8 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
     started = CallLog(rt, job, planned.unwritten)
     attempts: list[Attempt] = []
     pending = [c.target for c in decision.call_order]
+    # The decision's count of calls in flight holds for the job's first call, made right away.
+    in_flight = {c.target: c.in_flight for c in decision.candidates}
     while pending:
         target = by_name[pending.pop(0)]
         timeout = call_timeout(rt, target, request, time.time())
@@ -117,9 +119,12 @@ def execute_plan(rt: Runtime, job: Job, planned: Plan) -> Terminal:
             break
         if hedge is not None and not attempts:
             backup = by_name[hedge.backup]
-            finished = hedged_call(rt, payload, request, target, timeout, backup, hedge, decision.decided_at, started)
+            busy = in_flight.get(target.name)
+            decided = decision.decided_at
+            finished = hedged_call(rt, payload, request, target, timeout, backup, hedge, decided, started, busy)
         else:
-            finished = [call_once(rt, target, payload, timeout, call=started(target, False))]
+            busy = None if attempts else in_flight.get(target.name)
+            finished = [call_once(rt, target, payload, timeout, call=started(target, False), in_flight=busy)]
         tried = {a.target for a in finished}
         pending = [name for name in pending if name not in tried]
         winner = next((a for a in finished if a.ok), None)

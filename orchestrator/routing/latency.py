@@ -4,7 +4,8 @@ Service time is log-normal below its median and, above it, as wide as the observ
 (``TargetStats.tail_z95``, the observed p95 in sigmas) if that is wider than a log-normal's: its ln-ms mean and spreads
 blend the target's prior with what was learned (by the weight of the evidence) and with fresh
 pushed telemetry. Before it, a queue
-wait: calls in flight beyond the target's capacity drain at capacity / mean service time.
+wait: calls in flight beyond the target's capacity (the catalogue's, scaled by what its calls have
+shown: ``capacity_learning``) drain at capacity / mean service time.
 A call that has been running implausibly long, while none has ended since it began, raises
 the estimate at once (stall detection). Pure functions; ``policy`` builds on them.
 """
@@ -16,7 +17,7 @@ from statistics import NormalDist
 from typing import NamedTuple
 
 from orchestrator.routing.config import DEFAULT_CONFIG, RoutingConfig
-from orchestrator.routing.learning import decay_factor
+from orchestrator.routing.learning import decay_factor, effective_capacity
 from orchestrator.routing.types import Target, TargetStats
 
 _SQRT2 = math.sqrt(2.0)
@@ -58,7 +59,7 @@ def model(target: Target, stats: TargetStats, samples: float, now: float, config
     if config.tail_quantile and stats.tail_z95 > 0.0:
         observed = sigma * stats.tail_z95 / config.p95_z
         sigma_up = min(weight * observed + (1.0 - weight) * sigma, config.max_sigma)
-    capacity = max(target.capacity, 1)
+    capacity = effective_capacity(target.capacity, stats, config)
     busy = float(stats.in_flight)
     if fresh and stats.telemetry_utilization is not None:
         busy = max(busy, stats.telemetry_utilization * capacity)
@@ -66,12 +67,16 @@ def model(target: Target, stats: TargetStats, samples: float, now: float, config
         busy += stats.telemetry_queue_depth
     ahead = busy + 1.0 - capacity
     # FIFO with `capacity` slots: each earlier departure frees a slot after mean_service/capacity.
-    wait = ahead * math.exp(mu + sigma * sigma / 2.0) / capacity if ahead > 0 else 0.0
+    # Learning the capacity measures the service time of calls that did not queue; the learned
+    # latency includes the waits the target's calls have had.
+    learned = config.capacity_learning and stats.service_ref_calls >= config.capacity_ref_min_calls
+    service = stats.service_ref_ms if learned else math.exp(mu + sigma * sigma / 2.0)
+    wait = ahead * service / capacity if ahead > 0 else 0.0
     # A call still running while none has ended since it began: the target may have stalled.
     # (If later calls have come back, the old one is a straggler, and they are the evidence.)
     if config.stall_detection and stats.oldest_in_flight_at and stats.last_call_at <= stats.oldest_in_flight_at:
         age_ms = (now - stats.oldest_in_flight_at) * 1000.0
-        mu = _stalled_mu(mu, sigma, wait, age_ms, min(stats.in_flight, capacity), config.stall_false_alarm)
+        mu = _stalled_mu(mu, sigma, wait, age_ms, min(stats.in_flight, round(capacity)), config.stall_false_alarm)
     return Model(mu, sigma, wait, sigma_up)
 
 

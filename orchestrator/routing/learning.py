@@ -59,6 +59,8 @@ def observe(stats: TargetStats, outcome: Outcome, config: RoutingConfig = DEFAUL
     slow_only = outcome.error_kind in LATENCY_BEARING_ERRORS and not _implausibly_slow(current, outcome, config)
     if outcome.ok or outcome.error_kind in LATENCY_BEARING_ERRORS:
         current = fold_latency(current, outcome.latency_ms, config, censored=not outcome.ok)
+    if config.capacity_learning and outcome.ok and outcome.in_flight is not None and outcome.capacity:
+        current = fold_capacity(current, outcome.latency_ms, outcome.in_flight, outcome.capacity, config)
     if slow_only:
         # A call cut short by its job's deadline, or one no slower than the target has been
         # answering, says the target is slow (the latency model learns it), not that it is
@@ -166,6 +168,57 @@ def fold_latency(
         tail_z95=tail,
         tail_counts=counts,
     )
+
+
+def effective_capacity(capacity: int, stats: TargetStats, config: RoutingConfig = DEFAULT_CONFIG) -> float:
+    """The slots the latency model counts: the catalogue's ``capacity`` scaled by what was
+    learned (``capacity_learning``), never under one."""
+    if not config.capacity_learning or not stats.capacity_log_ratio:
+        return float(max(capacity, 1))
+    return max(capacity * math.exp(stats.capacity_log_ratio), 1.0)
+
+
+MIN_LEARNED_SLOTS = 0.5
+"""The learned capacity may go down to half a slot; the latency model counts at least one."""
+CAPACITY_ERROR_CLIP = (-1.0, 2.0)
+"""A call's relative latency error counts between -1 and +2: one very slow call (a heavy tail)
+moves the capacity no more than two queued calls do."""
+
+
+def fold_capacity(
+    stats: TargetStats, latency_ms: float, in_flight: int, capacity: int, config: RoutingConfig = DEFAULT_CONFIG
+) -> TargetStats:
+    """Fold one answered call that started with ``in_flight`` other calls on a target whose
+    catalogue says ``capacity`` slots into the learned effective capacity.
+
+    A call that found nothing else in flight cannot have queued: its latency updates the
+    queue-free service time ``service_ref_ms``. Any other call near or past the capacity ``c``
+    (``in_flight + 1 > c / 2``) is compared with what a FIFO queue with ``c`` slots predicts,
+    ``service_ref_ms x max(1, (in_flight + 1) / c)`` (the wait of ``latency.model`` plus the
+    service time): ln(c) moves by ``capacity_step`` times the relative error, down when the call
+    was slower than predicted (fewer slots than believed), up when faster. A lightly loaded
+    target (every call well under its capacity) teaches nothing about the capacity and keeps
+    it. O(1), two floats of state."""
+    if in_flight <= 0:
+        # A mean of the first calls, then an EWMA over about the last 1 / alpha.
+        calls = min(stats.service_ref_calls + 1.0, 1.0 / config.capacity_ref_alpha)
+        ref = stats.service_ref_ms + (latency_ms - stats.service_ref_ms) / calls
+        return replace(stats, service_ref_ms=ref, service_ref_calls=calls)
+    if stats.service_ref_calls < config.capacity_ref_min_calls or capacity < 1:
+        return stats
+    slots = max(capacity * math.exp(stats.capacity_log_ratio), 1.0)
+    calls = in_flight + 1.0
+    if calls <= slots / 2.0:
+        return stats
+    predicted = stats.service_ref_ms * max(1.0, calls / slots)
+    low, high = CAPACITY_ERROR_CLIP
+    error = min(max(latency_ms / predicted - 1.0, low), high)
+    bound = math.log(config.capacity_max_ratio)
+    ratio = stats.capacity_log_ratio - config.capacity_step * error
+    # Down to half a slot, so that on a one-slot target noise does not only push the estimate up
+    # (the model counts at least one slot, and a half-slot estimate climbs back in a few calls).
+    ratio = min(max(ratio, -bound, math.log(MIN_LEARNED_SLOTS / capacity)), bound)
+    return replace(stats, capacity_log_ratio=ratio)
 
 
 def _cusum(up: float, down: float, z: float, config: RoutingConfig) -> tuple[float, float, bool]:

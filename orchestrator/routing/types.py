@@ -100,6 +100,15 @@ class TargetStats:
     circuit_opened_at: float = 0.0
     """When the circuit last opened (epoch s; 0: never): a call started after it that succeeds
     closes the circuit even before its open period has passed (a probe made while it was open)."""
+    service_ref_ms: float = 0.0
+    """Mean latency (ms, an EWMA) of successful calls that started with no other call in flight
+    on the target: its service time with no queue (0: none seen yet). ``capacity_learning``."""
+    service_ref_calls: float = 0.0
+    """How many queue-free calls ``service_ref_ms`` rests on (capped at 1 / ``capacity_ref_alpha``)."""
+    capacity_log_ratio: float = 0.0
+    """ln(effective capacity / catalogue capacity), learned from how latency grows with the
+    calls in flight at each call's start (``learning.fold_capacity``); 0: the catalogue's. May
+    go down to half a slot (``learning.MIN_LEARNED_SLOTS``); the latency model counts at least one."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -154,6 +163,11 @@ class Outcome:
     at: float
     error_kind: str | None = None
     cost_usd: float = 0.0
+    in_flight: int | None = None
+    """Other calls in flight on the target, as the router counted them, when this call started
+    (None: not known). With ``capacity`` it lets the router learn the target's real capacity."""
+    capacity: int | None = None
+    """The catalogue's capacity of the target when the call started (None: not known)."""
 
 
 @dataclass(frozen=True, slots=True)
