@@ -136,11 +136,15 @@ class RoutingConfig:
     evidence only: it neither counts as an error nor moves the breaker. Found by the scenario
     generator: with tight SLAs and a queue, deadline-bound timeouts opened every circuit in the
     fleet. A hung or unreachable target still trips it (connects give up after 2 s)."""
-    circuit_probe_all_open: bool = False
-    """With every circuit open (nothing admitted), probe one anyway, as ``circuit_open_probe``
-    does (at most ``circuit_half_open_calls`` at a time) instead of failing the job with
-    ``no_eligible_target``. Off: the documented behaviour is that a fleet with every breaker
-    open sheds load; measured in docs/routing.md."""
+    circuit_probe_all_open: bool = True
+    """With every circuit open (nothing admitted), a non-strict job probes one open target
+    anyway, as ``circuit_open_probe`` does (at most ``circuit_half_open_calls`` in flight, the
+    target whose open period ends soonest), instead of failing with ``no_eligible_target``; every
+    other job is still shed. Found by the scenario generator: in a two-target fleet, one
+    target's errors open its breaker, the other, alone with the whole load, times out until its
+    breaker opens too, and the fleet then ran nothing until an open period ended. Measured on
+    the development range: 189 of 200 scenarios keep up with the best baseline against 184,
+    mean attainment 78.06% against 77.22%, the same cost (docs/routing.md)."""
     circuit_timeout_plausible: bool = False
     """A timeout (past ``circuit_min_timeout_s``) moves the breaker only if the call outlived the
     99.9% quantile (``stall_false_alarm``) of the latency learned so far: a target that is slow

@@ -223,8 +223,8 @@ def _open_probe(
     breaker keeps calls off a broken target while the rest of the fleet can serve, but when the
     rest cannot (a small fleet, one target flapping and the other overloaded by the whole
     load), the open target is the job's best remaining chance, and a success closes the circuit
-    (``learning``) without waiting out the open period. Never for a strict job (it fails fast),
-    never when nothing is admitted at all (the fleet is shedding load), at most
+    (``learning``) without waiting out the open period. Never for a strict job (it fails fast);
+    when nothing is admitted at all, only with ``circuit_probe_all_open``; at most
     ``circuit_half_open_calls`` in flight, as when half-open; the target whose open period
     ends soonest."""
     eligible = [v for v in views if v.eligible]

@@ -177,9 +177,9 @@ def test_a_success_of_a_call_made_while_open_closes_the_circuit_and_a_straggler_
     assert failed.circuit is CircuitState.OPEN and failed.circuit_until == stats.circuit_until
 
 
-def test_with_every_circuit_open_the_fleet_sheds_load_unless_told_to_probe():
+def test_with_every_circuit_open_a_job_probes_the_soonest_to_reopen_unless_told_to_shed():
     stats = {"gpu": opened(NOW - 1.0), "edge": replace(opened(NOW - 2.0), circuit_until=NOW + 30.0)}
-    assert not decide(job(), [EDGE, GPU], stats, NOW).run
-    probing = decide(job(), [EDGE, GPU], stats, NOW, replace(CFG, circuit_probe_all_open=True))
+    probing = decide(job(), [EDGE, GPU], stats, NOW)
     assert probing.run and [c.target for c in probing.call_order] == ["gpu"]
     assert probing.candidates[0].probe
+    assert not decide(job(), [EDGE, GPU], stats, NOW, replace(CFG, circuit_probe_all_open=False)).run

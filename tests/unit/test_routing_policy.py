@@ -103,10 +103,17 @@ def test_a_half_open_circuit_admits_a_few_probes_at_a_time():
     assert "its probes are in flight" in full.candidates[-1].reason
 
 
-def test_nothing_eligible_means_no_run():
+def test_with_every_circuit_open_a_few_jobs_probe_and_the_rest_are_shed():
     opened = TargetStats(circuit=CircuitState.OPEN, circuit_until=NOW + 5)
-    decision = decide(job(), [EDGE], {"edge": opened}, NOW)
-    assert not decision.run and decision.reason.startswith("no_eligible_target")
+    probing = decide(job(), [EDGE], {"edge": opened}, NOW)
+    assert probing.run and probing.candidates[0].probe and [c.target for c in probing.call_order] == ["edge"]
+    limit = DEFAULT_CONFIG.circuit_half_open_calls
+    full = decide(job(), [EDGE], {"edge": replace(opened, in_flight=limit)}, NOW)
+    strict = decide(job(strict_sla=True), [EDGE], {"edge": opened}, NOW)
+    off = replace(DEFAULT_CONFIG, circuit_probe_all_open=False)
+    no_probe = decide(job(), [EDGE], {"edge": opened}, NOW, config=off)
+    for shed in (full, strict, no_probe):
+        assert not shed.run and shed.reason.startswith("no_eligible_target"), shed.reason
 
 
 def test_a_preferred_tier_goes_first_but_the_job_can_still_fail_over():
