@@ -346,11 +346,18 @@ def main(
     _write(out, report)
 
 
+READING = "## Reading it"
+"""The hand-written analysis of a committed report starts at this heading; regenerating the
+report keeps it (and everything after it) as is."""
+
+
 def _write(out: Path | None, report: str) -> None:
     if out is None:
         sys.stdout.write(report)
-    else:
-        out.write_text(report)
+        return
+    old = out.read_text() if out.exists() else ""
+    at = old.find(READING)
+    out.write_text(report.rstrip("\n") + "\n\n" + old[at:] if at >= 0 else report)
 
 
 if __name__ == "__main__":

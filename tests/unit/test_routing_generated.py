@@ -141,3 +141,14 @@ def test_ours_alone_reuses_the_baselines_of_an_earlier_run_and_gets_the_same_rep
         routing_generated.main, ["--only", "6", "--seeds", "2", "--policies", "ours", "--reuse", str(base)]
     )
     assert other_seeds.exit_code != 0 and "seeds" in other_seeds.output
+
+
+def test_regenerating_a_report_keeps_its_hand_written_reading(tmp_path):
+    from bench.routing_generated import READING, _write
+
+    out = tmp_path / "report.md"
+    _write(out, "first figures\n")
+    assert out.read_text() == "first figures\n"
+    out.write_text(out.read_text() + f"\n{READING} (hand-written)\n\nWhy scenario 52 loses.\n")
+    _write(out, "second figures\n")
+    assert out.read_text() == f"second figures\n\n{READING} (hand-written)\n\nWhy scenario 52 loses.\n"
