@@ -206,7 +206,7 @@ def fold_capacity(
         return replace(stats, service_ref_ms=ref, service_ref_calls=calls)
     if stats.service_ref_calls < config.capacity_ref_min_calls or capacity < 1:
         return stats
-    slots = max(capacity * math.exp(stats.capacity_log_ratio), 1.0)
+    slots = effective_capacity(capacity, stats, config)
     calls = in_flight + 1.0
     if calls <= slots / 2.0:
         return stats
